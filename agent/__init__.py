@@ -1,0 +1,1 @@
+"""Node agent: NVML/GPM and host (psutil) samplers, the Prometheus scrape target, samples into a bundle."""

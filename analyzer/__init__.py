@@ -1,0 +1,1 @@
+"""Analyzer: turns a trace bundle into the bottleneck map (stages, latency metrics, roofline, verdicts)."""

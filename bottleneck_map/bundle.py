@@ -1,0 +1,377 @@
+"""The trace bundle: a directory of ``meta.json`` and append-only Parquet segments.
+
+Producers (engine, agent, ingest) write with :class:`BundleWriter`; the analyzer
+and the dashboard read with :func:`read_bundle`. The layout is plain enough that
+``pandas.read_parquet(bundle / "steps")`` reads a table without this module.
+
+Layout::
+
+    BUNDLE/meta.json
+    BUNDLE/requests/part-<writer>-<seq>.parquet
+    BUNDLE/steps/part-<writer>-<seq>.parquet
+    BUNDLE/samples/part-<writer>-<seq>.parquet
+
+Each segment is written to a hidden temporary file and renamed into place, so a
+reader never sees half a segment; a crash loses at most the rows buffered since
+the last flush.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bottleneck_map.schema import SCHEMA_VERSION, SCHEMAS, TABLES, schema_for
+
+META_FILE = "meta.json"
+_SEGMENT_RE = re.compile(r"^part-(?P<writer>[A-Za-z0-9]+)-(?P<seq>\d+)\.parquet$")
+
+
+class BundleError(Exception):
+    """A bundle that cannot be read: the message names the file and the field."""
+
+
+class BundleWarning(UserWarning):
+    """Something in a bundle was skipped or repaired while reading."""
+
+
+def clock_description() -> dict[str, Any]:
+    """Describe the clock bundle times are on: CLOCK_MONOTONIC, with its Unix-time origin."""
+    return {
+        "kind": "monotonic",
+        "unit": "ns",
+        "origin_monotonic_ns": time.monotonic_ns(),
+        "origin_unix_ns": time.time_ns(),
+    }
+
+
+def now_ns() -> int:
+    """Current time on the bundle clock."""
+    return time.monotonic_ns()
+
+
+def new_meta(producer: str, **sections: Any) -> dict[str, Any]:
+    """A fresh ``meta.json`` document; ``sections`` (model, engine, device, ...) are added as given."""
+    meta: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:8],
+        "producer": producer,
+        "created_unix_ns": time.time_ns(),
+        "clock": clock_description(),
+        "host": {"hostname": socket.gethostname(), "cpu_count": os.cpu_count()},
+    }
+    meta.update(sections)
+    return meta
+
+
+def _write_json_atomic(path: Path, doc: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _segment_sort_key(path: Path) -> tuple[str, int]:
+    m = _SEGMENT_RE.match(path.name)
+    assert m is not None
+    return (m["writer"], int(m["seq"]))
+
+
+def segment_paths(bundle: Path, table: str) -> list[Path]:
+    """Segments of one table, ordered by writer then sequence number."""
+    folder = Path(bundle) / table
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if _SEGMENT_RE.match(p.name)), key=_segment_sort_key)
+
+
+class BundleWriter:
+    """Append rows to a bundle from any thread; segments are flushed every
+    ``flush_interval_s`` seconds or ``flush_rows`` rows, whichever comes first.
+
+    ``meta=None`` appends to an existing bundle (for example an agent joining a
+    run), leaving its ``meta.json`` alone.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        meta: Mapping[str, Any] | None,
+        *,
+        flush_interval_s: float = 2.0,
+        flush_rows: int = 20_000,
+        tables: Iterable[str] = TABLES,
+    ) -> None:
+        if flush_interval_s <= 0:
+            raise ValueError(f"flush_interval_s must be positive, got {flush_interval_s}")
+        if flush_rows <= 0:
+            raise ValueError(f"flush_rows must be positive, got {flush_rows}")
+        self.path = Path(path)
+        self.flush_interval_s = flush_interval_s
+        self.flush_rows = flush_rows
+        self.writer_id = uuid.uuid4().hex[:12]
+        self._tables = tuple(tables)
+        for t in self._tables:
+            schema_for(t)
+        self._buffers: dict[str, list[Mapping[str, Any]]] = {t: [] for t in self._tables}
+        self._seq = 0
+        self._rows_written = {t: 0 for t in self._tables}
+        self._lock = threading.Lock()
+        self._io_lock = threading.Lock()
+        self._closed = False
+        self._stop = threading.Event()
+        self.path.mkdir(parents=True, exist_ok=True)
+        for t in self._tables:
+            (self.path / t).mkdir(exist_ok=True)
+        meta_path = self.path / META_FILE
+        if meta is not None:
+            self.meta: dict[str, Any] = dict(meta)
+            self.meta.setdefault("schema_version", SCHEMA_VERSION)
+            _write_json_atomic(meta_path, self.meta)
+        elif meta_path.exists():
+            self.meta = read_meta(self.path)
+        else:
+            raise BundleError(f"{meta_path}: missing; pass meta= to create a new bundle")
+        self._flusher = threading.Thread(target=self._flush_loop, name="bundle-flusher", daemon=True)
+        self._flusher.start()
+
+    # -- appending -------------------------------------------------------
+    def append(self, table: str, row: Mapping[str, Any]) -> None:
+        """Buffer one row (a mapping of column name to value) for ``table``."""
+        self.extend(table, (row,))
+
+    def extend(self, table: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        if table not in self._buffers:
+            raise ValueError(f"this writer does not write table {table!r}")
+        with self._lock:
+            if self._closed:
+                raise BundleError(f"{self.path}: writer is closed")
+            buf = self._buffers[table]
+            buf.extend(rows)
+            full = len(buf) >= self.flush_rows
+        if full:
+            self.flush(table)
+
+    def add_request(self, row: Mapping[str, Any]) -> None:
+        self.append("requests", row)
+
+    def add_step(self, row: Mapping[str, Any]) -> None:
+        self.append("steps", row)
+
+    def add_sample(self, row: Mapping[str, Any]) -> None:
+        self.append("samples", row)
+
+    # -- flushing --------------------------------------------------------
+    def flush(self, table: str | None = None) -> None:
+        """Write buffered rows as new segments (all tables, or one)."""
+        with self._io_lock:
+            for t in (table,) if table else self._tables:
+                with self._lock:
+                    rows, self._buffers[t] = self._buffers[t], []
+                    if not rows:
+                        continue
+                    self._seq += 1
+                    seq = self._seq
+                self._write_segment(t, rows, seq)
+
+    def _write_segment(self, table: str, rows: list[Mapping[str, Any]], seq: int) -> None:
+        arrow = _rows_to_table(table, rows)
+        if arrow.num_rows == 0:
+            return
+        name = f"part-{self.writer_id}-{seq:06d}.parquet"
+        final = self.path / table / name
+        tmp = final.with_name(f".{name}.tmp")
+        pq.write_table(arrow, tmp, compression="zstd")
+        os.replace(tmp, final)
+        self._rows_written[table] += arrow.num_rows
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.flush_interval_s):
+            try:
+                self.flush()
+            except Exception as exc:  # never let the background flusher die silently
+                warnings.warn(f"bundle flush failed: {exc}", BundleWarning, stacklevel=1)
+
+    def update_meta(self, **sections: Any) -> None:
+        """Merge sections into ``meta.json`` and rewrite it atomically."""
+        with self._lock:
+            self.meta.update(sections)
+            _write_json_atomic(self.path / META_FILE, self.meta)
+
+    @property
+    def rows_written(self) -> dict[str, int]:
+        return dict(self._rows_written)
+
+    def close(self, *, end_meta: bool = True) -> None:
+        """Flush everything; the owner of ``meta.json`` also records the end time."""
+        if self._closed:
+            return
+        self._stop.set()
+        self._flusher.join()
+        self.flush()
+        with self._lock:
+            self._closed = True
+        if end_meta and self.meta.get("producer"):
+            self.meta["end_ns"] = now_ns()
+            _write_json_atomic(self.path / META_FILE, self.meta)
+
+    def __enter__(self) -> BundleWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _to_arrow(schema: pa.Schema, rows: list[Mapping[str, Any]]) -> pa.Table:
+    table = pa.Table.from_pylist(rows, schema=schema)
+    for fld in schema:
+        if not fld.nullable and table.column(fld.name).null_count:
+            raise ValueError(f"required field {fld.name!r} is null")
+    return table
+
+
+_ROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError)
+
+
+def _rows_to_table(table: str, rows: list[Mapping[str, Any]]) -> pa.Table:
+    """Convert rows; a row that does not fit the schema is dropped with a warning
+    naming its table and reason, and every other row is kept."""
+    schema = SCHEMAS[table]
+    try:
+        return _to_arrow(schema, rows)
+    except _ROW_ERRORS:
+        pass
+    good = []
+    for row in rows:
+        try:
+            _to_arrow(schema, [row])
+        except _ROW_ERRORS as exc:
+            warnings.warn(f"{table}: dropped a row that does not fit the schema: {exc}", BundleWarning, stacklevel=4)
+            continue
+        good.append(row)
+    return _to_arrow(schema, good)
+
+
+# -- reading -------------------------------------------------------------
+
+
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    meta_path = Path(path) / META_FILE
+    if not Path(path).is_dir():
+        raise BundleError(f"{path}: not a directory (a bundle is a directory with {META_FILE})")
+    if not meta_path.exists():
+        raise BundleError(f"{meta_path}: missing; {path} is not a bundle")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{meta_path}: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise BundleError(f"{meta_path}: expected a JSON object")
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError(
+            f"{meta_path}: field schema_version is {version!r}; this version of bottleneck-map reads {SCHEMA_VERSION}"
+        )
+    if not isinstance(meta.get("clock"), dict):
+        raise BundleError(f"{meta_path}: field clock is missing or not an object")
+    return meta
+
+
+def _conform(table: pa.Table, schema: pa.Schema, source: Path) -> pa.Table:
+    """Check a segment against the schema: missing nullable columns become null,
+    unknown columns are dropped, a column of the wrong type is an error."""
+    columns = []
+    for fld in schema:
+        idx = table.schema.get_field_index(fld.name)
+        if idx < 0:
+            if not fld.nullable:
+                raise BundleError(f"{source}: required field {fld.name!r} is missing")
+            columns.append(pa.nulls(table.num_rows, fld.type))
+            continue
+        col = table.column(idx)
+        if col.type != fld.type:
+            if pa.types.is_null(col.type):
+                col = pa.nulls(table.num_rows, fld.type)
+            else:
+                raise BundleError(f"{source}: field {fld.name!r} has type {col.type}, expected {fld.type}")
+        if not fld.nullable and col.null_count:
+            raise BundleError(f"{source}: field {fld.name!r} has {col.null_count} null values but is required")
+        columns.append(col)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+@dataclass
+class Bundle:
+    """A bundle opened for reading. Tables load lazily and are cached."""
+
+    path: Path
+    meta: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    _tables: dict[str, pa.Table] = field(default_factory=dict, repr=False)
+
+    def table(self, name: str) -> pa.Table:
+        """One table as Arrow, every segment concatenated (empty table when absent)."""
+        if name not in self._tables:
+            self._tables[name] = self._load(name)
+        return self._tables[name]
+
+    def frame(self, name: str) -> pd.DataFrame:
+        return self.table(name).to_pandas()
+
+    @property
+    def requests(self) -> pd.DataFrame:
+        return self.frame("requests")
+
+    @property
+    def steps(self) -> pd.DataFrame:
+        return self.frame("steps")
+
+    @property
+    def samples(self) -> pd.DataFrame:
+        return self.frame("samples")
+
+    @property
+    def closed(self) -> bool:
+        """True when the producer closed the bundle cleanly (``end_ns`` in meta)."""
+        return "end_ns" in self.meta
+
+    def _load(self, name: str) -> pa.Table:
+        schema = schema_for(name)
+        paths = segment_paths(self.path, name)
+        newest = {}
+        for p in paths:
+            newest[_segment_sort_key(p)[0]] = p
+        parts = []
+        for p in paths:
+            try:
+                raw = pq.read_table(p)
+            except (pa.ArrowInvalid, OSError) as exc:
+                if newest.get(_segment_sort_key(p)[0]) == p:
+                    msg = f"{p}: truncated or corrupt last segment skipped ({exc})"
+                    self.warnings.append(msg)
+                    warnings.warn(msg, BundleWarning, stacklevel=3)
+                    continue
+                raise BundleError(f"{p}: corrupt segment ({exc})") from exc
+            parts.append(_conform(raw, schema, p))
+        if not parts:
+            return schema.empty_table()
+        return pa.concat_tables(parts)
+
+
+def read_bundle(path: str | os.PathLike[str]) -> Bundle:
+    """Open a bundle: reads and checks ``meta.json`` now, the tables on first use."""
+    p = Path(path)
+    return Bundle(path=p, meta=read_meta(p))

@@ -1,0 +1,1 @@
+"""Reference inference engine: Llama-family model, paged KV cache, continuous batching, request traces."""
