@@ -137,6 +137,7 @@ class BundleWriter:
         for t in self._tables:
             (self.path / t).mkdir(exist_ok=True)
         meta_path = self.path / META_FILE
+        self._owns_meta = meta is not None
         if meta is not None:
             self.meta: dict[str, Any] = dict(meta)
             self.meta.setdefault("schema_version", SCHEMA_VERSION)
@@ -216,7 +217,7 @@ class BundleWriter:
         return dict(self._rows_written)
 
     def close(self, *, end_meta: bool = True) -> None:
-        """Flush everything; the owner of ``meta.json`` also records the end time."""
+        """Flush everything; the writer that created ``meta.json`` also records the end time."""
         if self._closed:
             return
         self._stop.set()
@@ -224,7 +225,7 @@ class BundleWriter:
         self.flush()
         with self._lock:
             self._closed = True
-        if end_meta and self.meta.get("producer"):
+        if end_meta and self._owns_meta:
             self.meta["end_ns"] = now_ns()
             _write_json_atomic(self.path / META_FILE, self.meta)
 

@@ -1,0 +1,49 @@
+"""Row builders shared by tests: complete, consistent bundle rows."""
+
+from __future__ import annotations
+
+
+def request_row(i: int, t0: int = 1_000_000_000, **over) -> dict:
+    """A complete, consistent request row whose events are 1 ms apart."""
+    ms = 1_000_000
+    base = t0 + i * 10 * ms
+    row = {
+        "request_id": f"req-{i}",
+        "workload_class": "chat",
+        "finish_reason": "length",
+        "prompt_tokens": 32,
+        "output_tokens": 4,
+        "max_tokens": 4,
+        "cached_prompt_tokens": 0,
+        "arrival_ns": base,
+        "tokenize_start_ns": base,
+        "tokenize_end_ns": base + ms,
+        "queued_ns": base + ms,
+        "first_scheduled_ns": base + 2 * ms,
+        "first_token_ns": base + 3 * ms,
+        "finished_ns": base + 6 * ms,
+        "first_byte_ns": base + 3 * ms,
+        "last_byte_ns": base + 7 * ms,
+        "scheduled_ns": [base + 2 * ms],
+        "token_ns": [base + 3 * ms, base + 4 * ms, base + 5 * ms, base + 6 * ms],
+        "delivered_ns": [base + 3 * ms, base + 7 * ms],
+    }
+    row.update(over)
+    return row
+
+
+def step_row(i: int, request_ids: list[str], t0: int = 1_000_000_000, **over) -> dict:
+    ms = 1_000_000
+    row = {
+        "step_id": i,
+        "start_ns": t0 + i * ms,
+        "end_ns": t0 + i * ms + ms // 2,
+        "forward_ns": ms // 3,
+        "num_decode_seqs": len(request_ids),
+        "request_ids": request_ids,
+        "query_lens": [1] * len(request_ids),
+        "context_lens": [33] * len(request_ids),
+        "is_prefill": [False] * len(request_ids),
+    }
+    row.update(over)
+    return row
