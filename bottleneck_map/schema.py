@@ -139,6 +139,15 @@ SAMPLES = pa.schema(
         _f("proc_rss_bytes", _f64),
         _f("proc_ctx_switches_voluntary_total", _f64),
         _f("proc_ctx_switches_involuntary_total", _f64),
+        # serving engine (Prometheus ingest of vLLM-compatible series)
+        _f("num_requests_running", _f64),
+        _f("num_requests_waiting", _f64),
+        _f("kv_cache_usage_ratio", _f64),
+        _f("num_preemptions_total", _f64),
+        _f("prompt_tokens_total", _f64),
+        _f("generation_tokens_total", _f64),
+        _f("prefix_cache_queries_total", _f64),
+        _f("prefix_cache_hits_total", _f64),
     ],
     metadata={"bottleneck_map.table": "samples", "bottleneck_map.schema_version": str(SCHEMA_VERSION)},
 )

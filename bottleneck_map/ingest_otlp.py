@@ -1,0 +1,355 @@
+"""OTLP trace ingest: vLLM ``llm_request`` spans -> bundle request rows.
+
+vLLM (``vllm/v1/engine/output_processor.py``, ``do_tracing``; and the older
+``vllm/engine/llm_engine.py``) emits one SERVER span named ``llm_request`` per
+finished request. It starts at the request's arrival (wall clock) and carries
+latencies in seconds as attributes (``vllm/tracing.py`` ``SpanAttributes``):
+
+=====================================  ==========================================
+``gen_ai.request.id``                  request id
+``gen_ai.usage.prompt_tokens``         prompt length
+``gen_ai.usage.completion_tokens``     generated tokens
+``gen_ai.request.max_tokens``          requested limit
+``gen_ai.latency.time_to_first_token`` arrival -> first token
+``gen_ai.latency.e2e``                 arrival -> finished
+``gen_ai.latency.time_in_queue``       queued -> first scheduled
+``gen_ai.latency.time_in_model_prefill``  first scheduled -> first token (v1)
+``gen_ai.latency.time_in_model_decode``   first token -> last token (v1)
+``gen_ai.latency.time_in_model_forward``  forward time (v0)
+``gen_ai.latency.time_in_model_execute``  execute time (v0)
+=====================================  ==========================================
+
+Both OTLP/HTTP encodings are decoded: binary protobuf
+(``ExportTraceServiceRequest``) and OTLP/JSON (camelCase keys, hex ids, int64
+as strings). Times in the rows are Unix nanoseconds (the bundle's clock is
+``unix``).
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+SPAN_NAME = "llm_request"
+
+REQUEST_ID = "gen_ai.request.id"
+PROMPT_TOKENS = "gen_ai.usage.prompt_tokens"
+COMPLETION_TOKENS = "gen_ai.usage.completion_tokens"
+MAX_TOKENS = "gen_ai.request.max_tokens"
+RESPONSE_MODEL = "gen_ai.response.model"
+FINISH_REASONS = ("gen_ai.response.finish_reasons", "gen_ai.response.finish_reason")
+TTFT = "gen_ai.latency.time_to_first_token"
+E2E = "gen_ai.latency.e2e"
+QUEUE = "gen_ai.latency.time_in_queue"
+PREFILL = "gen_ai.latency.time_in_model_prefill"
+DECODE = "gen_ai.latency.time_in_model_decode"
+FORWARD = "gen_ai.latency.time_in_model_forward"
+EXECUTE = "gen_ai.latency.time_in_model_execute"
+
+# Resource attributes naming the instance a span came from, in order of preference.
+INSTANCE_KEYS = ("service.instance.id", "service.name")
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+
+
+class OtlpError(ValueError):
+    """A payload that is not a valid OTLP trace export; the message says why."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """One decoded span, whatever the wire encoding."""
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    name: str
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any] = field(default_factory=dict)
+    resource: dict[str, Any] = field(default_factory=dict)
+    status_code: int = 0
+    status_message: str = ""
+
+
+# -- decoding ----------------------------------------------------------------
+
+
+def decompress(body: bytes, content_encoding: str | None) -> bytes:
+    enc = (content_encoding or "identity").strip().lower()
+    try:
+        if enc == "gzip":
+            return gzip.decompress(body)
+        if enc == "deflate":
+            return zlib.decompress(body)
+    except (OSError, zlib.error, EOFError) as exc:
+        raise OtlpError(f"body is not valid {enc} data: {exc}") from exc
+    if enc != "identity":
+        raise OtlpError(f"unsupported Content-Encoding {content_encoding!r} (gzip, deflate or none)")
+    return body
+
+
+def decode(body: bytes, content_type: str | None) -> list[Span]:
+    """Spans of an OTLP/HTTP trace export body, by its Content-Type."""
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    if ctype == PROTOBUF:
+        return spans_from_protobuf(body)
+    if ctype == JSON:
+        return spans_from_json(body)
+    raise OtlpError(f"unsupported Content-Type {content_type!r}; OTLP/HTTP uses {PROTOBUF} or {JSON}")
+
+
+def _pb_value(v: Any) -> Any:
+    kind = v.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [_pb_value(x) for x in v.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: _pb_value(kv.value) for kv in v.kvlist_value.values}
+    return getattr(v, kind)
+
+
+def spans_from_protobuf(body: bytes) -> list[Span]:
+    from google.protobuf.message import DecodeError
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    req = ExportTraceServiceRequest()
+    try:
+        req.ParseFromString(body)
+    except DecodeError as exc:
+        raise OtlpError(f"body is not a protobuf ExportTraceServiceRequest: {exc}") from exc
+    spans = []
+    for rs in req.resource_spans:
+        resource = {kv.key: _pb_value(kv.value) for kv in rs.resource.attributes}
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                spans.append(
+                    Span(
+                        trace_id=s.trace_id.hex(),
+                        span_id=s.span_id.hex(),
+                        parent_span_id=s.parent_span_id.hex() or None,
+                        name=s.name,
+                        start_ns=int(s.start_time_unix_nano),
+                        end_ns=int(s.end_time_unix_nano),
+                        attributes={kv.key: _pb_value(kv.value) for kv in s.attributes},
+                        resource=resource,
+                        status_code=int(s.status.code),
+                        status_message=s.status.message,
+                    )
+                )
+    return spans
+
+
+def _json_value(v: Any, where: str) -> Any:
+    if not isinstance(v, Mapping) or not v:
+        return None
+    key, val = next(iter(v.items()))
+    try:
+        if key == "stringValue":
+            return str(val)
+        if key == "boolValue":
+            return bool(val)
+        if key == "intValue":
+            return int(val)
+        if key == "doubleValue":
+            return float(val)
+        if key == "bytesValue":
+            return base64.b64decode(val)
+        if key == "arrayValue":
+            return [_json_value(x, where) for x in (val or {}).get("values", [])]
+        if key == "kvlistValue":
+            return _json_attrs((val or {}).get("values", []), where)
+    except (TypeError, ValueError) as exc:
+        raise OtlpError(f"{where}: bad {key} {val!r}") from exc
+    raise OtlpError(f"{where}: unknown AnyValue kind {key!r}")
+
+
+def _json_attrs(items: Any, where: str) -> dict[str, Any]:
+    if not isinstance(items, list):
+        raise OtlpError(f"{where}: attributes must be a list of {{key, value}} objects")
+    out = {}
+    for kv in items:
+        if not isinstance(kv, Mapping) or "key" not in kv:
+            raise OtlpError(f"{where}: attribute without a key: {kv!r}")
+        out[str(kv["key"])] = _json_value(kv.get("value"), f"{where} attribute {kv['key']!r}")
+    return out
+
+
+def _json_id(value: Any, nbytes: int, where: str) -> str:
+    """OTLP/JSON ids are lowercase hex (not base64 as in protobuf's JSON mapping)."""
+    s = str(value or "")
+    if not s:
+        return ""
+    try:
+        raw = bytes.fromhex(s)
+    except ValueError:
+        raise OtlpError(f"{where}: {s!r} is not a hex id") from None
+    if len(raw) != nbytes:
+        raise OtlpError(f"{where}: {s!r} is not {nbytes} bytes")
+    return raw.hex()
+
+
+def _json_ns(value: Any, where: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise OtlpError(f"{where}: {value!r} is not an integer of nanoseconds") from None
+
+
+def spans_from_json(body: bytes) -> list[Span]:
+    try:
+        doc = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OtlpError(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(doc, Mapping):
+        raise OtlpError("body must be a JSON object with resourceSpans")
+    spans = []
+    for i, rs in enumerate(doc.get("resourceSpans") or []):
+        if not isinstance(rs, Mapping):
+            raise OtlpError(f"resourceSpans[{i}] is not an object")
+        resource = _json_attrs((rs.get("resource") or {}).get("attributes") or [], f"resourceSpans[{i}].resource")
+        for j, ss in enumerate(rs.get("scopeSpans") or []):
+            for k, s in enumerate((ss or {}).get("spans") or []):
+                where = f"resourceSpans[{i}].scopeSpans[{j}].spans[{k}]"
+                if not isinstance(s, Mapping):
+                    raise OtlpError(f"{where} is not an object")
+                status = s.get("status") or {}
+                spans.append(
+                    Span(
+                        trace_id=_json_id(s.get("traceId"), 16, f"{where}.traceId"),
+                        span_id=_json_id(s.get("spanId"), 8, f"{where}.spanId"),
+                        parent_span_id=_json_id(s.get("parentSpanId"), 8, f"{where}.parentSpanId") or None,
+                        name=str(s.get("name", "")),
+                        start_ns=_json_ns(s.get("startTimeUnixNano"), f"{where}.startTimeUnixNano"),
+                        end_ns=_json_ns(s.get("endTimeUnixNano"), f"{where}.endTimeUnixNano"),
+                        attributes=_json_attrs(s.get("attributes") or [], where),
+                        resource=resource,
+                        status_code=_status_code(status.get("code", 0)),
+                        status_message=str(status.get("message", "")),
+                    )
+                )
+    return spans
+
+
+def _status_code(code: Any) -> int:
+    names = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
+    if isinstance(code, str) and code in names:
+        return names[code]
+    try:
+        return int(code)
+    except (TypeError, ValueError):
+        return 0
+
+
+# -- spans -> request rows ------------------------------------------------------
+
+
+def _seconds_ns(attrs: Mapping[str, Any], key: str) -> int | None:
+    v = attrs.get(key)
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    if f != f or f < 0:  # NaN or negative: unmeasured
+        return None
+    return round(f * 1e9)
+
+
+def _int(attrs: Mapping[str, Any], key: str) -> int | None:
+    v = attrs.get(key)
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _finish_reason(attrs: Mapping[str, Any]) -> str | None:
+    for key in FINISH_REASONS:
+        v = attrs.get(key)
+        if v is None:
+            continue
+        if isinstance(v, str):
+            try:
+                v = json.loads(v)
+            except json.JSONDecodeError:
+                return v
+        if isinstance(v, list):
+            return str(v[0]) if v else None
+        return str(v)
+    return None
+
+
+def instance_of(span: Span, keys: tuple[str, ...] = INSTANCE_KEYS) -> str | None:
+    for key in keys:
+        v = span.resource.get(key)
+        if v and not (key == "service.name" and str(v).startswith("unknown_service")):
+            return str(v)
+    return None
+
+
+def request_row(span: Span, instance_keys: tuple[str, ...] = INSTANCE_KEYS) -> dict[str, Any] | None:
+    """The bundle request row of a vLLM ``llm_request`` span (None for other spans).
+
+    The lifecycle is rebuilt from the span start (arrival) and the latency
+    attributes: first token = arrival + TTFT, finished = arrival + E2E (span end
+    when absent), first scheduled = first token - prefill time (v1) or arrival +
+    queue time (v0, where queue time starts at arrival), queued = first scheduled
+    - queue time. Each stamp is kept between its neighbours; what the span does
+    not say stays null.
+    """
+    if span.name != SPAN_NAME:
+        return None
+    a = span.attributes
+    arrival = span.start_ns
+    ttft, e2e = _seconds_ns(a, TTFT), _seconds_ns(a, E2E)
+    queue, prefill = _seconds_ns(a, QUEUE), _seconds_ns(a, PREFILL)
+    first_token = arrival + ttft if ttft is not None else None
+    finished = arrival + e2e if e2e is not None else (span.end_ns if span.end_ns >= arrival else None)
+    if first_token is not None and finished is not None:
+        first_token = min(first_token, finished)
+    scheduled = queued = None
+    if first_token is not None and prefill is not None:
+        scheduled = max(arrival, first_token - prefill)
+        if queue is not None:
+            queued = max(arrival, scheduled - queue)
+    elif queue is not None:
+        queued = arrival
+        scheduled = arrival + queue
+        upper = first_token if first_token is not None else finished
+        if upper is not None:
+            scheduled = min(scheduled, upper)
+    error = span.status_message or ("error" if span.status_code == 2 else None)
+    return {
+        "request_id": str(a.get(REQUEST_ID) or span.span_id),
+        "instance": instance_of(span, instance_keys),
+        "trace_id": span.trace_id or None,
+        "finish_reason": _finish_reason(a),
+        "error": error if span.status_code == 2 else None,
+        "prompt_tokens": _int(a, PROMPT_TOKENS),
+        "output_tokens": _int(a, COMPLETION_TOKENS),
+        "max_tokens": _int(a, MAX_TOKENS),
+        "arrival_ns": arrival,
+        "queued_ns": queued,
+        "first_scheduled_ns": scheduled,
+        "first_token_ns": first_token,
+        "finished_ns": finished,
+        "scheduled_ns": [scheduled] if scheduled is not None else None,
+    }
+
+
+def response_model(spans: list[Span]) -> str | None:
+    for s in spans:
+        if s.name == SPAN_NAME and s.attributes.get(RESPONSE_MODEL):
+            return str(s.attributes[RESPONSE_MODEL])
+    return None
