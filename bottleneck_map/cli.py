@@ -75,7 +75,9 @@ def validate(
 
 def _register_components() -> None:
     """Subcommands contributed by the components (added as each lands)."""
+    __import__("bottleneck_map.agent.cli", fromlist=["register"]).register(app)
     __import__("bottleneck_map.collect_cli", fromlist=["register"]).register(app)
+    __import__("bottleneck_map.embedded_engine.cli", fromlist=["register"]).register(app)
 
 
 _register_components()

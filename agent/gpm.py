@@ -1,0 +1,110 @@
+"""GPU Performance Monitoring (GPM) metrics of one device (Hopper and newer).
+
+GPM metrics are computed by NVML from two samples taken at different times. A
+:class:`GpmReader` owns two sample buffers and alternates them: each read fills
+the older buffer and asks ``nvmlGpmMetricsGet`` for the metrics between the
+previous sample and the new one. Samples are taken at least ``min_spacing_ns``
+(100 ms) apart; a read that comes sooner returns the previous values without
+touching the hardware. Every metric's own ``nvmlReturn`` is checked: a metric
+that is not supported is dropped for good, any other failure leaves it absent
+for that read only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+log = logging.getLogger("bottleneck_map.agent")
+
+MIB = 1024 * 1024
+MIN_SPACING_NS = 100_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class GpmMetric:
+    field: str  # GpuSample attribute
+    constant: str  # NVML_GPM_METRIC_* name
+    scale: float  # multiply the NVML value by this to get base units
+
+
+# NVML reports utilisations in percent (0..100) and PCIe rates in MiB/s.
+GPM_METRICS: tuple[GpmMetric, ...] = (
+    GpmMetric("gpm_gr_engine_active_ratio", "NVML_GPM_METRIC_GRAPHICS_UTIL", 0.01),
+    GpmMetric("gpm_sm_util_ratio", "NVML_GPM_METRIC_SM_UTIL", 0.01),
+    GpmMetric("gpm_sm_occupancy_ratio", "NVML_GPM_METRIC_SM_OCCUPANCY", 0.01),
+    GpmMetric("gpm_tensor_active_ratio", "NVML_GPM_METRIC_ANY_TENSOR_UTIL", 0.01),
+    GpmMetric("gpm_dram_bw_util_ratio", "NVML_GPM_METRIC_DRAM_BW_UTIL", 0.01),
+    GpmMetric("gpm_pcie_tx_bytes_per_s", "NVML_GPM_METRIC_PCIE_TX_PER_SEC", float(MIB)),
+    GpmMetric("gpm_pcie_rx_bytes_per_s", "NVML_GPM_METRIC_PCIE_RX_PER_SEC", float(MIB)),
+)
+
+
+def gpm_supported(nvml: ModuleType, handle: Any) -> bool:
+    """True when the device supports GPM; any NVML error (old driver, old GPU) means no."""
+    try:
+        return bool(nvml.nvmlGpmQueryDeviceSupport(handle).isSupportedDevice)
+    except nvml.NVMLError:
+        return False
+    except AttributeError:  # an nvidia-ml-py too old to know GPM
+        return False
+
+
+class GpmReader:
+    """Double-buffered GPM sampling of one device. Errors other than per-metric
+    statuses (GpuIsLost, ...) propagate to the caller, which owns device health."""
+
+    def __init__(self, nvml: ModuleType, handle: Any, *, min_spacing_ns: int = MIN_SPACING_NS) -> None:
+        self.nvml = nvml
+        self.handle = handle
+        self.min_spacing_ns = min_spacing_ns
+        self.metrics = [m for m in GPM_METRICS if hasattr(nvml, m.constant)]
+        self.unsupported: set[str] = set()
+        self._buffers = [nvml.nvmlGpmSampleAlloc(), nvml.nvmlGpmSampleAlloc()]
+        self._prev = 0  # index of the buffer holding the latest sample
+        self._prev_ns: int | None = None
+        self._values: dict[str, float] = {}
+
+    def read(self, now_ns: int) -> dict[str, float]:
+        """GPM metrics (base units) between the previous sample and now.
+
+        The first call only takes the first sample and returns ``{}``.
+        """
+        if self._prev_ns is not None and now_ns - self._prev_ns < self.min_spacing_ns:
+            return dict(self._values)
+        nxt = 1 - self._prev
+        self.nvml.nvmlGpmSampleGet(self.handle, self._buffers[nxt])
+        if self._prev_ns is None:
+            self._prev, self._prev_ns = nxt, now_ns
+            return {}
+        wanted = [m for m in self.metrics if m.field not in self.unsupported]
+        req = self.nvml.c_nvmlGpmMetricsGet_t()
+        req.version = self.nvml.NVML_GPM_METRICS_GET_VERSION
+        req.numMetrics = len(wanted)
+        req.sample1 = self._buffers[self._prev]
+        req.sample2 = self._buffers[nxt]
+        for i, m in enumerate(wanted):
+            req.metrics[i].metricId = getattr(self.nvml, m.constant)
+        self._prev, self._prev_ns = nxt, now_ns
+        self.nvml.nvmlGpmMetricsGet(req)
+        values: dict[str, float] = {}
+        for i, m in enumerate(wanted):
+            status = req.metrics[i].nvmlReturn
+            if status == self.nvml.NVML_SUCCESS:
+                values[m.field] = float(req.metrics[i].value) * m.scale
+            elif status == self.nvml.NVML_ERROR_NOT_SUPPORTED:
+                self.unsupported.add(m.field)
+                log.info("GPM metric %s is not supported on this device; not asked again", m.constant)
+        self._values = values
+        return dict(values)
+
+    def close(self) -> None:
+        """Free both sample buffers (errors ignored: the device may be gone)."""
+        for buf in self._buffers:
+            try:
+                self.nvml.nvmlGpmSampleFree(buf)
+            except self.nvml.NVMLError:
+                pass
+        self._buffers = []

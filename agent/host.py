@@ -1,0 +1,103 @@
+"""Host source over psutil: CPU per core, load, memory and swap, network per
+interface, disk I/O per device, and one watched process.
+
+CPU utilisation is measured between consecutive calls (psutil keeps the
+previous reading), so the first sample after start has no CPU figures.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import psutil
+
+from bottleneck_map.agent.sample import DiskCounters, HostSample, NetCounters, ProcSample, Sample
+
+log = logging.getLogger("bottleneck_map.agent")
+
+
+class HostSource:
+    """Samples the host and, when ``watch_pid`` is given, that process."""
+
+    name = "host"
+
+    def __init__(self, watch_pid: int | None = None, *, per_device: bool = True) -> None:
+        self.watch_pid = watch_pid
+        self.per_device = per_device
+        self._proc: psutil.Process | None = None
+        self._proc_gone = False
+
+    def start(self) -> bool:
+        psutil.cpu_percent(percpu=True)  # prime the per-core deltas
+        if self.watch_pid is not None:
+            try:
+                self._proc = psutil.Process(self.watch_pid)
+                self._proc.cpu_percent()
+            except psutil.Error as exc:
+                log.warning("watched pid %s is not available (%s)", self.watch_pid, exc)
+                self._proc_gone = True
+        return True
+
+    def close(self) -> None:
+        self._proc = None
+
+    def collect(self, sample: Sample) -> None:
+        """Fill ``sample.host`` and ``sample.proc``."""
+        sample.host = self.sample_host()
+        sample.proc = self.sample_proc()
+
+    def sample_host(self) -> HostSample:
+        h = HostSample()
+        per_core = psutil.cpu_percent(percpu=True)
+        if per_core:
+            h.cpu_util_per_core = [c / 100.0 for c in per_core]
+            h.cpu_util_ratio = sum(h.cpu_util_per_core) / len(h.cpu_util_per_core)
+            h.cpu_util_max_core_ratio = max(h.cpu_util_per_core)
+        try:
+            h.load1, h.load5, h.load15 = os.getloadavg()
+        except OSError:
+            pass
+        vm = psutil.virtual_memory()
+        h.host_mem_total_bytes = float(vm.total)
+        h.host_mem_available_bytes = float(vm.available)
+        h.host_mem_used_bytes = float(vm.total - vm.available)
+        sw = psutil.swap_memory()
+        h.host_swap_total_bytes = float(sw.total)
+        h.host_swap_used_bytes = float(sw.used)
+        nics = psutil.net_io_counters(pernic=True) or {}
+        h.net = {
+            name: NetCounters(float(c.bytes_recv), float(c.bytes_sent), float(c.packets_recv), float(c.packets_sent))
+            for name, c in nics.items()
+        }
+        try:
+            disks = psutil.disk_io_counters(perdisk=True, nowrap=True) or {}
+        except (OSError, RuntimeError):
+            disks = {}
+        h.disk = {name: DiskCounters(float(c.read_bytes), float(c.write_bytes)) for name, c in disks.items()}
+        return h
+
+    def sample_proc(self) -> ProcSample | None:
+        if self._proc is None:
+            return None
+        p = self._proc
+        try:
+            with p.oneshot():
+                cpu = p.cpu_percent()
+                threads = p.num_threads()
+                rss = p.memory_info().rss
+                ctx = p.num_ctx_switches()
+        except psutil.Error as exc:
+            if not self._proc_gone:
+                log.warning("watched pid %s is gone (%s); process metrics stop", self.watch_pid, exc)
+            self._proc_gone = True
+            self._proc = None
+            return None
+        return ProcSample(
+            pid=p.pid,
+            cpu_ratio=cpu / 100.0,
+            num_threads=float(threads),
+            rss_bytes=float(rss),
+            ctx_switches_voluntary=float(ctx.voluntary),
+            ctx_switches_involuntary=float(ctx.involuntary),
+        )

@@ -1,0 +1,367 @@
+"""GPU source over NVML (the ``pynvml`` module of the ``nvidia-ml-py`` distribution).
+
+Every field is queried on its own, so one unsupported query never hides the
+others:
+
+* ``NotSupported`` (or ``FunctionNotFound``, ``NoPermission``) makes the field
+  absent (``None``, never zero) and it is not asked again on that device;
+* ``GpuIsLost`` or ``Unknown`` marks the device lost; NVML is then shut down and
+  re-initialised with exponential backoff until the device answers again;
+* no NVML library, no driver, or no ``pynvml`` module puts the agent in host-only
+  mode, said once in the log;
+* any other NVML error leaves the field absent for that tick only.
+
+Nothing here raises to the caller: the agent never dies on an NVML error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from bottleneck_map.agent.gpm import GpmReader, gpm_supported
+from bottleneck_map.agent.sample import GpuSample, Sample
+
+log = logging.getLogger("bottleneck_map.agent")
+
+KB = 1000  # nvmlDeviceGetPcieThroughput reports KB/s (1 KB = 1000 bytes per NVML docs)
+MHZ = 1_000_000
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def load_pynvml() -> ModuleType | None:
+    """Import ``pynvml``; ``None`` when the distribution is not installed."""
+    try:
+        return importlib.import_module("pynvml")
+    except ImportError:
+        return None
+
+
+class _DeviceLost(Exception):
+    """Raised inside sampling when a query says the device is gone."""
+
+
+@dataclass
+class _Device:
+    index: int
+    handle: Any
+    uuid: str | None = None
+    name: str | None = None
+    pci_bus_id: str | None = None
+    unsupported: set[str] = field(default_factory=set)
+    static: dict[str, float | None] = field(default_factory=dict)
+    gpm: GpmReader | None = None
+    proc_util_ts_us: int = 0
+
+
+@dataclass
+class NvmlStatus:
+    """What the GPU source is doing, for logs, meta.json and the agent's own metrics."""
+
+    available: bool = False
+    host_only_reason: str | None = None
+    device_count: int = 0
+    lost: bool = False
+    reinit_attempts: int = 0
+    recoveries: int = 0
+    driver_version: str | None = None
+
+
+class NvmlSource:
+    """Samples every GPU NVML sees. ``nvml`` defaults to the imported ``pynvml``;
+    tests pass a test double with the same functions and exception classes."""
+
+    name = "nvml"
+
+    def __init__(
+        self,
+        nvml: ModuleType | None = None,
+        *,
+        watch_pid: int | None = None,
+        gpm: bool = True,
+        backoff_initial_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._nvml = nvml
+        self.watch_pid = watch_pid
+        self.use_gpm = gpm
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self._clock = clock
+        self.status = NvmlStatus()
+        self.devices: list[_Device] = []
+        self._host_only = False
+        self._initialised = False
+        self._next_retry = 0.0
+        self._backoff = backoff_initial_s
+        self._lost_indices: set[int] = set()
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self) -> bool:
+        """Initialise NVML and enumerate devices; False when running host-only."""
+        if self._nvml is None:
+            self._nvml = load_pynvml()
+            if self._nvml is None:
+                self._go_host_only("the pynvml module (nvidia-ml-py) is not installed")
+                return False
+        return self._init()
+
+    def close(self) -> None:
+        self._drop_devices()
+        if self._initialised:
+            try:
+                self._nvml.nvmlShutdown()
+            except self._nvml.NVMLError:
+                pass
+            self._initialised = False
+
+    def _go_host_only(self, reason: str) -> None:
+        if not self._host_only:
+            log.warning("NVML unavailable (%s): the agent samples the host only", reason)
+        self._host_only = True
+        self.status.available = False
+        self.status.host_only_reason = reason
+
+    def _permanent_init_errors(self) -> tuple[type[BaseException], ...]:
+        n = self._nvml
+        names = ("NVMLError_LibraryNotFound", "NVMLError_DriverNotLoaded", "NVMLError_FunctionNotFound")
+        return tuple(getattr(n, c) for c in names if hasattr(n, c))
+
+    def _init(self) -> bool:
+        n = self._nvml
+        try:
+            n.nvmlInit()
+        except self._permanent_init_errors() as exc:
+            self._go_host_only(f"nvmlInit: {exc}")
+            return False
+        except n.NVMLError as exc:
+            log.warning("nvmlInit failed (%s); retrying in %.1f s", exc, self._backoff)
+            self._schedule_retry()
+            self.status.lost = True
+            return False
+        except OSError as exc:  # a broken libnvidia-ml.so
+            self._go_host_only(f"nvmlInit: {exc}")
+            return False
+        self._initialised = True
+        try:
+            self.status.driver_version = _text(n.nvmlSystemGetDriverVersion())
+        except n.NVMLError:
+            self.status.driver_version = None
+        try:
+            count = n.nvmlDeviceGetCount()
+        except n.NVMLError as exc:
+            log.warning("nvmlDeviceGetCount failed (%s); retrying in %.1f s", exc, self._backoff)
+            self._schedule_retry()
+            self.status.lost = True
+            return False
+        devices, lost = [], set()
+        for i in range(count):
+            try:
+                devices.append(self._open_device(i))
+            except (_DeviceLost, n.NVMLError) as exc:
+                log.warning("GPU %d could not be opened (%s)", i, exc)
+                lost.add(i)
+        self.devices = devices
+        self._lost_indices = lost
+        self.status.available = True
+        self.status.device_count = count
+        self.status.lost = bool(lost)
+        if lost:
+            self._schedule_retry()
+        else:
+            self._backoff = self.backoff_initial_s
+        return True
+
+    def _open_device(self, index: int) -> _Device:
+        n = self._nvml
+        dev = _Device(index=index, handle=n.nvmlDeviceGetHandleByIndex(index))
+        dev.uuid = self._query(dev, "uuid", _text_of(n.nvmlDeviceGetUUID))
+        dev.name = self._query(dev, "name", _text_of(n.nvmlDeviceGetName))
+        dev.pci_bus_id = self._query(dev, "pci", lambda h: _text(n.nvmlDeviceGetPciInfo(h).busId))
+        dev.static["sm_clock_max_hz"] = self._scaled(dev, "sm_max", n.nvmlDeviceGetMaxClockInfo, MHZ, n.NVML_CLOCK_SM)
+        dev.static["mem_clock_max_hz"] = self._scaled(
+            dev, "mem_max", n.nvmlDeviceGetMaxClockInfo, MHZ, n.NVML_CLOCK_MEM
+        )
+        if self.use_gpm and gpm_supported(n, dev.handle):
+            try:
+                dev.gpm = GpmReader(n, dev.handle)
+            except n.NVMLError as exc:
+                log.info("GPU %d: GPM sample buffers unavailable (%s)", index, exc)
+        return dev
+
+    def _drop_devices(self) -> None:
+        for dev in self.devices:
+            if dev.gpm is not None:
+                dev.gpm.close()
+        self.devices = []
+
+    def _schedule_retry(self) -> None:
+        self._next_retry = self._clock() + self._backoff
+        self._backoff = min(self._backoff * 2, self.backoff_max_s)
+
+    def _maybe_reinit(self) -> None:
+        if self._clock() < self._next_retry:
+            return
+        self.status.reinit_attempts += 1
+        self._lost_indices |= {d.index for d in self.devices}
+        self._drop_devices()
+        if self._initialised:
+            try:
+                self._nvml.nvmlShutdown()
+            except self._nvml.NVMLError:
+                pass
+            self._initialised = False
+        if self._init() and not self.status.lost:
+            self.status.recoveries += 1
+            log.warning("NVML re-initialised: %d GPU(s) answering again", len(self.devices))
+
+    # -- one field ----------------------------------------------------------
+    def _unsupported_errors(self) -> tuple[type[BaseException], ...]:
+        n = self._nvml
+        names = ("NVMLError_NotSupported", "NVMLError_FunctionNotFound", "NVMLError_NoPermission")
+        return tuple(getattr(n, c) for c in names if hasattr(n, c))
+
+    def _lost_errors(self) -> tuple[type[BaseException], ...]:
+        n = self._nvml
+        return tuple(getattr(n, c) for c in ("NVMLError_GpuIsLost", "NVMLError_Unknown") if hasattr(n, c))
+
+    def _query(self, dev: _Device, key: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """One NVML query: None when unsupported (remembered) or failing this tick."""
+        if key in dev.unsupported:
+            return None
+        try:
+            return fn(dev.handle, *args)
+        except self._unsupported_errors():
+            dev.unsupported.add(key)
+            log.info("GPU %d: %s is not supported; not asked again", dev.index, key)
+            return None
+        except self._lost_errors() as exc:
+            raise _DeviceLost(f"GPU {dev.index}: {key}: {exc}") from exc
+        except self._nvml.NVMLError as exc:
+            log.debug("GPU %d: %s failed this tick (%s)", dev.index, key, exc)
+            return None
+
+    def _scaled(self, dev: _Device, key: str, fn: Callable[..., Any], scale: float, *args: Any) -> float | None:
+        value = self._query(dev, key, fn, *args)
+        return None if value is None else float(value) * scale
+
+    # -- one tick -----------------------------------------------------------
+    def collect(self, sample: Sample) -> None:
+        """Append this tick's GPU readings to ``sample.gpus``."""
+        sample.gpus.extend(self.sample(sample.ts_ns))
+
+    def sample(self, now_ns: int) -> list[GpuSample]:
+        """One reading per known GPU; lost GPUs come back with ``lost=True`` and no fields."""
+        if self._host_only or self._nvml is None:
+            return []
+        if self.status.lost:
+            self._maybe_reinit()
+        out: list[GpuSample] = []
+        newly_lost = False
+        for dev in list(self.devices):
+            try:
+                out.append(self._sample_device(dev, now_ns))
+            except _DeviceLost as exc:
+                log.warning("%s; marking the device lost and re-initialising NVML with backoff", exc)
+                self.devices.remove(dev)
+                if dev.gpm is not None:
+                    dev.gpm.close()
+                self._lost_indices.add(dev.index)
+                newly_lost = True
+            except Exception as exc:  # a bug or a double misbehaving: never kill the agent
+                log.exception("GPU %d: sampling failed (%s)", dev.index, exc)
+        if newly_lost:
+            self.status.lost = True
+            self._backoff = self.backoff_initial_s
+            self._schedule_retry()
+        out.extend(GpuSample(index=i, lost=True) for i in sorted(self._lost_indices))
+        out.sort(key=lambda g: g.index)
+        return out
+
+    def _sample_device(self, dev: _Device, now_ns: int) -> GpuSample:
+        n = self._nvml
+        q = self._query
+        g = GpuSample(index=dev.index, uuid=dev.uuid, name=dev.name, pci_bus_id=dev.pci_bus_id)
+        util = q(dev, "utilization", n.nvmlDeviceGetUtilizationRates)
+        if util is not None:
+            g.gpu_util_ratio = util.gpu / 100.0
+            g.mem_util_ratio = util.memory / 100.0
+        mem = q(dev, "memory", n.nvmlDeviceGetMemoryInfo)
+        if mem is not None:
+            g.gpu_mem_used_bytes = float(mem.used)
+            g.gpu_mem_free_bytes = float(mem.free)
+            g.gpu_mem_total_bytes = float(mem.total)
+        g.pcie_tx_bytes_per_s = self._scaled(
+            dev, "pcie_tx", n.nvmlDeviceGetPcieThroughput, KB, n.NVML_PCIE_UTIL_TX_BYTES
+        )
+        g.pcie_rx_bytes_per_s = self._scaled(
+            dev, "pcie_rx", n.nvmlDeviceGetPcieThroughput, KB, n.NVML_PCIE_UTIL_RX_BYTES
+        )
+        g.power_w = self._scaled(dev, "power", n.nvmlDeviceGetPowerUsage, 1e-3)
+        g.power_limit_w = self._scaled(dev, "power_limit", n.nvmlDeviceGetEnforcedPowerLimit, 1e-3)
+        g.energy_j = self._scaled(dev, "energy", n.nvmlDeviceGetTotalEnergyConsumption, 1e-3)
+        g.temperature_c = self._scaled(dev, "temperature", n.nvmlDeviceGetTemperature, 1.0, n.NVML_TEMPERATURE_GPU)
+        g.sm_clock_hz = self._scaled(dev, "sm_clock", n.nvmlDeviceGetClockInfo, MHZ, n.NVML_CLOCK_SM)
+        g.mem_clock_hz = self._scaled(dev, "mem_clock", n.nvmlDeviceGetClockInfo, MHZ, n.NVML_CLOCK_MEM)
+        g.sm_clock_max_hz = dev.static.get("sm_clock_max_hz")
+        g.mem_clock_max_hz = dev.static.get("mem_clock_max_hz")
+        reasons = q(dev, "clock_events", n.nvmlDeviceGetCurrentClocksEventReasons)
+        g.clock_event_reasons = None if reasons is None else int(reasons)
+        if self.watch_pid is not None:
+            self._sample_process(dev, g)
+        if dev.gpm is not None:
+            self._sample_gpm(dev, g, now_ns)
+        return g
+
+    def _sample_process(self, dev: _Device, g: GpuSample) -> None:
+        n = self._nvml
+        procs = self._query(dev, "processes", n.nvmlDeviceGetComputeRunningProcesses)
+        for p in procs or ():
+            if p.pid == self.watch_pid and p.usedGpuMemory is not None:
+                g.proc_gpu_mem_bytes = float(p.usedGpuMemory)
+        if "process_utilization" in dev.unsupported:
+            return
+        try:
+            samples = n.nvmlDeviceGetProcessUtilization(dev.handle, dev.proc_util_ts_us)
+        except getattr(n, "NVMLError_NotFound", ()):
+            return  # no new utilisation samples since the last call
+        except self._unsupported_errors():
+            dev.unsupported.add("process_utilization")
+            log.info("GPU %d: process_utilization is not supported; not asked again", dev.index)
+            return
+        except self._lost_errors() as exc:
+            raise _DeviceLost(f"GPU {dev.index}: process_utilization: {exc}") from exc
+        except n.NVMLError:
+            return
+        mine = [s for s in samples if s.pid == self.watch_pid]
+        if samples:
+            dev.proc_util_ts_us = max(s.timeStamp for s in samples)
+        if mine:
+            g.proc_gpu_util_ratio = max(s.smUtil for s in mine) / 100.0
+
+    def _sample_gpm(self, dev: _Device, g: GpuSample, now_ns: int) -> None:
+        try:
+            values = dev.gpm.read(now_ns)
+        except self._lost_errors() as exc:
+            raise _DeviceLost(f"GPU {dev.index}: GPM: {exc}") from exc
+        except self._nvml.NVMLError as exc:
+            if isinstance(exc, self._unsupported_errors()):
+                log.info("GPU %d: GPM is not supported; not asked again", dev.index)
+                dev.gpm.close()
+                dev.gpm = None
+            return
+        for name, value in values.items():
+            setattr(g, name, value)
+
+
+def _text_of(fn: Callable[[Any], Any]) -> Callable[[Any], str]:
+    return lambda handle: _text(fn(handle))

@@ -1,0 +1,207 @@
+"""The sampling loop: a fixed, drift-free interval on its own thread.
+
+Tick ``k`` is due at ``t0 + k * interval`` on the monotonic clock, so the time a
+tick takes never shifts the ones after it; a tick that overruns skips the grid
+points it missed (counted in ``stats.missed_ticks``) instead of bunching up.
+Each tick asks every source to fill one :class:`Sample`, keeps it in a bounded
+ring buffer (memory does not grow with run length) and, when a bundle writer is
+given, appends its rows to the bundle's ``samples`` table.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from bottleneck_map.agent.host import HostSource
+from bottleneck_map.agent.nvml import NvmlSource
+from bottleneck_map.agent.sample import Sample, to_rows
+from bottleneck_map.bundle import BundleWriter, now_ns
+
+log = logging.getLogger("bottleneck_map.agent")
+
+DEFAULT_INTERVAL_S = 0.1
+DEFAULT_BUFFER = 3000  # five minutes at 10 Hz
+
+
+class Source(Protocol):
+    """Anything that fills part of a sample: ``HostSource``, ``NvmlSource``, a test source."""
+
+    name: str
+
+    def start(self) -> bool: ...
+
+    def collect(self, sample: Sample) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class SamplerStats:
+    ticks: int = 0
+    missed_ticks: int = 0
+    source_errors: int = 0
+    rows_written: int = 0
+    last_duration_ns: int | None = None
+
+
+def default_sources(watch_pid: int | None = None) -> list[Source]:
+    """The host (psutil) and every GPU NVML sees."""
+    return [HostSource(watch_pid), NvmlSource(watch_pid=watch_pid)]
+
+
+class Sampler:
+    """Samples the sources every ``interval_s`` seconds on a background thread.
+
+    >>> s = Sampler(interval_s=0.1, watch_pid=engine_pid, writer=bundle_writer)
+    >>> s.start(); ...; s.stop()
+    >>> s.latest()  # newest Sample, or None
+    """
+
+    def __init__(
+        self,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        watch_pid: int | None = None,
+        writer: BundleWriter | None = None,
+        sources: Sequence[Source] | None = None,
+        *,
+        buffer_size: int = DEFAULT_BUFFER,
+        instance: str | None = None,
+    ) -> None:
+        if not interval_s > 0:
+            raise ValueError(f"interval_s must be positive, got {interval_s}")
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be at least 1, got {buffer_size}")
+        self.interval_s = interval_s
+        self.watch_pid = watch_pid
+        self.writer = writer
+        self.instance = instance
+        self.sources: list[Source] = list(sources) if sources is not None else default_sources(watch_pid)
+        self.stats = SamplerStats()
+        self._ring: deque[Sample] = deque(maxlen=buffer_size)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = False
+
+    # -- lifecycle ------------------------------------------------------------
+    def open(self) -> None:
+        """Start the sources (NVML init, psutil priming) without starting the thread."""
+        if self._started:
+            return
+        for src in self.sources:
+            try:
+                src.start()
+            except Exception:
+                log.exception("source %s failed to start", getattr(src, "name", src))
+        self._started = True
+
+    def start(self) -> Sampler:
+        """Open the sources and start sampling on a daemon thread."""
+        if self._thread is not None:
+            raise RuntimeError("sampler already started")
+        self.open()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="bmap-agent-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Stop the thread, close the sources and flush rows to the writer (the writer stays open)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        for src in self.sources:
+            try:
+                src.close()
+            except Exception:
+                log.exception("source %s failed to close", getattr(src, "name", src))
+        self._started = False
+        if self.writer is not None:
+            try:
+                self.writer.flush("samples")
+            except Exception:
+                log.exception("flushing samples failed")
+
+    def __enter__(self) -> Sampler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- reading ----------------------------------------------------------------
+    def latest(self) -> Sample | None:
+        """The newest sample (cheap: no hardware access)."""
+        with self._lock:
+            return self._ring[-1] if self._ring else None
+
+    def samples(self) -> list[Sample]:
+        """The samples still in the ring buffer, oldest first."""
+        with self._lock:
+            return list(self._ring)
+
+    # -- sampling ---------------------------------------------------------------
+    def sample_once(self) -> Sample:
+        """Take one sample now (the loop calls this; tests may too)."""
+        if not self._started:
+            self.open()
+        t0 = now_ns()
+        sample = Sample(ts_ns=t0)
+        for src in self.sources:
+            try:
+                src.collect(sample)
+            except Exception:
+                self.stats.source_errors += 1
+                log.exception("source %s failed this tick", getattr(src, "name", src))
+        sample.duration_ns = now_ns() - t0
+        self.stats.ticks += 1
+        self.stats.last_duration_ns = sample.duration_ns
+        with self._lock:
+            self._ring.append(sample)
+        if self.writer is not None:
+            rows = to_rows(sample, self.instance)
+            try:
+                self.writer.extend("samples", rows)
+                self.stats.rows_written += len(rows)
+            except Exception:
+                log.exception("writing samples to the bundle failed")
+        return sample
+
+    def _run(self) -> None:
+        interval = self.interval_s
+        t0 = time.monotonic()
+        k = 0
+        while not self._stop.is_set():
+            self.sample_once()
+            k += 1
+            due = t0 + k * interval
+            now = time.monotonic()
+            if now - due >= interval:  # overran by whole intervals: skip those grid points
+                skipped = int((now - due) // interval)
+                self.stats.missed_ticks += skipped
+                k += skipped
+                due = t0 + k * interval
+            self._stop.wait(max(0.0, due - now))
+
+
+def start_agent_in_process(
+    writer: BundleWriter | None,
+    watch_pid: int | None = None,
+    interval: float = DEFAULT_INTERVAL_S,
+    *,
+    instance: str | None = None,
+) -> Sampler:
+    """Start a sampler thread inside the calling process (``bottleneck-map run`` uses
+    this with the engine's own pid). Returns the running :class:`Sampler`; call
+    ``stop()`` before closing the writer."""
+    return Sampler(interval_s=interval, watch_pid=watch_pid, writer=writer, instance=instance).start()

@@ -1,0 +1,148 @@
+"""HTTP ``/metrics`` for the agent: prometheus-client's WSGI app on a threading
+WSGI server, bound to 127.0.0.1 by default, with optional TLS (certificate and
+key files) and optional HTTP basic auth (one user)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9400
+REALM = "bottleneck-map agent"
+log = logging.getLogger("bottleneck_map.agent")
+
+WsgiApp = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
+
+
+@dataclass(frozen=True)
+class BasicAuth:
+    user: str
+    password: str
+
+    @classmethod
+    def parse(cls, text: str) -> BasicAuth:
+        """``user:password`` (the password may contain ':'); raises ValueError otherwise."""
+        user, sep, password = text.partition(":")
+        if not sep or not user or not password:
+            raise ValueError("expected user:password with a non-empty user and password")
+        return cls(user, password)
+
+    def check(self, header: str | None) -> bool:
+        if not header or not header.startswith("Basic "):
+            return False
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        user, _, password = decoded.partition(":")
+        ok_user = hmac.compare_digest(user.encode(), self.user.encode())
+        ok_pass = hmac.compare_digest(password.encode(), self.password.encode())
+        return ok_user and ok_pass
+
+
+def with_basic_auth(app: WsgiApp, auth: BasicAuth) -> WsgiApp:
+    """Wrap a WSGI app: requests without the right credentials get 401."""
+
+    def guarded(environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if auth.check(environ.get("HTTP_AUTHORIZATION")):
+            return app(environ, start_response)
+        start_response(
+            "401 Unauthorized",
+            [("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"'), ("Content-Type", "text/plain")],
+        )
+        return [b"401 Unauthorized\n"]
+
+    return guarded
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log; the TLS handshake happens here, in the request's own thread,
+    so a client that stalls mid-handshake cannot block the accept loop."""
+
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(10.0)
+            self.request.do_handshake()
+        super().setup()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+
+def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(certfile, keyfile)
+    return ctx
+
+
+class _Server(ThreadingWSGIServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("metrics request from %s failed", client_address, exc_info=True)
+
+
+class _IPv6Server(_Server):
+    address_family = socket.AF_INET6
+
+
+class MetricsServer:
+    """Serves ``registry`` on ``/metrics`` from a daemon thread."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        *,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        basic_auth: BasicAuth | None = None,
+    ) -> None:
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("TLS needs both a certificate and a key file")
+        app: WsgiApp = make_wsgi_app(registry)
+        if basic_auth is not None:
+            app = with_basic_auth(app, basic_auth)
+        self.tls = tls_cert is not None
+        ctx = tls_context(tls_cert, tls_key) if tls_cert and tls_key else None
+        server_class = _IPv6Server if ":" in host else _Server
+        self._httpd = make_server(host, port, app, server_class, handler_class=_QuietHandler)
+        if ctx is not None:
+            self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True, do_handshake_on_connect=False)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="bmap-agent-http", daemon=True)
+
+    @property
+    def host(self) -> str:
+        return self._httpd.server_address[0]
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.tls else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}/metrics"
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(5)
