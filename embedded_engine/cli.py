@@ -1,0 +1,334 @@
+"""``bottleneck-map run``: the embedded engine on a workload, written to a trace bundle."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import typer
+
+from bottleneck_map.embedded_engine.engine_config import ConfigError, EngineConfig
+
+_FLAG_OF_FIELD = {
+    "block_size": "--block-size",
+    "num_kv_blocks": "--num-kv-blocks",
+    "kv_cache_memory_bytes": "--num-kv-blocks",
+    "max_num_seqs": "--max-num-seqs",
+    "max_num_batched_tokens": "--max-num-batched-tokens",
+    "preemption_mode": "--preemption-mode",
+    "swap_space_gib": "--swap-space",
+    "max_model_len": "--max-model-len",
+    "device": "--device",
+    "dtype": "--dtype",
+}
+
+
+def _bad(flag: str, message: str) -> typer.BadParameter:
+    return typer.BadParameter(message, param_hint=flag)
+
+
+def _device_name(device) -> str:
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_meta(device, dtype) -> dict:
+    """``meta["device"]`` with peaks measured on this machine now."""
+    from bottleneck_map.embedded_engine.peaks import measure_peaks
+
+    measured = measure_peaks(device, dtype, seconds=0.5)
+    return {
+        "kind": device.type,
+        "name": _device_name(device),
+        "peak_flops": measured["matmul_flops"],
+        "peak_bandwidth_bytes_per_s": measured["copy_bandwidth_bytes_per_s"],
+        "peaks_source": "measured",
+        "measured": measured,
+        "num_threads": __import__("torch").get_num_threads(),
+    }
+
+
+def print_summary(bundle: Path, result, console) -> None:
+    """The run's own numbers, then the analyzer's summary when the analyzer is installed."""
+    console.print(
+        f"{result.num_finished}/{result.num_requests} requests finished"
+        + (f", {result.num_rejected} rejected" if result.num_rejected else "")
+        + f" in {result.duration_s:.1f} s: {result.output_tokens:,} output tokens "
+        f"({result.output_tokens_per_s:,.0f} tok/s), {result.num_steps:,} steps, "
+        f"{result.num_preemptions} preemptions",
+        highlight=False,
+    )
+    try:
+        from bottleneck_map.analyzer import summarize_bundle  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    try:
+        console.print(summarize_bundle(bundle), highlight=False)
+    except Exception as exc:  # the bundle is written; a summary failure must not hide it
+        console.print(f"[yellow]analyzer summary unavailable: {exc}[/yellow]")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run(
+        model: str = typer.Option(
+            "default", "--model", help="Built-in preset (default, tiny, ...) or a local HF checkpoint directory."
+        ),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+        dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
+        max_num_seqs: int = typer.Option(64, "--max-num-seqs", help="Most sequences in one batch."),
+        max_num_batched_tokens: int | None = typer.Option(
+            None,
+            "--max-num-batched-tokens",
+            help="Token budget of one step (default 512; max-model-len without chunked prefill).",
+        ),
+        block_size: int = typer.Option(16, "--block-size", help="Tokens per KV block."),
+        num_kv_blocks: int | None = typer.Option(
+            None,
+            "--num-kv-blocks",
+            help="KV cache size in blocks (default: max-num-seqs full-length sequences, at most 1 GiB).",
+        ),
+        max_model_len: int | None = typer.Option(
+            None, "--max-model-len", help="Context length limit (default: the model's, capped by the KV cache)."
+        ),
+        enable_prefix_caching: bool = typer.Option(
+            True,
+            "--enable-prefix-caching/--no-enable-prefix-caching",
+            help="Reuse KV blocks of shared prompt prefixes.",
+        ),
+        preemption_mode: str = typer.Option(
+            "recompute",
+            "--preemption-mode",
+            help="recompute (drop KV, recompute later) or swap (copy KV to host memory).",
+        ),
+        swap_space: float = typer.Option(4.0, "--swap-space", help="Host swap space in GiB (preemption-mode swap)."),
+        no_chunked_prefill: bool = typer.Option(
+            False, "--no-chunked-prefill", help="Separate prefill and decode steps."
+        ),
+        seed: int = typer.Option(0, "--seed", help="Seed for weights of built-in models, workload and sampling."),
+        num_requests: int | None = typer.Option(
+            None, "--num-requests", help="Requests in the synthetic workload (default 96)."
+        ),
+        request_rate: float = typer.Option(
+            6.0, "--request-rate", help="Mean arrivals per second; inf sends all at once."
+        ),
+        burstiness: float = typer.Option(
+            1.0, "--burstiness", help="Gamma shape of inter-arrival gaps (1 = Poisson; < 1 burstier)."
+        ),
+        arrival: str = typer.Option("poisson", "--arrival", help="poisson, gamma, constant or burst."),
+        prompt_len: str | None = typer.Option(
+            None,
+            "--prompt-len",
+            help="Prompt tokens for every class: N, uniform:A:B, normal:MEAN:STD, lognormal:MEDIAN:SIGMA.",
+        ),
+        output_len: str | None = typer.Option(
+            None, "--output-len", help="Output tokens for every class (same forms as --prompt-len)."
+        ),
+        shared_prefix: int | None = typer.Option(
+            None, "--shared-prefix", help="Tokens of shared system prompt per class group."
+        ),
+        workload_file: Path | None = typer.Option(
+            None,
+            "--workload-file",
+            help="Replay a JSONL workload (arrival_s, prompt or prompt_tokens, max_tokens, class).",
+        ),
+        out: Path | None = typer.Option(None, "--out", help="Bundle directory (default ./bmap-runs/<timestamp>/)."),
+        inject: list[str] = typer.Option(
+            [], "--inject", help="Fault injection NAME=VALUE: tokenize_us_per_token, step_host_ms, client_read_ms."
+        ),
+        record_prompts: bool = typer.Option(
+            False, "--record-prompts", help="Store prompt and output text in the bundle."
+        ),
+        agent: bool = typer.Option(
+            True, "--agent/--no-agent", help="Sample host and GPU metrics into the bundle while running."
+        ),
+        agent_interval: float = typer.Option(0.1, "--agent-interval", help="Seconds between agent samples."),
+    ) -> None:
+        """Run the embedded engine on a workload and write a trace bundle."""
+        from rich.console import Console
+
+        from bottleneck_map.embedded_engine.inject import parse_injections
+        from bottleneck_map.embedded_engine.workload import ARRIVALS, LengthDist, WorkloadSpec
+
+        console = Console()
+        try:
+            ecfg = EngineConfig(
+                block_size=block_size,
+                num_kv_blocks=num_kv_blocks,
+                max_num_seqs=max_num_seqs,
+                max_num_batched_tokens=max_num_batched_tokens,
+                chunked_prefill=not no_chunked_prefill,
+                enable_prefix_caching=enable_prefix_caching,
+                preemption_mode=preemption_mode,
+                swap_space_gib=swap_space,
+                max_model_len=max_model_len,
+                device=device,
+                dtype=dtype,
+                seed=seed,
+            )
+        except ConfigError as exc:
+            raise _bad(_FLAG_OF_FIELD.get(exc.field, "--" + exc.field.replace("_", "-")), str(exc)) from None
+        lengths = {}
+        for flag, text in (("--prompt-len", prompt_len), ("--output-len", output_len)):
+            try:
+                lengths[flag] = LengthDist.parse(text) if text is not None else None
+            except ValueError as exc:
+                raise _bad(flag, str(exc)) from None
+        if shared_prefix is not None and shared_prefix < 0:
+            raise _bad("--shared-prefix", f"must be >= 0, got {shared_prefix}")
+        if not agent_interval > 0:
+            raise _bad("--agent-interval", f"must be > 0, got {agent_interval}")
+        try:
+            injection = parse_injections(inject)
+        except ValueError as exc:
+            raise _bad("--inject", str(exc)) from None
+        spec = None
+        if workload_file is None:
+            checks = (
+                ("--num-requests", num_requests is None or num_requests >= 1, "must be >= 1"),
+                ("--request-rate", request_rate > 0, "must be > 0 (inf sends all at once)"),
+                ("--burstiness", math.isfinite(burstiness) and burstiness > 0, "must be a finite number > 0"),
+                ("--arrival", arrival in ARRIVALS, f"must be one of {', '.join(ARRIVALS)}"),
+            )
+            for flag, ok, message in checks:
+                if not ok:
+                    raise _bad(flag, message)
+            spec = WorkloadSpec(
+                num_requests=96 if num_requests is None else num_requests,
+                request_rate=request_rate,
+                burstiness=burstiness,
+                arrival=arrival,
+                seed=seed,
+            ).with_lengths(lengths["--prompt-len"], lengths["--output-len"], shared_prefix)
+        elif not workload_file.is_file():
+            raise _bad("--workload-file", f"{workload_file} is not a file")
+
+        bundle = run_bundle(
+            model=model,
+            engine_config=ecfg,
+            spec=spec,
+            workload_file=workload_file,
+            num_requests=num_requests,
+            out=out,
+            injection=injection,
+            record_prompts=record_prompts,
+            agent=agent,
+            agent_interval=agent_interval,
+            console=console,
+        )
+        console.print(f"bundle: {bundle}", highlight=False, soft_wrap=True)
+
+
+def run_bundle(
+    *,
+    model: str,
+    engine_config: EngineConfig,
+    spec,
+    workload_file: Path | None,
+    num_requests: int | None,
+    out: Path | None,
+    injection,
+    record_prompts: bool,
+    agent: bool,
+    agent_interval: float,
+    console,
+) -> Path:
+    """Load, run and write the bundle; returns its path. Exits 1 with a message on bad input data."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bottleneck_map.bundle import BundleWriter, new_meta
+    from bottleneck_map.embedded_engine.engine import LLMEngine
+    from bottleneck_map.embedded_engine.loader import CheckpointError, load_model
+    from bottleneck_map.embedded_engine.runner import run_workload
+    from bottleneck_map.embedded_engine.tracing import TraceSink, otel_provider_from_env
+    from bottleneck_map.embedded_engine.workload import build_workload, describe_replay, load_jsonl, word_pool
+
+    def fail(message: str) -> typer.Exit:
+        console.print(f"[red]error[/red]: {message}", highlight=False)
+        return typer.Exit(1)
+
+    with console.status(f"loading model {model} ..."):
+        try:
+            loaded = load_model(model, device=engine_config.device, dtype=engine_config.dtype, seed=engine_config.seed)
+        except CheckpointError as exc:
+            raise fail(str(exc)) from None
+        except ValueError as exc:  # e.g. cuda requested but unavailable
+            raise fail(str(exc)) from None
+        try:
+            engine = LLMEngine(loaded, engine_config, injection=injection)
+        except ConfigError as exc:
+            raise typer.BadParameter(str(exc), param_hint=_FLAG_OF_FIELD.get(exc.field, exc.field)) from None
+    words = word_pool(loaded.tokenizer)
+    if workload_file is not None:
+        try:
+            requests = load_jsonl(workload_file, words, seed=engine_config.seed)
+        except (ValueError, OSError) as exc:
+            raise fail(str(exc)) from None
+        if num_requests is not None:
+            requests = requests[:num_requests]
+        workload_meta = describe_replay(workload_file, requests)
+    else:
+        requests = build_workload(spec, words)
+        workload_meta = spec.to_meta()
+    with console.status("measuring device peaks ..."):
+        device = device_meta(engine.device, engine.dtype)
+    path = out or Path("bmap-runs") / time.strftime("%Y%m%d-%H%M%S")
+    if path.exists() and any(path.iterdir()):
+        raise fail(f"{path} exists and is not empty")
+    meta = new_meta(
+        "bottleneck-map run",
+        model=loaded.config.to_meta(engine.dtype),
+        engine=engine.config.to_meta(),
+        device=device,
+        workload=workload_meta,
+        injected=injection.to_meta(),
+        capabilities={"steps": True, "samples": agent, "streaming": True},
+        instance="engine-0",
+    )
+    writer = BundleWriter(path, meta)
+    provider = otel_provider_from_env()
+    engine.sink = TraceSink(
+        writer, provider, model_name=loaded.config.name, instance="engine-0", record_prompts=record_prompts
+    )
+    sampler = None
+    if agent:
+        from bottleneck_map.agent.sampler import Sampler
+
+        sampler = Sampler(interval_s=agent_interval, watch_pid=os.getpid(), writer=writer, instance="engine-0")
+        sampler.start()
+    try:
+        with Progress(
+            TextColumn("[bold]serving"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("requests"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            task = progress.add_task("run", total=len(requests))
+            result = run_workload(engine, requests, on_request_done=lambda d, t: progress.update(task, completed=d))
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        engine.close()
+        writer.update_meta(
+            result_summary={"num_steps": engine.stats.num_steps, "num_preemptions": engine.stats.num_preemptions}
+        )
+        writer.close()
+        if provider is not None:
+            provider.shutdown()
+    print_summary(path, result, console)
+    return path

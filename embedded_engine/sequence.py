@@ -1,0 +1,148 @@
+"""A request inside the engine: its tokens, its KV blocks and its lifecycle stamps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum, auto
+from typing import Any
+
+
+class SequenceStatus(Enum):
+    WAITING = auto()
+    RUNNING = auto()
+    SWAPPED = auto()
+    FINISHED_STOPPED = auto()
+    FINISHED_LENGTH = auto()
+    FINISHED_ABORTED = auto()
+    FINISHED_REJECTED = auto()
+
+    @property
+    def finished(self) -> bool:
+        return self.name.startswith("FINISHED")
+
+
+FINISH_REASONS = {
+    SequenceStatus.FINISHED_STOPPED: "stop",
+    SequenceStatus.FINISHED_LENGTH: "length",
+    SequenceStatus.FINISHED_ABORTED: "abort",
+    SequenceStatus.FINISHED_REJECTED: "rejected",
+}
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """vLLM's names: temperature 0 is greedy; top_k 0 or -1 disables top-k."""
+
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < -1:
+            raise ValueError(f"top_k must be -1, 0 or positive, got {self.top_k}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class RequestTrace:
+    """Lifecycle stamps of one request (int64 ns on the bundle clock; None when not reached)."""
+
+    arrival_ns: int
+    workload_class: str | None = None
+    tokenize_start_ns: int | None = None
+    tokenize_end_ns: int | None = None
+    queued_ns: int | None = None
+    first_scheduled_ns: int | None = None
+    first_token_ns: int | None = None
+    finished_ns: int | None = None
+    first_byte_ns: int | None = None
+    last_byte_ns: int | None = None
+    scheduled_ns: list[int] = field(default_factory=list)
+    preempted_ns: list[int] = field(default_factory=list)
+    resumed_ns: list[int] = field(default_factory=list)
+    token_ns: list[int] = field(default_factory=list)
+    delivered_ns: list[int] = field(default_factory=list)
+    prefill_end_ns: int | None = None  # last prompt chunk computed (equals first_token_ns unless preempted)
+    recomputed_tokens: int = 0
+    swapped_bytes: int = 0
+    error: str | None = None
+    prompt_text: str | None = None
+    output_text: str | None = None
+    parent_context: Any = None  # OpenTelemetry context of a caller (W3C traceparent), if any
+    trace_id: str | None = None
+
+
+class Sequence:
+    """One request: prompt + generated tokens, the KV blocks holding them, and its trace."""
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        trace: RequestTrace,
+        arrival_order: int,
+    ) -> None:
+        self.request_id = request_id
+        self.token_ids: list[int] = list(prompt_token_ids)
+        self.num_prompt_tokens = len(prompt_token_ids)
+        self.params = params
+        self.trace = trace
+        self.arrival_order = arrival_order
+        self.status = SequenceStatus.WAITING
+        self.block_table: list[int] = []
+        self.block_hashes: list[int] = []  # chained hashes of the full blocks registered so far
+        self.swap_table: list[int] = []  # host swap blocks while SWAPPED
+        self.num_computed_tokens = 0
+        self.num_cached_tokens = 0  # prompt tokens served from the prefix cache (first admission)
+        self.pending_recompute = 0  # computed tokens dropped by the last recompute preemption
+        self.generator: Any = None  # per-request torch.Generator when params.seed is set
+
+    def __repr__(self) -> str:
+        return (
+            f"Sequence({self.request_id!r}, {self.status.name}, tokens={self.num_tokens}, "
+            f"computed={self.num_computed_tokens}, blocks={len(self.block_table)})"
+        )
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return self.num_tokens - self.num_prompt_tokens
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def in_prefill(self) -> bool:
+        """This step computes (a chunk of) a prompt, or re-computes one after preemption,
+        rather than decoding the one newest sampled token."""
+        return self.num_uncomputed_tokens > 1 or self.num_output_tokens == 0
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status.finished
+
+    @property
+    def finish_reason(self) -> str | None:
+        return FINISH_REASONS.get(self.status)
