@@ -1,0 +1,133 @@
+"""Paged attention: write new keys/values through a slot mapping, read them back through block tables.
+
+A step's tokens are laid out sequence after sequence (``query_lens`` in input order). Sequences with
+one new token (decodes) are attended in one batched call, padded to the longest context among them
+with a mask; sequences with several new tokens (prefill chunks) are attended one by one with a causal
+mask in which the cached prefix (``context_len - query_len`` tokens) is fully visible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # int64 [T]: flat KV slot (block_id*block_size + offset) per new token
+    query_lens: list[int]  # per sequence: tokens computed this step (sum == T), in input order
+    context_lens: list[int]  # per sequence: total KV length after this step (cached + new)
+    block_tables: torch.Tensor  # int32 [num_seqs, max_blocks], rows padded with 0
+    block_size: int
+
+    def __post_init__(self) -> None:
+        if len(self.query_lens) != len(self.context_lens):
+            raise ValueError("query_lens and context_lens must have one entry per sequence")
+        if len(self.query_lens) != self.block_tables.shape[0]:
+            raise ValueError("block_tables must have one row per sequence")
+        if any(q <= 0 or q > c for q, c in zip(self.query_lens, self.context_lens, strict=True)):
+            raise ValueError("each sequence needs 0 < query_len <= context_len")
+        if sum(self.query_lens) != self.slot_mapping.shape[0]:
+            raise ValueError("slot_mapping must have one slot per new token")
+
+
+@dataclass
+class _Prefill:
+    start: int  # first token row in the step
+    end: int
+    blocks: torch.Tensor  # block ids covering the context
+    context_len: int
+    mask: torch.Tensor | None  # None: plain causal (no cached prefix)
+
+
+@dataclass
+class AttentionPlan:
+    """Per-step indexing derived once from the metadata and shared by every layer."""
+
+    num_tokens: int
+    slot_mapping: torch.Tensor
+    block_size: int
+    decode_rows: torch.Tensor | None = None  # token rows of the decoding sequences
+    decode_tables: torch.Tensor | None = None  # [B, nb] block ids
+    decode_mask: torch.Tensor | None = None  # [B, 1, 1, nb*block_size] bool, True = attend
+    all_decode: bool = False
+    prefills: list[_Prefill] = field(default_factory=list)
+    last_rows: torch.Tensor | None = None  # row of each sequence's last token, input order
+
+
+def plan_attention(meta: AttentionMetadata, device: torch.device) -> AttentionPlan:
+    bs = meta.block_size
+    tables = meta.block_tables.to(device=device, dtype=torch.long)
+    starts, pos = [], 0
+    for q in meta.query_lens:
+        starts.append(pos)
+        pos += q
+    plan = AttentionPlan(num_tokens=pos, slot_mapping=meta.slot_mapping.to(device), block_size=bs)
+    plan.last_rows = torch.tensor([s + q - 1 for s, q in zip(starts, meta.query_lens, strict=True)], device=device)
+    dec = [i for i, q in enumerate(meta.query_lens) if q == 1]
+    if dec:
+        ctx = torch.tensor([meta.context_lens[i] for i in dec], device=device)
+        nb = -(-int(ctx.max()) // bs)
+        plan.decode_rows = torch.tensor([starts[i] for i in dec], device=device)
+        plan.decode_tables = tables[dec, :nb] if len(dec) < len(meta.query_lens) else tables[:, :nb]
+        keys = torch.arange(nb * bs, device=device)
+        plan.decode_mask = (keys[None, :] < ctx[:, None])[:, None, None, :]
+        plan.all_decode = len(dec) == len(meta.query_lens)
+    for i, (q, c) in enumerate(zip(meta.query_lens, meta.context_lens, strict=True)):
+        if q == 1:
+            continue
+        cached = c - q
+        mask = None
+        if cached:
+            rows = torch.arange(q, device=device)[:, None] + cached
+            mask = torch.arange(c, device=device)[None, :] <= rows
+        plan.prefills.append(_Prefill(starts[i], starts[i] + q, tables[i, : -(-c // bs)], c, mask))
+    return plan
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    plan: AttentionPlan,
+    scale: float,
+) -> torch.Tensor:
+    """q ``[T, H, D]``, k/v ``[T, KV, D]`` for the new tokens; caches ``[blocks, block_size, KV, D]``.
+
+    Returns ``[T, H, D]``. The new keys and values are stored in the cache first, so every sequence
+    reads its whole context (cached prefix and this step's tokens) from the paged cache.
+    """
+    n_kv, d = k_cache.shape[2], k_cache.shape[3]
+    group = q.shape[1] // n_kv
+    k_cache.view(-1, n_kv, d).index_copy_(0, plan.slot_mapping, k)
+    v_cache.view(-1, n_kv, d).index_copy_(0, plan.slot_mapping, v)
+    if plan.all_decode:
+        return _decode(q, k_cache, v_cache, plan, scale, n_kv, group)
+    out = torch.empty_like(q)
+    if plan.decode_rows is not None:
+        out[plan.decode_rows] = _decode(q[plan.decode_rows], k_cache, v_cache, plan, scale, n_kv, group)
+    for p in plan.prefills:
+        kp = k_cache.index_select(0, p.blocks).view(-1, n_kv, d)[: p.context_len].transpose(0, 1)
+        vp = v_cache.index_select(0, p.blocks).view(-1, n_kv, d)[: p.context_len].transpose(0, 1)
+        qp = q[p.start : p.end].transpose(0, 1)
+        o = F.scaled_dot_product_attention(
+            qp, kp, vp, attn_mask=p.mask, is_causal=p.mask is None, scale=scale, enable_gqa=group > 1
+        )
+        out[p.start : p.end] = o.transpose(0, 1)
+    return out
+
+
+def _decode(q, k_cache, v_cache, plan: AttentionPlan, scale: float, n_kv: int, group: int) -> torch.Tensor:
+    # One query per sequence: the query heads sharing a KV head become that head's "query rows",
+    # so grouped-query attention needs no repeated keys or values.
+    b, d = q.shape[0], q.shape[2]
+    blocks = plan.decode_tables.flatten()  # gather each sequence's blocks, in block-table order
+    kd = k_cache.index_select(0, blocks).view(b, -1, n_kv, d).transpose(1, 2)
+    vd = v_cache.index_select(0, blocks).view(b, -1, n_kv, d).transpose(1, 2)
+    qd = q.view(b, n_kv, group, d)
+    o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=plan.decode_mask, scale=scale)
+    return o.reshape(b, n_kv * group, d)
