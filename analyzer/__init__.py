@@ -1,1 +1,59 @@
-"""Analyzer: turns a trace bundle into the bottleneck map (stages, latency metrics, roofline, verdicts)."""
+"""Analyzer: turns a trace bundle into the bottleneck map (stages, latency metrics, roofline, verdicts).
+
+``analyze(bundle)`` is the facade; the drill-down tables (per request, per step, per
+window) are public functions too. Everything here only reads bundles.
+"""
+
+from bottleneck_map.analyzer.api import (
+    Analysis,
+    analyze,
+    analyze_full,
+    request_metrics,
+    request_stages,
+    step_roofline,
+    window_timeline,
+)
+from bottleneck_map.analyzer.result import (
+    CLASSES,
+    MAP_SCHEMA_VERSION,
+    STAGE_GROUPS,
+    STAGES,
+    BottleneckMap,
+    CostSummary,
+    DevicePeaks,
+    Evidence,
+    LatencySummary,
+    Percentiles,
+    RequestExplanation,
+    RooflinePoint,
+    StageStats,
+    Unreachable,
+    Verdict,
+    WindowVerdict,
+)
+
+__all__ = [
+    "CLASSES",
+    "MAP_SCHEMA_VERSION",
+    "STAGES",
+    "STAGE_GROUPS",
+    "Analysis",
+    "BottleneckMap",
+    "CostSummary",
+    "DevicePeaks",
+    "Evidence",
+    "LatencySummary",
+    "Percentiles",
+    "RequestExplanation",
+    "RooflinePoint",
+    "StageStats",
+    "Unreachable",
+    "Verdict",
+    "WindowVerdict",
+    "analyze",
+    "analyze_full",
+    "request_metrics",
+    "request_stages",
+    "step_roofline",
+    "window_timeline",
+]

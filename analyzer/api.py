@@ -1,0 +1,479 @@
+"""The facade: ``analyze(bundle) -> BottleneckMap``, composed from one analysis per module."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bottleneck_map.analyzer import attribution, classify, hardware, latency, roofline, stages, windows
+from bottleneck_map.analyzer.data import NA_NS, Tables, f64, flat_list, load
+from bottleneck_map.analyzer.devices import device_peaks
+from bottleneck_map.analyzer.result import (
+    CLASSES,
+    MAP_SCHEMA_VERSION,
+    STAGE_GROUPS,
+    STAGES,
+    BottleneckMap,
+    CostSummary,
+    DevicePeaks,
+    RequestExplanation,
+    StageStats,
+    Unreachable,
+)
+from bottleneck_map.bundle import Bundle, BundleError
+
+WORST_REQUESTS = 5
+MAX_WINDOWS = 100_000
+
+
+@dataclass
+class Analysis:
+    """Intermediate tables of one analysis, kept for drill-down (dashboard, tests)."""
+
+    tables: Tables
+    stages: pd.DataFrame
+    metrics: pd.DataFrame
+    itl: pd.DataFrame
+    roofline: pd.DataFrame
+    steps: pd.DataFrame
+    attributed: pd.DataFrame
+    timeline: pd.DataFrame
+    samples: pd.DataFrame
+    result: BottleneckMap
+
+
+def analyze(
+    bundle_or_path: Bundle | Tables | str | os.PathLike[str],
+    *,
+    window_s: float = 1.0,
+    slo: Mapping[str, float] | None = None,
+    gpu_hour_cost: float | None = None,
+) -> BottleneckMap:
+    """Analyse a bundle (path or opened :class:`~bottleneck_map.bundle.Bundle`) into its bottleneck map.
+
+    Raises :class:`~bottleneck_map.bundle.BundleError` for a bundle that cannot be
+    analysed (unreadable, or no requests) and ValueError for bad arguments.
+    """
+    return analyze_full(bundle_or_path, window_s=window_s, slo=slo, gpu_hour_cost=gpu_hour_cost).result
+
+
+def analyze_full(
+    bundle_or_path: Bundle | Tables | str | os.PathLike[str],
+    *,
+    window_s: float = 1.0,
+    slo: Mapping[str, float] | None = None,
+    gpu_hour_cost: float | None = None,
+) -> Analysis:
+    """Like :func:`analyze`, also returning the per-request, per-step and per-window tables."""
+    if not window_s or window_s <= 0 or not np.isfinite(window_s):
+        raise ValueError(f"window_s must be a positive number of seconds, got {window_s!r}")
+    if gpu_hour_cost is not None and (gpu_hour_cost < 0 or not np.isfinite(gpu_hour_cost)):
+        raise ValueError(f"gpu_hour_cost must be a non-negative number, got {gpu_hour_cost!r}")
+    slo = dict(slo or {})
+    t = load(bundle_or_path)
+    meta = t.meta
+    if t.requests.num_rows == 0:
+        raise BundleError(f"{t.path}: bundle has no requests; nothing to analyse")
+    caps = t.capabilities
+    engine = dict(meta.get("engine") or {})
+    peaks = device_peaks(meta.get("device"))
+    warnings = list(t.warnings)
+
+    # Per-step tables.
+    has_steps = caps["steps"]
+    samples = hardware.sample_frame(t.samples) if caps["samples"] else hardware.sample_frame(t.samples.slice(0, 0))
+    roof = roofline.step_roofline(t.steps, meta.get("model"), peaks) if has_steps else pd.DataFrame()
+    throttle_loss = None
+    if has_steps and not samples.empty:
+        clocked = samples[samples["has_reasons"] | samples["sm_clock_ratio"].notna()]
+        if not clocked.empty:
+            sj = hardware.step_samples(clocked, roof[["start_ns", "end_ns"]])
+            ratio = sj["sm_clock_ratio"].to_numpy(dtype=float)
+            throttled = sj["throttled"].fillna(False).to_numpy(dtype=bool)
+            throttle_loss = np.where(throttled & np.isfinite(ratio), 1 - np.clip(ratio, 0, 1), 0.0)
+    sb = attribution.step_breakdown(t.steps, engine, throttle_loss) if has_steps else None
+    if sb is not None:
+        sb["tokens_out"] = np.nan_to_num(f64(t.steps, "num_decode_seqs")) + np.nan_to_num(
+            f64(t.steps, "num_prefill_seqs")
+        )
+
+    # Per-request tables.
+    membership = stages.step_membership(t.steps, stages._ids(t.requests)) if has_steps else None
+    st = stages.request_stages(t.requests, t.steps if has_steps else None, membership)
+    metrics = latency.request_metrics(t.requests)
+    itl = latency.inter_token_latencies(t.requests)
+    own = attribution.own_step_time(membership, sb, len(st), st["first_token_ns"].to_numpy()) if has_steps else None
+    attr = attribution.attribute(st, own, sb)
+
+    done = st["complete"].to_numpy()
+    if not done.any():
+        warnings.append("no request finished; stage shares are empty")
+    e2e_total = float(st.loc[done, "e2e_ns"].sum())
+    share = {c: (float(attr.loc[done, c].sum()) / e2e_total if e2e_total > 0 else 0.0) for c in attr.columns}
+
+    # Time bounds and windows.
+    start_ns = int(st["arrival_ns"].min())
+    end_candidates = [int(st["end_ns"].max())]
+    if has_steps:
+        end_candidates.append(int(roof["end_ns"].max()))
+    end_ns = max(end_candidates)
+    duration_s = (end_ns - start_ns) / 1e9
+    window_ns = max(int(window_s * 1e9), 1)
+    n_windows = max(1, int(np.ceil((end_ns - start_ns + 1) / window_ns)))
+    if n_windows > MAX_WINDOWS:
+        raise ValueError(
+            f"--window {window_s} s gives {n_windows} windows over {duration_s:.0f} s; use a larger window"
+        )
+    hw_win = hardware.per_window(samples, start_ns, window_ns, n_windows) if not samples.empty else None
+    timeline = windows.window_timeline(st, attr, sb, hw_win, start_ns, window_ns, n_windows)
+    win_verdicts = windows.window_verdicts(timeline)
+
+    # Signals for the rules.
+    lat = latency.latency_summaries(metrics, itl, slo)
+    points = roofline.roofline_points(roof, peaks) if has_steps else []
+    busy = (
+        hardware.busy_mask(
+            samples,
+            roof["start_ns"].to_numpy() if has_steps else np.empty(0, np.int64),
+            roof["end_ns"].to_numpy() if has_steps else np.empty(0, np.int64),
+        )
+        if not samples.empty
+        else np.empty(0, bool)
+    )
+    hw = hardware.summary(samples, busy)
+    sig = _signals(t, st, attr, share, sb, roof, points, lat[0], hw, samples, peaks, engine, done)
+    sig.unreachable, unreachable = _unreachable(t, caps, samples)
+    verdicts = classify.verdicts(sig)
+    for v in verdicts:
+        v.windows = [w.index for w in win_verdicts if w.cls == v.cls and (w.requests_finished or w.requests_arrived)]
+        if v.cls in attr.columns:
+            frac = attr[v.cls].to_numpy() / np.maximum(st["e2e_ns"].to_numpy(), 1)
+            hit = done & (frac >= 0.2)
+            v.requests_affected = int(hit.sum())
+            order = np.argsort(-np.where(hit, attr[v.cls].to_numpy(), -1))[: min(5, int(hit.sum()))]
+            v.sample_request_ids = [str(x) for x in st["request_id"].to_numpy()[order]]
+
+    result = BottleneckMap(
+        schema_version=MAP_SCHEMA_VERSION,
+        run_id=meta.get("run_id"),
+        bundle=t.path,
+        producer=meta.get("producer"),
+        model=(meta.get("model") or {}).get("name"),
+        device=peaks,
+        start_ns=start_ns,
+        end_ns=end_ns,
+        duration_s=duration_s,
+        window_s=float(window_s),
+        slo=slo,
+        capabilities=caps,
+        top=verdicts[0] if verdicts else None,
+        verdicts=verdicts,
+        unreachable=unreachable,
+        stages=_stage_stats(st, attr, sig, done),
+        latency=lat,
+        roofline=points,
+        windows=win_verdicts,
+        worst_requests=_worst(st, attr, metrics, done),
+        kv_usage=_kv_usage(sb),
+        hardware=hw,
+        cost=_cost(lat[0], gpu_hour_cost, hw, samples, meta),
+        warnings=warnings,
+    )
+    return Analysis(
+        t, st, metrics, itl, roof, sb if sb is not None else pd.DataFrame(), attr, timeline, samples, result
+    )
+
+
+def _p(a: np.ndarray, q: float) -> float | None:
+    a = a[np.isfinite(a)]
+    return float(np.percentile(a, q)) if len(a) else None
+
+
+def _union_length(a: np.ndarray, b: np.ndarray) -> float:
+    if not len(a):
+        return 0.0
+    order = np.argsort(a, kind="stable")
+    a, b = a[order], b[order]
+    reach = np.maximum.accumulate(b)
+    prev = np.concatenate([[a[0]], reach[:-1]])
+    gaps = np.clip(a - prev, 0, None)
+    return float(reach[-1] - a[0] - gaps.sum())
+
+
+def _signals(t, st, attr, share, sb, roof, points, lat_all, hw, samples, peaks, engine, done) -> classify.Signals:
+    v: dict[str, Any] = {}
+    d = st[done]
+    sec = 1e9
+    for stage, key in (
+        ("queue", "queue_p95_s"),
+        ("tokenize", "tokenize_p95_s"),
+        ("receive", "receive_p95_s"),
+        ("streaming", "streaming_p95_s"),
+    ):
+        v[key] = _p(d[stage].to_numpy() / sec, 95)
+    v["requeue_s"] = float(d["requeue"].sum()) / sec
+    v["recompute_s"] = float(d["recompute"].sum()) / sec
+    v["swap_s"] = float(d["swap"].sum()) / sec
+    ttft_total = float((d["first_token_ns"] - d["arrival_ns"]).sum())
+    v["prefill_share_of_ttft"] = (
+        float((d["prefill_compute"] + d["prefill_wait"]).sum()) / ttft_total if ttft_total > 0 else None
+    )
+    v["ttft_p50_s"] = lat_all.ttft.p50
+    v["tpot_p50_s"] = lat_all.tpot.p50
+    prompt = t.requests.column("prompt_tokens")
+    v["mean_prompt_tokens"] = (
+        float(np.nanmean(f64(t.requests, "prompt_tokens"))) if prompt.null_count < len(prompt) else None
+    )
+    v["preemptions"] = lat_all.preemptions
+    v["preempted_requests"] = lat_all.preempted_requests
+    v["peak_bw"] = peaks.peak_bandwidth_bytes_per_s
+    v["ridge"] = peaks.ridge_point
+    v["peaks_source"] = peaks.source
+    if sb is not None and not sb.empty:
+        dur = sb["dur"].to_numpy()
+        kv = sb["kv_usage"].to_numpy()
+        v["kv_usage_p95"] = _p(kv, 95)
+        v["kv_usage_max"] = float(np.nanmax(kv)) if np.isfinite(kv).any() else None
+        v["kv_time_full_frac"] = (
+            float(dur[np.nan_to_num(kv) >= attribution.KV_FULL].sum() / dur.sum()) if dur.sum() > 0 else None
+        )
+        waiting = sb["num_waiting"].to_numpy()
+        v["mean_waiting"] = float(np.nanmean(waiting)) if np.isfinite(waiting).any() else None
+        mns = engine.get("max_num_seqs")
+        running = sb["num_running"].to_numpy()
+        w = np.nan_to_num(waiting) > 0
+        if mns and w.any() and np.isfinite(running).any():
+            v["slots_full_frac"] = float((np.nan_to_num(running[w]) >= mns).mean())
+        v["host_frac_of_step"] = float(sb["host_overhead"].sum() / dur.sum()) if dur.sum() > 0 else None
+        lo, hi = windows.bounds(st)["t3"][done], windows.bounds(st)["t5"][done]
+        union = _union_length(lo, hi)
+        v["idle_frac"] = max(0.0, 1 - float(dur.sum()) / union) if union > 0 else None
+        so = np.nan_to_num(f64(t.steps, "swap_out_bytes")) + np.nan_to_num(f64(t.steps, "swap_in_bytes"))
+        v["swap_bytes"] = float(so.sum()) or None
+        swap_time = float(sb["pcie_transfer"].sum()) / sec
+        v["swap_bytes_per_s"] = float(so.sum()) / swap_time if swap_time > 0 and so.sum() > 0 else None
+        dec = f64(t.steps, "num_decode_seqs")
+        dsel = np.nan_to_num(dec) > 0
+        v["decode_batch"] = float(dec[dsel].mean()) if dsel.any() else None
+    for p in points:
+        if p.phase in ("prefill", "decode"):
+            v[f"{p.phase}_ai"] = p.arithmetic_intensity
+            v[f"{p.phase}_flops_per_s"] = p.achieved_flops_per_s
+            v[f"{p.phase}_bytes_per_s"] = p.achieved_bytes_per_s
+            v[f"{p.phase}_flops_util"] = p.flops_utilization
+            v[f"{p.phase}_bw_util"] = p.bandwidth_utilization
+    if "prefill_ai" not in v:
+        mixed = next((p for p in points if p.phase == "mixed"), None)
+        if mixed is not None:
+            v["prefill_ai"], v["prefill_flops_per_s"], v["prefill_flops_util"] = (
+                mixed.arithmetic_intensity,
+                mixed.achieved_flops_per_s,
+                mixed.flops_utilization,
+            )
+    v["dram_util"] = hw.get("gpm_dram_bw_util_ratio")
+    v["proc_cpu"] = hw.get("proc_cpu_ratio")
+    v["cpu_max_core"] = hw.get("cpu_util_max_core_ratio")
+    pc_tx, pc_rx = (
+        hw.get("pcie_tx_bytes_per_s") or hw.get("gpm_pcie_tx_bytes_per_s"),
+        hw.get("pcie_rx_bytes_per_s") or hw.get("gpm_pcie_rx_bytes_per_s"),
+    )
+    v["pcie_bytes_per_s"] = (pc_tx or 0) + (pc_rx or 0) if (pc_tx is not None or pc_rx is not None) else None
+    v["busy_throttled_frac"] = hw.get("busy_throttled_fraction")
+    v["busy_sm_clock_ratio"] = hw.get("busy_sm_clock_ratio")
+    v["throttle_reasons"] = hardware.throttle_reasons(samples) if not samples.empty else {}
+    for k in ("power_w", "power_limit_w", "temperature_c"):
+        v[k] = hw.get(k)
+    v["token_to_byte_s"] = _token_to_byte(t)
+    return classify.Signals(share={c: share.get(c, 0.0) for c in CLASSES if c != "balanced"}, values=v, engine=engine)
+
+
+def _token_to_byte(t: Tables) -> float | None:
+    tok, tp = flat_list(t.requests, "token_ns")
+    dl, dp = flat_list(t.requests, "delivered_ns")
+    if not len(tp) or len(tp) != len(dp) or not np.array_equal(tp, dp):
+        return None
+    a = np.asarray(tok.to_numpy(zero_copy_only=False), dtype=float)
+    b = np.asarray(dl.to_numpy(zero_copy_only=False), dtype=float)
+    d = (b - a)[np.isfinite(a) & np.isfinite(b)]
+    return float(d.mean() / 1e9) if len(d) else None
+
+
+def _unreachable(t: Tables, caps: dict[str, bool], samples: pd.DataFrame) -> tuple[set[str], list[Unreachable]]:
+    out: list[Unreachable] = []
+    if not caps["steps"]:
+        why = "the bundle has no step records (for example ingested from a deployment), so prefill/decode time cannot be split into compute, waiting and host overhead, and there is no roofline"
+        out += [Unreachable(c, why) for c in ("prefill_compute", "decode_memory_bandwidth", "host_overhead")]
+        out.append(Unreachable("pcie_transfer", "no step records: swap time and bytes per step are unknown"))
+    clocks = not samples.empty and (samples["has_reasons"].any() or samples["sm_clock_ratio"].notna().any())
+    if not clocks:
+        out.append(
+            Unreachable(
+                "power_thermal", "no GPU samples with clock-event reasons or SM clocks (no agent ran, or no GPU)"
+            )
+        )
+    req = t.requests
+    if req.column("last_byte_ns").null_count == req.num_rows:
+        out.append(Unreachable("streaming", "no last_byte_ns: the producer did not record byte delivery"))
+    if req.column("tokenize_start_ns").null_count == req.num_rows:
+        out.append(Unreachable("tokenization", "no tokenize_start_ns/tokenize_end_ns recorded"))
+    return {u.cls for u in out}, out
+
+
+def _stage_class(stage: str, attr: pd.DataFrame, sig: classify.Signals) -> str | None:
+    s = sig.share
+    if stage in ("receive", "tokenize"):
+        return "tokenization"
+    if stage == "queue":
+        return "kv_cache_capacity" if s.get("kv_cache_capacity", 0) > s.get("queueing", 0) else "queueing"
+    if stage in ("requeue", "recompute"):
+        return "kv_cache_capacity"
+    if stage == "swap":
+        return "pcie_transfer"
+    if stage == "streaming":
+        return "streaming"
+    if sig.unreachable >= {"prefill_compute", "decode_memory_bandwidth"}:
+        return None
+    hf = sig.get("host_frac_of_step") or 0.0
+    if stage in ("prefill_compute", "decode_compute"):
+        if hf >= 0.5:
+            return "host_overhead"
+        if (sig.get("busy_throttled_frac") or 0) >= classify.THROTTLED_FRAC_HIGH:
+            return "power_thermal"
+        return "prefill_compute" if stage == "prefill_compute" else "decode_memory_bandwidth"
+    if (sig.get("idle_frac") or 0) >= 0.5:
+        return "host_overhead"
+    return "prefill_compute" if stage == "prefill_wait" else "decode_memory_bandwidth"
+
+
+def _stage_stats(st: pd.DataFrame, attr: pd.DataFrame, sig: classify.Signals, done: np.ndarray) -> list[StageStats]:
+    d = st[done]
+    total = float(d["e2e_ns"].sum())
+    group_of = {s: g for g, members in STAGE_GROUPS.items() for s in members}
+    out = []
+    for stage in STAGES:
+        v = d[stage].to_numpy().astype(float) / 1e9
+        out.append(
+            StageStats(
+                stage=stage,
+                group=group_of[stage],
+                share=float(v.sum() * 1e9 / total) if total > 0 else 0.0,
+                mean_s=float(v.mean()) if len(v) else None,
+                p50_s=_p(v, 50),
+                p95_s=_p(v, 95),
+                p99_s=_p(v, 99),
+                max_s=float(v.max()) if len(v) else None,
+                total_s=float(v.sum()),
+                requests_with_stage=int((v > 0).sum()),
+                cls=_stage_class(stage, attr, sig),
+            )
+        )
+    return out
+
+
+def _worst(st: pd.DataFrame, attr: pd.DataFrame, metrics: pd.DataFrame, done: np.ndarray) -> list[RequestExplanation]:
+    idx = np.flatnonzero(done)
+    if not len(idx):
+        return []
+    e2e = st["e2e_ns"].to_numpy()[idx]
+    top = idx[np.argsort(-e2e, kind="stable")[:WORST_REQUESTS]]
+    cls_cols = [c for c in attr.columns if c != attribution.UNATTRIBUTED]
+    out = []
+    for i in top:
+        row = st.iloc[i]
+        stages_s = {s: float(row[s]) / 1e9 for s in STAGES if row[s] > 0}
+        dom_stage = max(stages_s, key=stages_s.get) if stages_s else "queue"
+        a = attr.iloc[i][cls_cols]
+        cls = str(a.idxmax()) if a.max() > 0 else "balanced"
+        e2e_s = float(row["e2e_ns"]) / 1e9
+        why = f"{cls}: {float(a.max()) / 1e9:.3f} s of {e2e_s:.3f} s ({100 * float(a.max()) / max(float(row['e2e_ns']), 1):.0f}%); longest stage {dom_stage} {stages_s.get(dom_stage, 0):.3f} s"
+        if row["preemptions"]:
+            why += f"; preempted {int(row['preemptions'])}x"
+        ttft = metrics["ttft_s"].iloc[i]
+        out.append(
+            RequestExplanation(
+                request_id=str(row["request_id"]),
+                workload_class=None if row["workload_class"] is None else str(row["workload_class"]),
+                e2e_s=e2e_s,
+                ttft_s=None if pd.isna(ttft) else float(ttft),
+                stages_s=stages_s,
+                dominant_stage=dom_stage,
+                cls=cls,
+                why=why,
+            )
+        )
+    return out
+
+
+def _kv_usage(sb: pd.DataFrame | None) -> dict[str, float | None]:
+    if sb is None or sb.empty:
+        return {}
+    kv = sb["kv_usage"].to_numpy()
+    if not np.isfinite(kv).any():
+        return {}
+    dur = sb["dur"].to_numpy()
+    ok = np.isfinite(kv)
+    return {
+        "mean": float(np.average(kv[ok], weights=np.maximum(dur[ok], 1))),
+        "p95": _p(kv, 95),
+        "max": float(np.nanmax(kv)),
+        "time_above_95": float(dur[ok & (kv >= attribution.KV_FULL)].sum() / max(dur.sum(), 1)),
+    }
+
+
+def _cost(lat_all, gpu_hour_cost: float | None, hw: dict, samples: pd.DataFrame, meta: dict) -> CostSummary:
+    out_tokens = lat_all.output_token_throughput * lat_all.duration_s
+    total_tokens = lat_all.total_token_throughput * lat_all.duration_s
+    c = CostSummary(gpu_hour_cost=gpu_hour_cost)
+    if gpu_hour_cost is not None and lat_all.duration_s > 0:
+        n_dev = int((meta.get("device") or {}).get("count") or 0) or max(
+            1, int(samples["device"].nunique()) if not samples.empty and samples["device"].notna().any() else 1
+        )
+        dollars = gpu_hour_cost * n_dev * lat_all.duration_s / 3600
+        c.cost_per_million_output_tokens = dollars / out_tokens * 1e6 if out_tokens > 0 else None
+        c.cost_per_million_total_tokens = dollars / total_tokens * 1e6 if total_tokens > 0 else None
+    if hw.get("energy_j") is not None:
+        c.energy_j = hw["energy_j"]
+        c.energy_per_output_token_j = hw["energy_j"] / out_tokens if out_tokens > 0 else None
+    return c
+
+
+def request_stages(bundle_or_path: Bundle | Tables | str | os.PathLike[str]) -> pd.DataFrame:
+    """Per-request stages (int64 ns, one column per stage, adding up to ``e2e_ns``) of a bundle."""
+    t = load(bundle_or_path)
+    has_steps = t.capabilities["steps"]
+    return stages.request_stages(t.requests, t.steps if has_steps else None)
+
+
+def request_metrics(bundle_or_path: Bundle | Tables | str | os.PathLike[str]) -> pd.DataFrame:
+    """Per-request TTFT / TPOT / E2E (seconds) as ``vllm bench serve`` defines them."""
+    return latency.request_metrics(load(bundle_or_path).requests)
+
+
+def step_roofline(
+    bundle_or_path: Bundle | Tables | str | os.PathLike[str], peaks: DevicePeaks | None = None
+) -> pd.DataFrame:
+    """Per-step analytic FLOPs/bytes, achieved rates, intensity and bound (peaks from meta when not given)."""
+    t = load(bundle_or_path)
+    return roofline.step_roofline(t.steps, t.meta.get("model"), peaks or device_peaks(t.meta.get("device")))
+
+
+def window_timeline(bundle_or_path: Bundle | Tables | str | os.PathLike[str], *, window_s: float = 1.0) -> pd.DataFrame:
+    """Per-window timeline: arrivals, completions, ns attributed per class, engine and hardware means."""
+    return analyze_full(bundle_or_path, window_s=window_s).timeline
+
+
+__all__ = [
+    "Analysis",
+    "NA_NS",
+    "analyze",
+    "analyze_full",
+    "request_metrics",
+    "request_stages",
+    "step_roofline",
+    "window_timeline",
+]

@@ -1,0 +1,181 @@
+"""Attribute every nanosecond of every request's latency to one bottleneck class.
+
+Stage time maps to classes as follows (``docs/bottleneck-map.md`` has the table):
+
+* ``receive`` + ``tokenize`` -> tokenization; ``streaming`` -> streaming;
+* ``queue`` -> kv_cache_capacity for the part of the wait during which the engine had
+  requests waiting and KV usage at or above :data:`KV_FULL`, queueing for the rest;
+* ``requeue`` and ``recompute`` -> kv_cache_capacity; ``swap`` -> pcie_transfer;
+* time in this request's own steps splits by what the step did: host work
+  (schedule/prepare/sample/postprocess) -> host_overhead, forward time lost to clock
+  throttling -> power_thermal, prefill forward -> prefill_compute, decode forward ->
+  decode_memory_bandwidth, except the part of a decode step spent on other sequences'
+  prefill tokens -> prefill_compute;
+* waiting inside prefill/decode: idle gaps with no step running -> host_overhead,
+  other sequences' steps -> the classes of what those steps did (same split).
+
+Everything uses cumulative per-class step time on the run's timeline, so a request's
+share of any interval is two ``np.interp`` calls.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from bottleneck_map.analyzer.data import f64, ns
+from bottleneck_map.analyzer.result import CLASSES
+
+# KV usage at or above this fraction (of blocks) counts as "KV cache full".
+KV_FULL = 0.95
+UNATTRIBUTED = "unattributed"
+_STEP_CLASSES = ("host_overhead", "pcie_transfer", "power_thermal", "prefill_compute", "decode_memory_bandwidth")
+
+
+def step_breakdown(steps: pa.Table, meta_engine: dict | None, throttle_loss: np.ndarray | None = None) -> pd.DataFrame:
+    """Per step: duration split into class time (ns, floats), plus ``kv_usage`` and flags."""
+    n = steps.num_rows
+    start, end = ns(steps, "start_ns"), ns(steps, "end_ns")
+    dur = np.clip(end - start, 0, None).astype(np.float64)
+    host = np.zeros(n)
+    for c in ("schedule_ns", "prepare_ns", "sample_ns", "postprocess_ns"):
+        host += np.nan_to_num(f64(steps, c))
+    swap = np.nan_to_num(f64(steps, "swap_ns"))
+    host = np.minimum(host, dur)
+    swap = np.minimum(swap, dur - host)
+    fwd = dur - host - swap
+    loss = np.zeros(n) if throttle_loss is None else np.clip(np.nan_to_num(throttle_loss), 0, 1) * fwd
+    fwd_eff = fwd - loss
+    pre_tok = np.nan_to_num(f64(steps, "num_prefill_tokens"))
+    dec = np.nan_to_num(f64(steps, "num_decode_seqs"))
+    tot = pre_tok + dec
+    pfrac = np.where(tot > 0, pre_tok / np.where(tot > 0, tot, 1), 0.0)
+    used, free = f64(steps, "kv_blocks_used"), f64(steps, "kv_blocks_free")
+    total_blocks = used + free
+    eng_blocks = (meta_engine or {}).get("num_kv_blocks")
+    if eng_blocks:
+        total_blocks = np.where(np.isfinite(total_blocks) & (total_blocks > 0), total_blocks, float(eng_blocks))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kv = np.where(total_blocks > 0, used / total_blocks, np.nan)
+    waiting = f64(steps, "num_waiting")
+    out = pd.DataFrame(
+        {
+            "start_ns": start,
+            "end_ns": end,
+            "dur": dur,
+            "host_overhead": host,
+            "pcie_transfer": swap,
+            "power_thermal": loss,
+            "prefill_compute": fwd_eff * pfrac,
+            "decode_memory_bandwidth": fwd_eff * (1 - pfrac),
+            "prefill_frac": pfrac,
+            "kv_usage": kv,
+            "num_waiting": waiting,
+            "num_running": f64(steps, "num_running"),
+        }
+    )
+    out["kv_blocked"] = (np.nan_to_num(waiting) > 0) & (np.nan_to_num(kv) >= KV_FULL)
+    return out
+
+
+class Timeline:
+    """Cumulative step time per class along the run, evaluated at arbitrary times."""
+
+    def __init__(self, sb: pd.DataFrame) -> None:
+        order = np.argsort(sb["start_ns"].to_numpy(), kind="stable")
+        s = sb["start_ns"].to_numpy()[order]
+        e = np.maximum(sb["end_ns"].to_numpy()[order], s)
+        x = np.empty(2 * len(s), np.int64)
+        x[0::2], x[1::2] = s, e
+        self.x = np.maximum.accumulate(x).astype(np.float64) if len(x) else x.astype(np.float64)
+        self.cum: dict[str, np.ndarray] = {}
+        for col in ("dur", *_STEP_CLASSES):
+            self.cum[col] = self._cum(sb[col].to_numpy()[order])
+        self.cum["kv_blocked"] = self._cum((sb["dur"] * sb["kv_blocked"]).to_numpy()[order])
+
+    def _cum(self, v: np.ndarray) -> np.ndarray:
+        y = np.empty(2 * len(v))
+        c = np.cumsum(v)
+        y[1::2] = c
+        y[0::2] = c - v
+        return y
+
+    def between(self, col: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if not len(self.x):
+            return np.zeros(len(a))
+        y = self.cum[col]
+        return np.clip(np.interp(b, self.x, y) - np.interp(a, self.x, y), 0, None)
+
+
+def attribute(stages: pd.DataFrame, own: pd.DataFrame | None, sb: pd.DataFrame | None) -> pd.DataFrame:
+    """Per request ns per class (columns = CLASSES without balanced, plus ``unattributed``).
+
+    ``own`` holds the per-request own-step time per step class (from :func:`own_step_time`);
+    ``sb`` is :func:`step_breakdown`. Without steps, prefill and decode time is unattributed.
+    """
+    n = len(stages)
+    out = pd.DataFrame(0.0, index=stages.index, columns=[c for c in CLASSES if c != "balanced"] + [UNATTRIBUTED])
+    out["tokenization"] = (stages["receive"] + stages["tokenize"]).astype(float)
+    out["streaming"] = stages["streaming"].astype(float)
+    out["kv_cache_capacity"] = (stages["requeue"] + stages["recompute"]).astype(float)
+    out["pcie_transfer"] = stages["swap"].astype(float)
+    queue = stages["queue"].to_numpy().astype(float)
+    if sb is None or sb.empty or n == 0:
+        out["queueing"] = queue
+        out[UNATTRIBUTED] = (
+            stages["prefill_compute"] + stages["prefill_wait"] + stages["decode_compute"] + stages["decode_wait"]
+        ).astype(float)
+        return out
+    tl = Timeline(sb)
+    t2 = stages["arrival_ns"].to_numpy() + (stages["receive"] + stages["tokenize"]).to_numpy()
+    t3 = t2 + stages["queue"].to_numpy()
+    t4 = stages["first_token_ns"].to_numpy()
+    t5 = stages["end_ns"].to_numpy() - stages["streaming"].to_numpy()
+    busy_q = tl.between("dur", t2, t3)
+    kvb = tl.between("kv_blocked", t2, t3)
+    kv_frac = np.where(busy_q > 0, kvb / np.where(busy_q > 0, busy_q, 1), 0.0)
+    out["kv_cache_capacity"] += queue * kv_frac
+    out["queueing"] = queue * (1 - kv_frac)
+    # Own steps: split the stage's own compute by the per-class make-up of those steps.
+    own_cols = [c for c in _STEP_CLASSES if c != "pcie_transfer"]
+    own_total = own[own_cols].sum(axis=1).to_numpy() if own is not None else np.zeros(n)
+    own_stage = (stages["prefill_compute"] + stages["decode_compute"]).to_numpy().astype(float)
+    scale = np.where(own_total > 0, own_stage / np.where(own_total > 0, own_total, 1), 0.0)
+    for c in _STEP_CLASSES:
+        if c == "pcie_transfer":
+            continue  # swap time is its own stage already
+        out[c] += own[c].to_numpy() * scale if own is not None else 0.0
+    # Waiting: idle gaps -> host overhead; other sequences' steps -> their classes.
+    for a, b, wait in ((t3, t4, stages["prefill_wait"]), (t4, t5, stages["decode_wait"])):
+        wait = wait.to_numpy().astype(float)
+        span = np.clip(b - a, 0, None).astype(float)
+        busy = np.minimum(tl.between("dur", a, b), span)
+        gap = np.minimum(wait, span - busy)
+        rest = wait - gap
+        out["host_overhead"] += gap
+        parts = {c: tl.between(c, a, b) for c in _STEP_CLASSES}
+        tot = sum(parts.values())
+        for c, v in parts.items():
+            out[c] += np.where(tot > 0, rest * v / np.where(tot > 0, tot, 1), 0.0)
+        out["host_overhead"] += np.where(tot > 0, 0.0, rest)
+    return out
+
+
+def own_step_time(
+    membership: pd.DataFrame, sb: pd.DataFrame, n_requests: int, first_token_ns: np.ndarray
+) -> pd.DataFrame:
+    """Per request, the class make-up of the steps it was in (prefill and decode phase, recompute excluded)."""
+    req, st = membership["req"].to_numpy(), membership["step"].to_numpy()
+    prefill_phase = sb["end_ns"].to_numpy()[st] <= first_token_ns[req]
+    recompute = ~prefill_phase & membership["is_prefill"].to_numpy()
+    keep = ~recompute
+    out = {}
+    for c in _STEP_CLASSES:
+        v = sb[c].to_numpy()[st]
+        if c in ("prefill_compute", "decode_memory_bandwidth"):
+            # In its own prefill steps a request's forward time is prefill compute, whatever else was batched.
+            fwd = (sb["prefill_compute"].to_numpy() + sb["decode_memory_bandwidth"].to_numpy())[st]
+            v = np.where(prefill_phase, fwd if c == "prefill_compute" else 0.0, v)
+        out[c] = np.bincount(req[keep], weights=v[keep], minlength=n_requests)
+    return pd.DataFrame(out)

@@ -1,0 +1,441 @@
+"""Rules that turn attributed latency and hardware signals into ranked verdicts.
+
+Each class has a share threshold (fraction of summed E2E attributed to it by
+:mod:`~bottleneck_map.analyzer.attribution`) and a corroboration check on
+independent signals (engine counters, roofline, agent samples). A class *fires* when
+its share reaches the threshold; its confidence grows with the margin and the
+corroboration. ``balanced`` is the verdict when no class reaches :data:`CONFIDENT`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bottleneck_map.analyzer.result import CLASSES, Evidence, Verdict
+
+CONFIDENT = 0.5  # confidence at or above which a verdict is stated as the answer
+
+# Share of summed E2E latency at which each class fires.
+SHARE_THRESHOLD: dict[str, float] = {
+    "queueing": 0.25,
+    "kv_cache_capacity": 0.15,
+    "prefill_compute": 0.30,
+    "decode_memory_bandwidth": 0.55,
+    "pcie_transfer": 0.10,
+    "host_overhead": 0.25,
+    "tokenization": 0.15,
+    "streaming": 0.15,
+    "power_thermal": 0.05,
+}
+KV_HIGH = 0.90  # p95 KV usage that corroborates kv_cache_capacity
+BW_UTIL_HIGH = 0.5  # decode bandwidth utilisation (of peak) that corroborates decode_memory_bandwidth
+FLOPS_UTIL_HIGH = 0.4  # prefill FLOP/s utilisation that corroborates prefill_compute
+HOST_STEP_FRAC_HIGH = 0.3  # non-forward fraction of step time that corroborates host_overhead
+CPU_SATURATED = 0.9  # a process or core at this CPU ratio counts as saturated
+CLOCK_LOW = 0.9  # SM clock below this fraction of max while busy
+THROTTLED_FRAC_HIGH = 0.2  # busy samples with a throttle reason
+
+
+@dataclass
+class Signals:
+    """Everything the rules look at: class shares plus measured engine/hardware figures."""
+
+    share: dict[str, float]
+    values: dict[str, Any] = field(default_factory=dict)
+    engine: dict[str, Any] = field(default_factory=dict)
+    unreachable: set[str] = field(default_factory=set)
+
+    def get(self, key: str) -> Any:
+        v = self.values.get(key)
+        if isinstance(v, float) and not np.isfinite(v):
+            return None
+        return v
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def _s(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x * 1e3:.1f} ms" if abs(x) < 1 else f"{x:.2f} s"
+
+
+def _num(x: float | None, unit: str = "") -> str:
+    if x is None:
+        return "n/a"
+    for div, suf in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.2f} {suf}{unit}"
+    return f"{x:.2f} {unit}".strip()
+
+
+def _share_ev(sig: Signals, cls: str, what: str) -> Evidence:
+    v = sig.share.get(cls, 0.0)
+    return Evidence(
+        f"{cls}_share_of_e2e", v, "ratio", f"{what}: {_pct(v)} of summed end-to-end latency", SHARE_THRESHOLD[cls]
+    )
+
+
+Rule = Callable[[Signals], tuple[float, list[Evidence], str, list[str]]]
+
+
+def _queueing(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
+    ev = [_share_ev(sig, "queueing", "waiting for admission (batch slots / token budget)")]
+    corr = 0.0
+    slots = sig.get("slots_full_frac")
+    waiting = sig.get("mean_waiting")
+    if sig.get("queue_p95_s") is not None:
+        ev.append(Evidence("queue_p95_s", sig.get("queue_p95_s"), "s", f"p95 queue time {_s(sig.get('queue_p95_s'))}"))
+    if waiting is not None:
+        ev.append(Evidence("mean_num_waiting", waiting, "count", f"{waiting:.1f} requests waiting on average per step"))
+        corr += 0.5 if waiting >= 1 else 0.0
+    if slots is not None:
+        mns = sig.engine.get("max_num_seqs")
+        ev.append(
+            Evidence(
+                "slots_full_fraction",
+                slots,
+                "ratio",
+                f"running = max_num_seqs ({mns}) in {_pct(slots)} of steps with requests waiting",
+            )
+        )
+        corr += 0.5 * min(slots / 0.5, 1.0)
+    kv = sig.get("kv_usage_p95")
+    if kv is not None and kv < KV_HIGH and slots and slots > 0.5:
+        rec = f"raise --max-num-seqs (batch slots are full while KV usage p95 is only {_pct(kv)}); if that does not help, add replicas"
+        knobs = ["--max-num-seqs", "replicas"]
+    else:
+        rec = "arrivals exceed service rate: add replicas or lower the request rate; raise --max-num-seqs only if KV blocks allow"
+        knobs = ["replicas", "--max-num-seqs"]
+    return min(corr, 1.0), ev, rec, knobs
+
+
+def _kv(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
+    ev = [_share_ev(sig, "kv_cache_capacity", "blocked on KV blocks, preempted or recomputing")]
+    corr = 0.0
+    kv95, kvmax, full = sig.get("kv_usage_p95"), sig.get("kv_usage_max"), sig.get("kv_time_full_frac")
+    if kv95 is not None:
+        ev.append(
+            Evidence(
+                "kv_usage_p95",
+                kv95,
+                "ratio",
+                f"KV cache usage p95 {_pct(kv95)}, max {_pct(kvmax)}, at or above 95% for {_pct(full)} of step time",
+                KV_HIGH,
+            )
+        )
+        corr += 0.5 if kv95 >= KV_HIGH else 0.0
+    pre = sig.get("preemptions") or 0
+    ev.append(
+        Evidence(
+            "preemptions",
+            float(pre),
+            "count",
+            f"{pre} preemptions of {sig.get('preempted_requests') or 0} requests; requeue {_s(sig.get('requeue_s'))}, recompute {_s(sig.get('recompute_s'))} summed",
+        )
+    )
+    corr += 0.5 if pre > 0 else 0.0
+    mode = sig.engine.get("preemption_mode")
+    rec = "raise --num-kv-blocks (more GPU memory for KV), or lower --max-num-seqs so admitted requests fit"
+    if mode == "recompute" and (sig.get("recompute_s") or 0) > 0:
+        rec += "; long prompts being recomputed: try --preemption-mode swap if PCIe is idle"
+    return min(corr, 1.0), ev, rec, ["--num-kv-blocks", "--max-num-seqs", "--preemption-mode"]
+
+
+def _prefill(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
+    ev = [_share_ev(sig, "prefill_compute", "prefill compute (own prompt, or other prompts stalling decodes)")]
+    corr = 0.0
+    pst = sig.get("prefill_share_of_ttft")
+    if pst is not None:
+        ev.append(
+            Evidence(
+                "prefill_share_of_ttft",
+                pst,
+                "ratio",
+                f"prefill is {_pct(pst)} of TTFT (p50 TTFT {_s(sig.get('ttft_p50_s'))}, mean prompt {sig.get('mean_prompt_tokens') or 0:.0f} tokens)",
+            )
+        )
+        corr += 0.3 if pst >= 0.5 else 0.0
+    ai, ridge, util = sig.get("prefill_ai"), sig.get("ridge"), sig.get("prefill_flops_util")
+    if ai is not None:
+        bound = "compute-bound" if ridge is not None and ai >= ridge else "memory-bound"
+        ev.append(
+            Evidence(
+                "prefill_arithmetic_intensity",
+                ai,
+                "FLOP/byte",
+                f"prefill steps: {ai:.0f} FLOP/byte vs ridge point {ridge or 0:.0f} ({bound}), {_num(sig.get('prefill_flops_per_s'), 'FLOP/s')} = {_pct(util)} of peak",
+            )
+        )
+        corr += 0.4 if ridge is not None and ai >= ridge else 0.0
+        corr += 0.3 if util is not None and util >= FLOPS_UTIL_HIGH else 0.0
+    if sig.engine.get("chunked_prefill"):
+        rec = "lower --max-num-batched-tokens so long prompts are split into smaller chunks and decodes are not stalled; enable prefix caching for shared prefixes"
+        knobs = ["--max-num-batched-tokens", "--enable-prefix-caching"]
+    else:
+        rec = "enable chunked prefill (--enable-chunked-prefill) so long prompts stop stalling decodes; enable prefix caching for shared prefixes"
+        knobs = ["--enable-chunked-prefill", "--max-num-batched-tokens", "--enable-prefix-caching"]
+    return min(corr, 1.0), ev, rec, knobs
+
+
+def _decode(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
+    ev = [_share_ev(sig, "decode_memory_bandwidth", "decode forward steps (reading weights and KV)")]
+    corr = 0.0
+    ai, ridge, bw, util = (
+        sig.get("decode_ai"),
+        sig.get("ridge"),
+        sig.get("decode_bytes_per_s"),
+        sig.get("decode_bw_util"),
+    )
+    if ai is not None:
+        mem = ridge is not None and ai < ridge
+        ev.append(
+            Evidence(
+                "decode_arithmetic_intensity",
+                ai,
+                "FLOP/byte",
+                f"decode steps: {ai:.1f} FLOP/byte vs ridge point {ridge or 0:.0f} ({'memory-bound' if mem else 'compute-bound'})",
+            )
+        )
+        corr += 0.4 if mem else 0.0
+    if bw is not None:
+        ev.append(
+            Evidence(
+                "decode_bandwidth_utilization",
+                util,
+                "ratio",
+                f"decode moves {_num(bw, 'B/s')} = {_pct(util)} of peak bandwidth {_num(sig.get('peak_bw'), 'B/s')} ({sig.get('peaks_source')})",
+                BW_UTIL_HIGH,
+            )
+        )
+        corr += (
+            0.4
+            if util is not None and util >= BW_UTIL_HIGH
+            else (0.2 if util is not None and util >= BW_UTIL_HIGH / 2 else 0.0)
+        )
+    dram = sig.get("dram_util")
+    if dram is not None:
+        ev.append(
+            Evidence("dram_bw_util", dram, "ratio", f"GPM DRAM bandwidth utilisation {_pct(dram)} (agent samples)")
+        )
+        corr += 0.2 if dram >= BW_UTIL_HIGH else 0.0
+    if sig.get("tpot_p50_s") is not None:
+        ev.append(
+            Evidence(
+                "tpot_p50_s",
+                sig.get("tpot_p50_s"),
+                "s",
+                f"TPOT p50 {_s(sig.get('tpot_p50_s'))} at mean decode batch {sig.get('decode_batch') or 0:.1f}",
+            )
+        )
+    rec = "raise --max-num-seqs so each weight read serves more sequences (if KV blocks allow); otherwise quantize weights/KV cache or use a GPU with more memory bandwidth"
+    return min(corr, 1.0), ev, rec, ["--max-num-seqs", "quantization"]
+
+
+def _pcie(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
+    ev = [_share_ev(sig, "pcie_transfer", "KV swap between host and device")]
+    corr = 0.0
+    sb, bw = sig.get("swap_bytes"), sig.get("swap_bytes_per_s")
+    ev.append(
+        Evidence(
+            "swap_bytes",
+            sb,
+            "bytes",
+            f"{_num(sb, 'B')} swapped in {_s(sig.get('swap_s'))} of step time ({_num(bw, 'B/s')})",
+        )
+    )
+    corr += 0.6 if sb else 0.0
+    pcie = sig.get("pcie_bytes_per_s")
+    if pcie is not None:
+        ev.append(
+            Evidence("pcie_bytes_per_s", pcie, "bytes/s", f"PCIe TX+RX {_num(pcie, 'B/s')} on average (agent samples)")
+        )
+        corr += 0.4
+    rec = "swapping KV over PCIe costs more than it saves: use --preemption-mode recompute for short prompts, or raise --num-kv-blocks / lower --max-num-seqs to avoid preemption"
+    return min(corr, 1.0), ev, rec, ["--preemption-mode", "--num-kv-blocks", "--swap-space"]
+
+
+def _host(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
+    ev = [_share_ev(sig, "host_overhead", "host work in steps and idle gaps between steps")]
+    corr = 0.0
+    hf = sig.get("host_frac_of_step")
+    if hf is not None:
+        ev.append(
+            Evidence(
+                "host_fraction_of_step_time",
+                hf,
+                "ratio",
+                f"schedule+prepare+sample+postprocess = {_pct(hf)} of step time",
+                HOST_STEP_FRAC_HIGH,
+            )
+        )
+        corr += 0.5 if hf >= HOST_STEP_FRAC_HIGH else 0.0
+    idle = sig.get("idle_frac")
+    if idle is not None:
+        ev.append(
+            Evidence(
+                "idle_fraction", idle, "ratio", f"no step running for {_pct(idle)} of the time requests were in flight"
+            )
+        )
+        corr += 0.3 if idle >= 0.2 else 0.0
+    cpu = sig.get("proc_cpu")
+    if cpu is not None:
+        ev.append(
+            Evidence("engine_process_cpu", cpu, "ratio", f"engine process at {_pct(cpu)} of a core", CPU_SATURATED)
+        )
+        corr += 0.2 if cpu >= CPU_SATURATED else 0.0
+    rec = "cut per-step host work: larger batches (raise --max-num-seqs) amortise it; use CUDA graphs / asynchronous output processing; profile the scheduler and sampler"
+    return min(corr, 1.0), ev, rec, ["--max-num-seqs", "cuda-graphs"]
+
+
+def _tokenization(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
+    ev = [_share_ev(sig, "tokenization", "tokenizing prompts (and waiting for a tokenizer)")]
+    corr = 0.5
+    if sig.get("tokenize_p95_s") is not None:
+        ev.append(
+            Evidence(
+                "tokenize_p95_s",
+                sig.get("tokenize_p95_s"),
+                "s",
+                f"p95 tokenize {_s(sig.get('tokenize_p95_s'))}, p95 wait before tokenizing {_s(sig.get('receive_p95_s'))}",
+            )
+        )
+    cpu = sig.get("cpu_max_core")
+    if cpu is not None:
+        ev.append(Evidence("cpu_max_core", cpu, "ratio", f"busiest CPU core at {_pct(cpu)}", CPU_SATURATED))
+        corr += 0.5 if cpu >= CPU_SATURATED else 0.0
+    rec = "use a fast (Rust) tokenizer and more tokenizer workers, or tokenize on the client; cache tokenized system prompts"
+    return min(corr, 1.0), ev, rec, ["tokenizer", "--tokenizer-workers"]
+
+
+def _streaming(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
+    ev = [_share_ev(sig, "streaming", "from last token produced to last byte delivered")]
+    corr = 0.5
+    if sig.get("streaming_p95_s") is not None:
+        ev.append(
+            Evidence(
+                "streaming_p95_s",
+                sig.get("streaming_p95_s"),
+                "s",
+                f"p95 finish-to-last-byte {_s(sig.get('streaming_p95_s'))}; mean token-to-byte delay {_s(sig.get('token_to_byte_s'))}",
+            )
+        )
+        corr += 0.5 if (sig.get("token_to_byte_s") or 0) > 0 else 0.0
+    rec = "send larger streaming chunks (fewer, bigger writes), detokenize incrementally, and check the client/network for slow reads"
+    return min(corr, 1.0), ev, rec, ["stream chunk size", "client"]
+
+
+def _power(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
+    ev = [_share_ev(sig, "power_thermal", "forward time lost to clock throttling")]
+    corr = 0.0
+    frac, clk = sig.get("busy_throttled_frac"), sig.get("busy_sm_clock_ratio")
+    reasons = sig.get("throttle_reasons") or {}
+    if frac is not None:
+        names = ", ".join(f"{k} ({v})" for k, v in reasons.items()) or "none"
+        ev.append(
+            Evidence(
+                "busy_throttled_fraction",
+                frac,
+                "ratio",
+                f"{_pct(frac)} of busy samples carry throttle reasons: {names}",
+                THROTTLED_FRAC_HIGH,
+            )
+        )
+        corr += 0.5 if frac >= THROTTLED_FRAC_HIGH else 0.0
+    if clk is not None:
+        ev.append(
+            Evidence("busy_sm_clock_ratio", clk, "ratio", f"SM clock at {_pct(clk)} of max while busy", CLOCK_LOW)
+        )
+        corr += 0.5 if clk < CLOCK_LOW else 0.0
+    if sig.get("power_w") is not None:
+        ev.append(
+            Evidence(
+                "power_w",
+                sig.get("power_w"),
+                "W",
+                f"power {sig.get('power_w'):.0f} W of limit {sig.get('power_limit_w') or 0:.0f} W, temperature {sig.get('temperature_c') or 0:.0f} C",
+            )
+        )
+    rec = "clocks are throttled: check the power cap (nvidia-smi -q -d POWER, raise it with nvidia-smi -pl) and cooling/airflow; HW slowdown points at thermals or the PSU"
+    return min(corr, 1.0), ev, rec, ["power cap", "cooling"]
+
+
+RULES: dict[str, Rule] = {
+    "queueing": _queueing,
+    "kv_cache_capacity": _kv,
+    "prefill_compute": _prefill,
+    "decode_memory_bandwidth": _decode,
+    "pcie_transfer": _pcie,
+    "host_overhead": _host,
+    "tokenization": _tokenization,
+    "streaming": _streaming,
+    "power_thermal": _power,
+}
+
+
+def confidence(share: float, threshold: float, corroboration: float) -> float:
+    """Below the threshold confidence stays under CONFIDENT; above it grows with margin and corroboration."""
+    strength = share / threshold if threshold > 0 else 0.0
+    if strength < 1:
+        return round(0.45 * strength * (0.5 + 0.5 * corroboration), 3)
+    return round(min(1.0, 0.5 + 0.25 * min(strength - 1, 1.0) + 0.25 * corroboration), 3)
+
+
+def score_shares(share: Mapping[str, float], corroboration: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Confidence per class from shares only (used per window, with neutral corroboration)."""
+    corroboration = corroboration or {}
+    return {c: confidence(share.get(c, 0.0), t, corroboration.get(c, 0.5)) for c, t in SHARE_THRESHOLD.items()}
+
+
+def verdicts(sig: Signals) -> list[Verdict]:
+    """Every reachable class as a verdict, ranked by confidence then share; ``balanced`` when none is confident."""
+    out = []
+    for cls, rule in RULES.items():
+        if cls in sig.unreachable:
+            continue
+        corr, ev, rec, knobs = rule(sig)
+        share = float(sig.share.get(cls, 0.0))
+        conf = confidence(share, SHARE_THRESHOLD[cls], corr)
+        out.append(
+            Verdict(
+                cls=cls,
+                score=conf,
+                share_of_latency=share,
+                confidence=conf,
+                evidence=ev,
+                recommendation=rec,
+                knobs=knobs,
+            )
+        )
+    out.sort(key=lambda v: (v.confidence, v.share_of_latency), reverse=True)
+    best = out[0].confidence if out else 0.0
+    if best < CONFIDENT:
+        top = sorted(out, key=lambda v: v.share_of_latency, reverse=True)[:3]
+        ev = [
+            Evidence(
+                f"{v.cls}_share_of_e2e",
+                v.share_of_latency,
+                "ratio",
+                f"{v.cls}: {_pct(v.share_of_latency)} of latency (fires at {_pct(SHARE_THRESHOLD[v.cls])})",
+                SHARE_THRESHOLD[v.cls],
+            )
+            for v in top
+        ]
+        bal = Verdict(
+            cls="balanced",
+            score=round(1 - best, 3),
+            share_of_latency=0.0,
+            confidence=round(1 - best, 3),
+            evidence=ev,
+            recommendation="no single constraint dominates; scale out for more throughput, or tune for the largest share above",
+            knobs=[],
+        )
+        out.insert(0, bal)
+    assert all(v.cls in CLASSES for v in out)
+    return out

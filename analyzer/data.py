@@ -1,0 +1,95 @@
+"""The common data layer: open a bundle once and hand the analyses Arrow tables and numpy arrays.
+
+Times stay int64 nanoseconds; nulls become ``NA_NS`` (the int64 minimum) or ``NaN``
+in float arrays, never zero.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bottleneck_map.bundle import Bundle, BundleError, read_bundle
+
+NA_NS = np.iinfo(np.int64).min
+
+
+@dataclass
+class Tables:
+    """The three tables of a bundle (Arrow, every segment concatenated) and its meta."""
+
+    meta: dict[str, Any]
+    requests: pa.Table
+    steps: pa.Table
+    samples: pa.Table
+    path: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def capabilities(self) -> dict[str, bool]:
+        caps = dict(self.meta.get("capabilities") or {})
+        caps.setdefault("steps", self.steps.num_rows > 0)
+        caps.setdefault("samples", self.samples.num_rows > 0)
+        caps.setdefault(
+            "streaming",
+            bool(self.requests.num_rows) and self.requests.column("last_byte_ns").null_count < self.requests.num_rows,
+        )
+        caps["steps"] = bool(caps["steps"]) and self.steps.num_rows > 0
+        caps["samples"] = bool(caps["samples"]) and self.samples.num_rows > 0
+        return caps
+
+
+def load(bundle_or_path: Bundle | Tables | str | os.PathLike[str]) -> Tables:
+    """Open a bundle (path or :class:`Bundle`) and read its tables; raises BundleError on bad data."""
+    if isinstance(bundle_or_path, Tables):
+        return bundle_or_path
+    bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else read_bundle(bundle_or_path)
+    try:
+        tables = {name: bundle.table(name) for name in ("requests", "steps", "samples")}
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise BundleError(f"{bundle.path}: cannot read ({exc})") from exc
+    return Tables(
+        meta=bundle.meta,
+        path=str(bundle.path),
+        warnings=list(bundle.warnings),
+        **{k: _combine(v) for k, v in tables.items()},
+    )
+
+
+def _combine(t: pa.Table) -> pa.Table:
+    return t.combine_chunks() if t.num_rows else t
+
+
+def ns(table: pa.Table, name: str) -> np.ndarray:
+    """An int64 ns column as numpy, nulls as NA_NS."""
+    col = table.column(name)
+    return pc.fill_null(col, NA_NS).to_numpy().astype(np.int64, copy=False) if len(col) else np.empty(0, np.int64)
+
+
+def f64(table: pa.Table, name: str) -> np.ndarray:
+    """A numeric column as float64 numpy, nulls as NaN."""
+    col = table.column(name)
+    if not len(col):
+        return np.empty(0, np.float64)
+    return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+
+
+def strings(table: pa.Table, name: str) -> np.ndarray:
+    return np.asarray(table.column(name).to_pylist(), dtype=object)
+
+
+def flat_list(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Flatten a list column: (values, parent row index)."""
+    col = table.column(name)
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if not len(col):
+        return np.empty(0), np.empty(0, np.int64)
+    values = pc.list_flatten(col)
+    parent = pc.list_parent_indices(col).to_numpy().astype(np.int64, copy=False)
+    return values, parent

@@ -1,0 +1,205 @@
+"""Latency and service metrics, defined exactly as ``vllm bench serve`` defines them.
+
+* TTFT: arrival -> first byte delivered to the client (``first_token_ns`` when nothing
+  was streamed).
+* E2E: arrival -> last byte delivered (``finished_ns`` when nothing was streamed).
+* TPOT: (E2E - TTFT) / (output_tokens - 1), for requests with more than one output token.
+* ITL: every gap between consecutive delivered chunks (``delivered_ns``, else
+  ``token_ns``), pooled over all requests.
+* Percentiles p50/p90/p95/p99 with numpy's linear interpolation (as vLLM does).
+* Throughput over the benchmark duration (first arrival -> last completion);
+  goodput: completed requests meeting every given SLO, per second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bottleneck_map.analyzer.data import NA_NS, flat_list, ns
+from bottleneck_map.analyzer.result import LatencySummary, Percentiles
+
+SLO_KEYS = ("ttft", "tpot", "e2e", "itl")
+_FAILED_REASONS = {"error", "abort", "aborted", "cancelled"}
+
+
+def request_metrics(requests: pa.Table) -> pd.DataFrame:
+    """One row per request: ``ok``, ``ttft_s``, ``tpot_s``, ``e2e_s``, token counts, preemptions."""
+    arrival = ns(requests, "arrival_ns")
+    first = ns(requests, "first_byte_ns")
+    first = np.where(first == NA_NS, ns(requests, "first_token_ns"), first)
+    end = ns(requests, "last_byte_ns")
+    fin = ns(requests, "finished_ns")
+    end = np.where(end == NA_NS, fin, end)
+    out_tok = pc.fill_null(requests.column("output_tokens"), 0).to_numpy().astype(np.int64)
+    prompt = pc.fill_null(requests.column("prompt_tokens"), 0).to_numpy().astype(np.int64)
+    cached = pc.fill_null(requests.column("cached_prompt_tokens"), 0).to_numpy().astype(np.int64)
+    reason = pc.fill_null(requests.column("finish_reason"), "").to_numpy(zero_copy_only=False)
+    error = (
+        requests.column("error").is_valid().to_numpy(zero_copy_only=False) if requests.num_rows else np.empty(0, bool)
+    )
+    failed = error | np.isin(reason, list(_FAILED_REASONS))
+    ok = (fin != NA_NS) & ~failed & (first != NA_NS)
+    ttft = np.where(first != NA_NS, (first - arrival) / 1e9, np.nan)
+    e2e = np.where(end != NA_NS, (end - arrival) / 1e9, np.nan)
+    tpot = np.where(out_tok > 1, (e2e - ttft) / np.maximum(out_tok - 1, 1), np.nan)
+    _, parent = flat_list(requests, "preempted_ns")
+    return pd.DataFrame(
+        {
+            "request_id": requests.column("request_id").to_numpy(zero_copy_only=False),
+            "workload_class": pc.fill_null(requests.column("workload_class"), "default").to_numpy(zero_copy_only=False),
+            "ok": ok,
+            "failed": failed,
+            "arrival_ns": arrival,
+            "end_ns": end,
+            "ttft_s": ttft,
+            "tpot_s": tpot,
+            "e2e_s": e2e,
+            "prompt_tokens": prompt,
+            "output_tokens": out_tok,
+            "cached_prompt_tokens": cached,
+            "preemptions": np.bincount(parent, minlength=requests.num_rows) if len(parent) else 0,
+        }
+    )
+
+
+def inter_token_latencies(requests: pa.Table) -> pd.DataFrame:
+    """Every gap between consecutive delivered chunks: ``req`` (row index) and ``itl_s``."""
+    col = "delivered_ns"
+    if requests.num_rows == 0 or requests.column(col).null_count == requests.num_rows:
+        col = "token_ns"
+    values, parent = flat_list(requests, col)
+    if len(parent) < 2:
+        return pd.DataFrame({"req": np.empty(0, np.int64), "itl_s": np.empty(0)})
+    v = pc.fill_null(values, NA_NS).to_numpy().astype(np.int64)
+    same = parent[1:] == parent[:-1]
+    valid = same & (v[1:] != NA_NS) & (v[:-1] != NA_NS)
+    return pd.DataFrame({"req": parent[1:][valid], "itl_s": (np.diff(v)[valid]) / 1e9})
+
+
+def percentiles(values: np.ndarray | pd.Series) -> Percentiles:
+    a = np.asarray(values, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    if not len(a):
+        return Percentiles(count=0)
+    p50, p90, p95, p99 = np.percentile(a, [50, 90, 95, 99])
+    return Percentiles(
+        mean=float(a.mean()),
+        p50=float(p50),
+        p90=float(p90),
+        p95=float(p95),
+        p99=float(p99),
+        max=float(a.max()),
+        count=len(a),
+    )
+
+
+def meets_slo(metrics: pd.DataFrame, slo: Mapping[str, float]) -> np.ndarray:
+    """Per request: completed and every given SLO met (a missing value, e.g. TPOT of a 1-token reply, passes)."""
+    good = metrics["ok"].to_numpy().copy()
+    for key in ("ttft", "tpot", "e2e"):
+        if key in slo:
+            v = metrics[f"{key}_s"].to_numpy()
+            good &= ~(v > slo[key])
+    return good
+
+
+def summarize(
+    metrics: pd.DataFrame,
+    itl: pd.DataFrame,
+    *,
+    workload_class: str = "all",
+    duration_s: float | None = None,
+    slo: Mapping[str, float] | None = None,
+) -> LatencySummary:
+    """The ``vllm bench serve`` summary of ``metrics`` (already filtered to one class or not)."""
+    ok = metrics["ok"].to_numpy()
+    done = metrics[ok]
+    if duration_s is None:
+        duration_s = _duration_s(metrics)
+    dur = duration_s if duration_s and duration_s > 0 else float("nan")
+    itl_v = itl["itl_s"].to_numpy() if len(itl) else np.empty(0)
+    prompt = int(done["prompt_tokens"].sum())
+    output = int(done["output_tokens"].sum())
+    summary = LatencySummary(
+        workload_class=workload_class,
+        completed=int(ok.sum()),
+        failed=int(metrics["failed"].sum()),
+        duration_s=float(duration_s or 0.0),
+        request_throughput=_rate(len(done), dur),
+        input_token_throughput=_rate(prompt, dur),
+        output_token_throughput=_rate(output, dur),
+        total_token_throughput=_rate(prompt + output, dur),
+        ttft=percentiles(done["ttft_s"]),
+        tpot=percentiles(done["tpot_s"]),
+        itl=percentiles(itl_v),
+        e2e=percentiles(done["e2e_s"]),
+        prefix_cache_hit_rate=(
+            float(metrics["cached_prompt_tokens"].sum() / metrics["prompt_tokens"].sum())
+            if metrics["prompt_tokens"].sum() > 0
+            else None
+        ),
+        preemptions=int(np.asarray(metrics["preemptions"]).sum()),
+        preempted_requests=int((np.asarray(metrics["preemptions"]) > 0).sum()),
+    )
+    if slo:
+        good = meets_slo(metrics, slo)
+        summary.goodput = _rate(int(good.sum()), dur)
+        summary.slo_attainment = float(good.sum() / len(done)) if len(done) else None
+    return summary
+
+
+def _rate(n: float, dur: float) -> float:
+    return float(n / dur) if np.isfinite(dur) and dur > 0 else 0.0
+
+
+def _duration_s(metrics: pd.DataFrame) -> float:
+    arr = metrics["arrival_ns"].to_numpy()
+    end = metrics["end_ns"].to_numpy()
+    end = end[end != NA_NS]
+    if not len(arr) or not len(end):
+        return 0.0
+    return float((end.max() - arr.min()) / 1e9)
+
+
+def latency_summaries(
+    metrics: pd.DataFrame, itl: pd.DataFrame, slo: Mapping[str, float] | None = None
+) -> list[LatencySummary]:
+    """``all`` first, then one summary per workload class (when there is more than one)."""
+    duration = _duration_s(metrics)
+    out = [summarize(metrics, itl, duration_s=duration, slo=slo)]
+    classes = pd.unique(metrics["workload_class"])
+    if len(classes) > 1:
+        cls_of_req = metrics["workload_class"].to_numpy()
+        itl_cls = cls_of_req[itl["req"].to_numpy()] if len(itl) else np.empty(0, object)
+        for c in sorted(classes, key=str):
+            sel = metrics["workload_class"].to_numpy() == c
+            out.append(summarize(metrics[sel], itl[itl_cls == c], workload_class=str(c), duration_s=duration, slo=slo))
+    return out
+
+
+def parse_slo(text: str | None) -> dict[str, float]:
+    """Parse ``ttft=0.5,tpot=0.05,e2e=10`` (seconds) into a dict; raises ValueError naming the bad part."""
+    if not text:
+        return {}
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, sep, val = part.partition("=")
+        key = key.strip().lower()
+        if not sep or key not in ("ttft", "tpot", "e2e"):
+            raise ValueError(f"{part!r}: expected ttft=SECONDS, tpot=SECONDS or e2e=SECONDS")
+        try:
+            v = float(val)
+        except ValueError:
+            raise ValueError(f"{part!r}: {val!r} is not a number of seconds") from None
+        if not np.isfinite(v) or v <= 0:
+            raise ValueError(f"{part!r}: must be a positive number of seconds")
+        out[key] = v
+    return out

@@ -1,0 +1,210 @@
+"""Per-request stage decomposition: where each request's end-to-end latency went.
+
+For every request the stages of :data:`~bottleneck_map.analyzer.result.STAGES` are
+computed in int64 ns and add up exactly to E2E (arrival to last byte, or to
+``finished`` when nothing was streamed):
+
+* ``receive``: arrival -> tokenize_start; ``tokenize``: tokenize_start -> tokenize_end;
+* ``queue``: tokenize_end -> first_scheduled;
+* prefill (first_scheduled -> first_token) = ``prefill_compute`` (durations of the steps
+  that carried this request's prompt, swap time excluded) + ``requeue`` (preempted ->
+  resumed inside it) + ``swap`` (swap time of those steps) + ``prefill_wait`` (the rest:
+  other sequences' steps and gaps between steps);
+* decode (first_token -> finished) = ``decode_compute`` + ``recompute`` (prefill steps
+  re-run after a recompute preemption) + ``swap`` + ``requeue`` + ``decode_wait``;
+* ``streaming``: finished -> last byte delivered.
+
+A step carries many requests; each request is charged the full duration of the
+steps it was in (that is the latency it experienced), so shares across requests
+are shares of summed E2E, not of wall time. Steps are exploded once and joined
+by request id; everything is vectorised.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bottleneck_map.analyzer.data import NA_NS, flat_list, ns
+from bottleneck_map.analyzer.result import STAGES
+
+
+def _fill(a: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    return np.where(a == NA_NS, fallback, a)
+
+
+def _overlap(a0: np.ndarray, a1: np.ndarray, b0: np.ndarray, b1: np.ndarray) -> np.ndarray:
+    return np.clip(np.minimum(a1, b1) - np.maximum(a0, b0), 0, None)
+
+
+def lifecycle(requests: pa.Table) -> pd.DataFrame:
+    """Boundary times t0..t6 of each request (monotone, nulls filled from the previous stamp)."""
+    t0 = ns(requests, "arrival_ns")
+    fin = ns(requests, "finished_ns")
+    t1 = _fill(ns(requests, "tokenize_start_ns"), t0)
+    t2 = _fill(ns(requests, "tokenize_end_ns"), t1)
+    ft = ns(requests, "first_token_ns")
+    t3 = _fill(ns(requests, "first_scheduled_ns"), _fill(ft, _fill(fin, t2)))
+    t4 = _fill(ft, _fill(fin, t3))
+    t5 = _fill(fin, t4)
+    t6 = _fill(ns(requests, "last_byte_ns"), t5)
+    m = np.maximum.accumulate(np.stack([t0, t1, t2, t3, t4, t5, t6]), axis=0)
+    out = pd.DataFrame({f"t{i}": m[i] for i in range(7)})
+    out["complete"] = fin != NA_NS
+    return out
+
+
+def _preemption_overlaps(requests: pa.Table, t: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Preempted time inside prefill and inside decode, and the preemption count, per request."""
+    n = requests.num_rows
+    pre, parent = flat_list(requests, "preempted_ns")
+    res, rparent = flat_list(requests, "resumed_ns")
+    in_pre = np.zeros(n, np.int64)
+    in_dec = np.zeros(n, np.int64)
+    count = np.bincount(parent, minlength=n) if len(parent) else np.zeros(n, np.int64)
+    if not len(parent):
+        return in_pre, in_dec, count
+    p = pc.fill_null(pre, NA_NS).to_numpy().astype(np.int64)
+    # i-th preemption pairs with i-th resume of the same request; a missing resume means "until the end".
+    rank = np.arange(len(parent)) - np.searchsorted(parent, parent)
+    r_vals = pc.fill_null(res, NA_NS).to_numpy().astype(np.int64) if len(rparent) else np.empty(0, np.int64)
+    r_rank = np.arange(len(rparent)) - np.searchsorted(rparent, rparent) if len(rparent) else rparent
+    r = np.full(len(parent), NA_NS, np.int64)
+    if len(rparent):
+        key_p = parent * 1_000_003 + rank
+        key_r = rparent * 1_000_003 + r_rank
+        idx = pd.Index(key_r).get_indexer(key_p)
+        hit = idx >= 0
+        r[hit] = r_vals[idx[hit]]
+    t3, t4, t5 = (t[c].to_numpy()[parent] for c in ("t3", "t4", "t5"))
+    r = np.where((r == NA_NS) | (r < p), t5, r)
+    valid = p != NA_NS
+    in_pre_rows = np.where(valid, _overlap(p, r, t3, t4), 0)
+    in_dec_rows = np.where(valid, _overlap(p, r, t4, t5), 0)
+    in_pre = np.bincount(parent, weights=in_pre_rows, minlength=n).astype(np.int64)
+    in_dec = np.bincount(parent, weights=in_dec_rows, minlength=n).astype(np.int64)
+    return in_pre, in_dec, count
+
+
+def step_membership(steps: pa.Table, request_ids: pa.Array) -> pd.DataFrame:
+    """Steps exploded to one row per (step, request): request index, step index, prefill flag, query len."""
+    if steps.num_rows == 0:
+        return pd.DataFrame(
+            {
+                "req": np.empty(0, np.int64),
+                "step": np.empty(0, np.int64),
+                "is_prefill": np.empty(0, bool),
+                "query_len": np.empty(0, np.int64),
+            }
+        )
+    rid, parent = flat_list(steps, "request_ids")
+    codes = pc.index_in(rid, value_set=request_ids)
+    req = pc.fill_null(codes, -1).to_numpy().astype(np.int64)
+    qv, qparent = flat_list(steps, "query_lens")
+    q = np.full(len(parent), -1, np.int64)
+    if len(qparent) == len(parent):
+        q = pc.fill_null(qv, -1).to_numpy().astype(np.int64)
+    pv, pparent = flat_list(steps, "is_prefill")
+    if len(pparent) == len(parent):
+        pf = pc.fill_null(pv, False).to_numpy(zero_copy_only=False).astype(bool)
+        known = pc.is_valid(pv).to_numpy(zero_copy_only=False).astype(bool)
+    else:
+        pf = np.zeros(len(parent), bool)
+        known = np.zeros(len(parent), bool)
+    # Without an explicit flag, a query of more than one token is a prefill chunk.
+    pf = np.where(known, pf, q > 1)
+    keep = req >= 0
+    return pd.DataFrame({"req": req[keep], "step": parent[keep], "is_prefill": pf[keep], "query_len": q[keep]})
+
+
+def _ids(requests: pa.Table) -> pa.Array:
+    col = requests.column("request_id")
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def request_stages(
+    requests: pa.Table, steps: pa.Table | None = None, membership: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """One row per request: ids, lifecycle bounds, ``e2e_ns``, ``ttft_ns`` and one int64 ns column per stage.
+
+    Incomplete requests (no ``finished_ns``) are kept with ``complete`` False; their stages
+    are computed up to the last stamp they reached.
+    """
+    n = requests.num_rows
+    t = lifecycle(requests)
+    in_pre, in_dec, n_preempt = _preemption_overlaps(requests, t)
+    t3, t4, t5 = t["t3"].to_numpy(), t["t4"].to_numpy(), t["t5"].to_numpy()
+
+    comp_pre = np.zeros(n)
+    swap_pre = np.zeros(n)
+    comp_dec = np.zeros(n)
+    swap_dec = np.zeros(n)
+    recomp = np.zeros(n)
+    steps_in = np.zeros(n, np.int64)
+    if steps is not None and steps.num_rows and n:
+        mem = membership if membership is not None else step_membership(steps, _ids(requests))
+        s_start, s_end = ns(steps, "start_ns"), ns(steps, "end_ns")
+        s_swap = np.clip(pc.fill_null(steps.column("swap_ns"), 0).to_numpy().astype(np.int64), 0, None)
+        req, st = mem["req"].to_numpy(), mem["step"].to_numpy()
+        dur = (s_end - s_start)[st].astype(np.float64)
+        sw = np.minimum(s_swap[st], dur)
+        # A step belongs to the prefill phase when it ends by the request's first token.
+        prefill_phase = s_end[st] <= t4[req]
+        recompute = ~prefill_phase & mem["is_prefill"].to_numpy()
+        decode = ~prefill_phase & ~recompute
+        comp_pre = np.bincount(req, weights=np.where(prefill_phase, dur - sw, 0.0), minlength=n)
+        swap_pre = np.bincount(req, weights=np.where(prefill_phase, sw, 0.0), minlength=n)
+        comp_dec = np.bincount(req, weights=np.where(decode, dur - sw, 0.0), minlength=n)
+        recomp = np.bincount(req, weights=np.where(recompute, dur - sw, 0.0), minlength=n)
+        swap_dec = np.bincount(req, weights=np.where(prefill_phase, 0.0, sw), minlength=n)
+        steps_in = np.bincount(req, minlength=n)
+
+    # Prefill interval: own steps + requeue + wait, own time capped by what is available.
+    avail_pre = np.clip((t4 - t3) - in_pre, 0, None).astype(np.float64)
+    own_pre = comp_pre + swap_pre
+    k = np.where(own_pre > avail_pre, avail_pre / np.where(own_pre > 0, own_pre, 1), 1.0)
+    comp_pre, swap_pre = comp_pre * k, swap_pre * k
+    avail_dec = np.clip((t5 - t4) - in_dec, 0, None).astype(np.float64)
+    own_dec = comp_dec + swap_dec + recomp
+    k = np.where(own_dec > avail_dec, avail_dec / np.where(own_dec > 0, own_dec, 1), 1.0)
+    comp_dec, swap_dec, recomp = comp_dec * k, swap_dec * k, recomp * k
+
+    out = pd.DataFrame(
+        {
+            "request_id": requests.column("request_id").to_numpy(zero_copy_only=False),
+            "workload_class": pc.fill_null(requests.column("workload_class"), "default").to_numpy(zero_copy_only=False),
+            "complete": t["complete"].to_numpy(),
+            "arrival_ns": t["t0"].to_numpy(),
+            "first_token_ns": t4,
+            "end_ns": t["t6"].to_numpy(),
+        }
+    )
+    cols = {
+        "receive": t["t1"] - t["t0"],
+        "tokenize": t["t2"] - t["t1"],
+        "queue": t["t3"] - t["t2"],
+        "prefill_compute": np.rint(comp_pre),
+        "prefill_wait": None,
+        "requeue": in_pre + in_dec,
+        "recompute": np.rint(recomp),
+        "swap": np.rint(swap_pre) + np.rint(swap_dec),
+        "decode_compute": np.rint(comp_dec),
+        "decode_wait": None,
+        "streaming": t["t6"] - t["t5"],
+    }
+    cols["prefill_wait"] = (t4 - t3) - in_pre - np.rint(comp_pre) - np.rint(swap_pre)
+    cols["decode_wait"] = (t5 - t4) - in_dec - np.rint(comp_dec) - np.rint(swap_dec) - np.rint(recomp)
+    for name in STAGES:
+        out[name] = np.asarray(cols[name]).astype(np.int64)
+    out["e2e_ns"] = out["end_ns"] - out["arrival_ns"]
+    out["preemptions"] = n_preempt
+    out["steps"] = steps_in
+    return out
+
+
+def stage_totals(stages: pd.DataFrame) -> pd.Series:
+    """Summed ns per stage over complete requests."""
+    done = stages[stages["complete"]]
+    return done[list(STAGES)].sum()

@@ -1,0 +1,138 @@
+"""The per-window timeline: what held latency back in each time window of the run.
+
+Each request's attributed time per class is placed in the window holding the
+midpoint of the stage interval where that class acts (tokenization: arrival ->
+tokenized; queueing: tokenized -> scheduled; prefill: scheduled -> first token;
+decode-side classes: scheduled -> finished; streaming: finished -> last byte). Engine
+counters (KV usage, waiting, running, tokens) come from the steps in the window and
+hardware means from the samples in it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from bottleneck_map.analyzer.attribution import UNATTRIBUTED
+from bottleneck_map.analyzer.classify import CONFIDENT, score_shares
+from bottleneck_map.analyzer.result import CLASSES, WindowVerdict
+
+_PLACE = {
+    "tokenization": ("t0", "t2"),
+    "queueing": ("t2", "t3"),
+    "kv_cache_capacity": ("t2", "t5"),
+    "prefill_compute": ("t3", "t4"),
+    "decode_memory_bandwidth": ("t4", "t5"),
+    "pcie_transfer": ("t3", "t5"),
+    "host_overhead": ("t3", "t5"),
+    "power_thermal": ("t3", "t5"),
+    "streaming": ("t5", "t6"),
+    UNATTRIBUTED: ("t3", "t5"),
+}
+
+
+def bounds(stages: pd.DataFrame) -> dict[str, np.ndarray]:
+    t0 = stages["arrival_ns"].to_numpy()
+    t2 = t0 + (stages["receive"] + stages["tokenize"]).to_numpy()
+    t3 = t2 + stages["queue"].to_numpy()
+    t6 = stages["end_ns"].to_numpy()
+    t5 = t6 - stages["streaming"].to_numpy()
+    return {"t0": t0, "t2": t2, "t3": t3, "t4": stages["first_token_ns"].to_numpy(), "t5": t5, "t6": t6}
+
+
+def window_timeline(
+    stages: pd.DataFrame,
+    attributed: pd.DataFrame,
+    steps: pd.DataFrame | None,
+    hw_windows: pd.DataFrame | None,
+    t0: int,
+    window_ns: int,
+    n_windows: int,
+) -> pd.DataFrame:
+    """One row per window: bounds, arrivals, completions, ns per class, engine and hardware means."""
+    idx = pd.RangeIndex(n_windows)
+    df = pd.DataFrame(index=idx)
+    df["start_s"] = idx * window_ns / 1e9
+    df["end_s"] = (idx + 1) * window_ns / 1e9
+
+    def win(t: np.ndarray) -> np.ndarray:
+        return np.clip((t - t0) // window_ns, 0, n_windows - 1)
+
+    b = bounds(stages)
+    df["requests_arrived"] = np.bincount(win(b["t0"]), minlength=n_windows)[:n_windows]
+    done = stages["complete"].to_numpy()
+    df["requests_finished"] = np.bincount(win(b["t6"][done]), minlength=n_windows)[:n_windows]
+    for cls, (a, z) in _PLACE.items():
+        if cls not in attributed:
+            continue
+        w = win((b[a] + b[z]) // 2)
+        df[cls] = np.bincount(w[done], weights=attributed[cls].to_numpy()[done], minlength=n_windows)[:n_windows]
+    if steps is not None and not steps.empty:
+        ws = win(steps["start_ns"].to_numpy())
+        g = steps.assign(window=ws).groupby("window")
+        for col in ("kv_usage", "num_waiting", "num_running"):
+            if col in steps:
+                df[col] = g[col].mean().reindex(idx)
+        if "tokens_out" in steps:
+            df["output_tokens_per_s"] = g["tokens_out"].sum().reindex(idx).fillna(0) / (window_ns / 1e9)
+    if hw_windows is not None and not hw_windows.empty:
+        for col in ("gpu_util_ratio", "sm_clock_ratio", "throttled", "gpm_dram_bw_util_ratio", "proc_cpu_ratio"):
+            if col in hw_windows:
+                df[col] = hw_windows[col].to_numpy()[:n_windows]
+    return df
+
+
+def _opt(row: pd.Series, col: str) -> float | None:
+    v = row.get(col)
+    return None if v is None or pd.isna(v) else float(v)
+
+
+def window_verdicts(timeline: pd.DataFrame) -> list[WindowVerdict]:
+    classes = [c for c in CLASSES if c in timeline.columns]
+    out = []
+    for i, row in timeline.iterrows():
+        vals = {c: float(row[c]) for c in classes}
+        total = sum(vals.values()) + float(row.get(UNATTRIBUTED, 0.0) or 0.0)
+        share = {c: (v / total if total > 0 else 0.0) for c, v in vals.items()}
+        scores = score_shares(share)
+        best = max(scores, key=scores.get) if scores else "balanced"
+        conf = scores.get(best, 0.0)
+        cls = best if conf >= CONFIDENT else "balanced"
+        groups = {
+            "tokenize": share.get("tokenization", 0.0),
+            "queue": share.get("queueing", 0.0),
+            "prefill": share.get("prefill_compute", 0.0),
+            "decode": sum(
+                share.get(c, 0.0)
+                for c in (
+                    "decode_memory_bandwidth",
+                    "host_overhead",
+                    "pcie_transfer",
+                    "power_thermal",
+                    "kv_cache_capacity",
+                )
+            ),
+            "streaming": share.get("streaming", 0.0),
+        }
+
+        out.append(
+            WindowVerdict(
+                index=int(i),
+                start_s=float(row["start_s"]),
+                end_s=float(row["end_s"]),
+                cls=cls,
+                score=conf if cls != "balanced" else round(1 - conf, 3),
+                confidence=conf if cls != "balanced" else round(1 - conf, 3),
+                requests_arrived=int(row["requests_arrived"]),
+                requests_finished=int(row["requests_finished"]),
+                stage_share=groups,
+                scores=scores,
+                kv_usage=_opt(row, "kv_usage"),
+                num_waiting=_opt(row, "num_waiting"),
+                num_running=_opt(row, "num_running"),
+                output_tokens_per_s=_opt(row, "output_tokens_per_s"),
+                gpu_util=_opt(row, "gpu_util_ratio"),
+                sm_clock_ratio=_opt(row, "sm_clock_ratio"),
+            )
+        )
+    return out
