@@ -1,0 +1,335 @@
+"""A test double of the ``pynvml`` module (nvidia-ml-py) for machines without a GPU.
+
+It is a real module object with the same function names and signatures as
+``pynvml``, and it carries the real module's constants, ctypes structures and
+exception classes (``NVMLError`` and its generated subclasses such as
+``NVMLError_NotSupported`` or ``NVMLError_GpuIsLost``), so ``except
+pynvml.NVMLError_NotSupported`` and ``pynvml.NVMLError(code)`` behave exactly as
+with the real library. Only the calls into ``libnvidia-ml.so`` are replaced, by
+scripted values and scripted failures held in :class:`FakeGpu`.
+
+Install it with :func:`install` (tests: ``monkeypatch.setitem(sys.modules, "pynvml", fake.module)``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+import time
+import types
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pynvml as real
+
+GIB = 1024**3
+
+
+@dataclass(eq=False)
+class FakeGpu:
+    """Scripted state of one GPU, in NVML's own units (percent, KB/s, mW, mJ, MHz)."""
+
+    name: str = "NVIDIA H100 80GB HBM3"
+    uuid: str = "GPU-00000000-0000-0000-0000-000000000000"
+    bus_id: bytes = b"00000000:01:00.0"
+    util_gpu: int = 87
+    util_mem: int = 41
+    mem_total: int = 80 * GIB
+    mem_used: int = 30 * GIB
+    pcie_tx_kbps: int = 1_500
+    pcie_rx_kbps: int = 250_000
+    power_mw: int = 312_500
+    power_limit_mw: int = 700_000
+    energy_mj: int = 5_000_000
+    energy_step_mj: int = 31_250  # added per energy query
+    temp_c: int = 61
+    sm_clock_mhz: int = 1_755
+    mem_clock_mhz: int = 2_619
+    sm_max_mhz: int = 1_980
+    mem_max_mhz: int = 2_619
+    reasons: int = real.nvmlClocksEventReasonSwPowerCap | real.nvmlClocksEventReasonHwThermalSlowdown
+    processes: list[tuple[int, int | None]] = field(default_factory=list)  # (pid, usedGpuMemory)
+    process_util: list[tuple[int, int, int]] = field(default_factory=list)  # (pid, smUtil %, timeStamp us)
+    gpm_supported: bool = True
+    # GPM metric id -> value (percent or MiB/s), and id -> per-metric nvmlReturn
+    gpm_values: dict[int, float] = field(
+        default_factory=lambda: {
+            real.NVML_GPM_METRIC_GRAPHICS_UTIL: 90.0,
+            real.NVML_GPM_METRIC_SM_UTIL: 80.0,
+            real.NVML_GPM_METRIC_SM_OCCUPANCY: 45.0,
+            real.NVML_GPM_METRIC_ANY_TENSOR_UTIL: 60.0,
+            real.NVML_GPM_METRIC_DRAM_BW_UTIL: 70.0,
+            real.NVML_GPM_METRIC_PCIE_TX_PER_SEC: 12.0,
+            real.NVML_GPM_METRIC_PCIE_RX_PER_SEC: 3.0,
+        }
+    )
+    gpm_status: dict[int, int] = field(default_factory=dict)
+    not_supported: set[str] = field(default_factory=set)  # function names that raise NotSupported
+    lost: bool = False  # every call on this GPU raises GpuIsLost
+    fail_next: dict[str, list[int]] = field(default_factory=dict)  # function name -> error codes, one per call
+
+
+class FakeNvml:
+    """The fake library: ``.module`` is what ``import pynvml`` returns in tests."""
+
+    def __init__(
+        self,
+        gpus: list[FakeGpu] | None = None,
+        *,
+        library_missing: bool = False,
+        driver_missing: bool = False,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self.gpus = gpus if gpus is not None else [FakeGpu()]
+        self.library_missing = library_missing
+        self.driver_missing = driver_missing
+        self.clock_ns = clock_ns
+        self.init_errors: list[int] = []  # codes raised by successive nvmlInit calls
+        self.initialised = False
+        self.calls: Counter[str] = Counter()
+        self.calls_by_gpu: Counter[tuple[int, str]] = Counter()
+        self.gpm_samples: dict[int, tuple[int, int]] = {}  # sample address -> (gpu index, t_ns)
+        self.gpm_sample_log: list[tuple[int, int, int]] = []  # (gpu index, sample address, t_ns)
+        self.gpm_metrics_log: list[tuple[int, int, int, int]] = []  # (gpu index, addr1, addr2, dt_ns)
+        self.gpm_freed: list[int] = []
+        self._alloc: dict[int, Any] = {}  # keeps allocated opaque structs alive
+        self._handles: dict[int, int] = {}  # handle address -> gpu index
+        self._handle_objs: list[Any] = []
+        self.module = self._build_module()
+
+    # -- plumbing ----------------------------------------------------------------
+    @staticmethod
+    def error(code: int) -> real.NVMLError:
+        return real.NVMLError(code)  # maps to the right NVMLError_* subclass, as in pynvml
+
+    def _enter(self, fn: str) -> None:
+        self.calls[fn] += 1
+        if not self.initialised:
+            raise self.error(real.NVML_ERROR_UNINITIALIZED)
+
+    def _gpu(self, fn: str, handle: Any) -> FakeGpu:
+        self._enter(fn)
+        try:
+            index = self._handles[ctypes.addressof(handle.contents)]
+        except (KeyError, ValueError, AttributeError):
+            raise self.error(real.NVML_ERROR_INVALID_ARGUMENT) from None
+        self.calls_by_gpu[(index, fn)] += 1
+        gpu = self.gpus[index]
+        if gpu.lost:
+            raise self.error(real.NVML_ERROR_GPU_IS_LOST)
+        queued = gpu.fail_next.get(fn)
+        if queued:
+            raise self.error(queued.pop(0))
+        if fn in gpu.not_supported:
+            raise self.error(real.NVML_ERROR_NOT_SUPPORTED)
+        return gpu
+
+    def _build_module(self) -> types.ModuleType:
+        mod = types.ModuleType("pynvml", "Test double of pynvml (nvidia-ml-py).")
+        for name in dir(real):
+            value = getattr(real, name)
+            if name.startswith("__") or isinstance(value, types.FunctionType | types.ModuleType):
+                continue
+            setattr(mod, name, value)  # constants, ctypes structures, NVMLError and its subclasses
+        mod.nvmlStructToFriendlyObject = real.nvmlStructToFriendlyObject
+        for name in _FUNCTIONS:
+            setattr(mod, name, getattr(self, name))
+        mod.__fake__ = self
+        return mod
+
+    # -- library -------------------------------------------------------------------
+    def nvmlInit(self) -> None:
+        self.calls["nvmlInit"] += 1
+        if self.library_missing:
+            raise self.error(real.NVML_ERROR_LIBRARY_NOT_FOUND)
+        if self.driver_missing:
+            raise self.error(real.NVML_ERROR_DRIVER_NOT_LOADED)
+        if self.init_errors:
+            raise self.error(self.init_errors.pop(0))
+        self.initialised = True
+
+    def nvmlInitWithFlags(self, flags: int) -> None:
+        self.nvmlInit()
+
+    def nvmlShutdown(self) -> None:
+        self._enter("nvmlShutdown")
+        self.initialised = False
+        self._handles.clear()
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        self._enter("nvmlSystemGetDriverVersion")
+        return "580.65.06"
+
+    def nvmlDeviceGetCount(self) -> int:
+        self._enter("nvmlDeviceGetCount")
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> Any:
+        self._enter("nvmlDeviceGetHandleByIndex")
+        if not 0 <= index < len(self.gpus):
+            raise self.error(real.NVML_ERROR_INVALID_ARGUMENT)
+        if self.gpus[index].lost:
+            raise self.error(real.NVML_ERROR_GPU_IS_LOST)
+        handle = ctypes.pointer(real.struct_c_nvmlDevice_t())  # a real c_nvmlDevice_t
+        self._handle_objs.append(handle)
+        self._handles[ctypes.addressof(handle.contents)] = index
+        return handle
+
+    # -- device queries --------------------------------------------------------------
+    def nvmlDeviceGetName(self, handle: Any) -> str:
+        return self._gpu("nvmlDeviceGetName", handle).name
+
+    def nvmlDeviceGetUUID(self, handle: Any) -> str:
+        return self._gpu("nvmlDeviceGetUUID", handle).uuid
+
+    def nvmlDeviceGetPciInfo(self, handle: Any) -> Any:
+        gpu = self._gpu("nvmlDeviceGetPciInfo", handle)
+        info = real.nvmlPciInfo_t()
+        info.busId = gpu.bus_id
+        return info
+
+    def nvmlDeviceGetUtilizationRates(self, handle: Any) -> Any:
+        gpu = self._gpu("nvmlDeviceGetUtilizationRates", handle)
+        return real.c_nvmlUtilization_t(gpu=gpu.util_gpu, memory=gpu.util_mem)
+
+    def nvmlDeviceGetMemoryInfo(self, handle: Any, version: Any = None) -> Any:
+        gpu = self._gpu("nvmlDeviceGetMemoryInfo", handle)
+        return real.c_nvmlMemory_t(total=gpu.mem_total, free=gpu.mem_total - gpu.mem_used, used=gpu.mem_used)
+
+    def nvmlDeviceGetPcieThroughput(self, device: Any, counter: int) -> int:
+        gpu = self._gpu("nvmlDeviceGetPcieThroughput", device)
+        if counter == real.NVML_PCIE_UTIL_TX_BYTES:
+            return gpu.pcie_tx_kbps
+        if counter == real.NVML_PCIE_UTIL_RX_BYTES:
+            return gpu.pcie_rx_kbps
+        raise self.error(real.NVML_ERROR_INVALID_ARGUMENT)
+
+    def nvmlDeviceGetPowerUsage(self, handle: Any) -> int:
+        return self._gpu("nvmlDeviceGetPowerUsage", handle).power_mw
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: Any) -> int:
+        return self._gpu("nvmlDeviceGetEnforcedPowerLimit", handle).power_limit_mw
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any) -> int:
+        gpu = self._gpu("nvmlDeviceGetTotalEnergyConsumption", handle)
+        gpu.energy_mj += gpu.energy_step_mj
+        return gpu.energy_mj
+
+    def nvmlDeviceGetTemperature(self, handle: Any, sensor: int) -> int:
+        gpu = self._gpu("nvmlDeviceGetTemperature", handle)
+        if sensor != real.NVML_TEMPERATURE_GPU:
+            raise self.error(real.NVML_ERROR_INVALID_ARGUMENT)
+        return gpu.temp_c
+
+    def nvmlDeviceGetClockInfo(self, handle: Any, type: int) -> int:  # noqa: A002 - pynvml's parameter name
+        gpu = self._gpu("nvmlDeviceGetClockInfo", handle)
+        return {real.NVML_CLOCK_SM: gpu.sm_clock_mhz, real.NVML_CLOCK_MEM: gpu.mem_clock_mhz}[type]
+
+    def nvmlDeviceGetMaxClockInfo(self, handle: Any, type: int) -> int:  # noqa: A002
+        gpu = self._gpu("nvmlDeviceGetMaxClockInfo", handle)
+        return {real.NVML_CLOCK_SM: gpu.sm_max_mhz, real.NVML_CLOCK_MEM: gpu.mem_max_mhz}[type]
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: Any) -> int:
+        return self._gpu("nvmlDeviceGetCurrentClocksEventReasons", handle).reasons
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[Any]:
+        gpu = self._gpu("nvmlDeviceGetComputeRunningProcesses", handle)
+        out = []
+        for pid, used in gpu.processes:
+            info = real.c_nvmlProcessInfo_v3_t(pid=pid, usedGpuMemory=real.NVML_VALUE_NOT_AVAILABLE_ulonglong.value)
+            if used is not None:
+                info.usedGpuMemory = used
+            obj = real.nvmlStructToFriendlyObject(info)
+            if obj.usedGpuMemory == real.NVML_VALUE_NOT_AVAILABLE_ulonglong.value:
+                obj.usedGpuMemory = None  # as pynvml does
+            out.append(obj)
+        return out
+
+    def nvmlDeviceGetProcessUtilization(self, handle: Any, timeStamp: int) -> list[Any]:  # noqa: N803
+        gpu = self._gpu("nvmlDeviceGetProcessUtilization", handle)
+        newer = [p for p in gpu.process_util if p[2] > timeStamp]
+        if not newer:
+            raise self.error(real.NVML_ERROR_NOT_FOUND)  # what NVML returns when no sample is newer
+        return [real.c_nvmlProcessUtilizationSample_t(pid=p, timeStamp=ts, smUtil=sm) for p, sm, ts in newer]
+
+    # -- GPM -------------------------------------------------------------------------------
+    def nvmlGpmQueryDeviceSupport(self, device: Any) -> Any:
+        gpu = self._gpu("nvmlGpmQueryDeviceSupport", device)
+        support = real.c_nvmlGpmSupport_t()
+        support.version = real.NVML_GPM_SUPPORT_VERSION
+        support.isSupportedDevice = 1 if gpu.gpm_supported else 0
+        return support
+
+    def nvmlGpmSampleAlloc(self) -> Any:
+        self._enter("nvmlGpmSampleAlloc")
+        sample = ctypes.pointer(real.struct_c_nvmlGpmSample_t())  # a real c_nvmlGpmSample_t
+        self._alloc[ctypes.addressof(sample.contents)] = sample
+        return sample
+
+    def nvmlGpmSampleFree(self, gpmSample: Any) -> None:  # noqa: N803
+        self._enter("nvmlGpmSampleFree")
+        addr = ctypes.addressof(gpmSample.contents)
+        if self._alloc.pop(addr, None) is None:
+            raise self.error(real.NVML_ERROR_INVALID_ARGUMENT)
+        self.gpm_freed.append(addr)
+
+    def nvmlGpmSampleGet(self, device: Any, gpmSample: Any) -> Any:  # noqa: N803
+        gpu = self._gpu("nvmlGpmSampleGet", device)
+        if not gpu.gpm_supported:
+            raise self.error(real.NVML_ERROR_NOT_SUPPORTED)
+        addr = ctypes.addressof(gpmSample.contents)
+        if addr not in self._alloc:
+            raise self.error(real.NVML_ERROR_INVALID_ARGUMENT)
+        t = self.clock_ns()
+        index = self.gpus.index(gpu)
+        self.gpm_samples[addr] = (index, t)
+        self.gpm_sample_log.append((index, addr, t))
+        return gpmSample
+
+    def nvmlGpmMetricsGet(self, metricsGet: Any) -> Any:  # noqa: N803
+        self._enter("nvmlGpmMetricsGet")
+        if metricsGet.version != real.NVML_GPM_METRICS_GET_VERSION:
+            raise self.error(real.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+        try:
+            a1 = ctypes.addressof(metricsGet.sample1.contents)
+            a2 = ctypes.addressof(metricsGet.sample2.contents)
+        except ValueError:  # NULL sample pointer
+            raise self.error(real.NVML_ERROR_INVALID_ARGUMENT) from None
+        if a1 == a2 or a1 not in self.gpm_samples or a2 not in self.gpm_samples:
+            raise self.error(real.NVML_ERROR_INVALID_ARGUMENT)
+        (i1, t1), (i2, t2) = self.gpm_samples[a1], self.gpm_samples[a2]
+        if i1 != i2 or t2 <= t1:
+            raise self.error(real.NVML_ERROR_INVALID_ARGUMENT)
+        gpu = self.gpus[i1]
+        if gpu.lost:
+            raise self.error(real.NVML_ERROR_GPU_IS_LOST)
+        self.gpm_metrics_log.append((i1, a1, a2, t2 - t1))
+        for i in range(metricsGet.numMetrics):
+            m = metricsGet.metrics[i]
+            status = gpu.gpm_status.get(m.metricId, real.NVML_SUCCESS)
+            if status == real.NVML_SUCCESS and m.metricId not in gpu.gpm_values:
+                status = real.NVML_ERROR_NOT_SUPPORTED
+            m.nvmlReturn = status
+            m.value = gpu.gpm_values.get(m.metricId, 0.0) if status == real.NVML_SUCCESS else 0.0
+        return metricsGet
+
+
+_FUNCTIONS = tuple(
+    name for name, value in vars(FakeNvml).items() if name.startswith("nvml") and callable(value) and name != "error"
+)
+
+
+def install(fake: FakeNvml) -> types.ModuleType:
+    """Make ``import pynvml`` return the fake (outside pytest; tests use monkeypatch)."""
+    sys.modules["pynvml"] = fake.module
+    return fake.module
+
+
+def h100s(n: int) -> list[FakeGpu]:
+    """``n`` distinct fake H100s."""
+    return [
+        FakeGpu(uuid=f"GPU-{i:08x}-0000-0000-0000-000000000000", bus_id=f"00000000:{i + 1:02X}:00.0".encode())
+        for i in range(n)
+    ]

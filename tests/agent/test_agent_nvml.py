@@ -1,0 +1,208 @@
+"""NvmlSource over the pynvml test double: the real sampling code maps, converts,
+skips unsupported fields, survives lost GPUs and missing libraries."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import pynvml as real
+import pytest
+from fake_pynvml import GIB, FakeGpu
+
+from bottleneck_map.agent.nvml import NvmlSource
+
+NS = 1_000_000_000
+
+
+def _source(clock=None, **kw) -> NvmlSource:
+    src = NvmlSource(clock=clock, **kw) if clock is not None else NvmlSource(**kw)
+    return src
+
+
+def test_values_are_mapped_and_converted_to_base_units(install_nvml):
+    install_nvml([FakeGpu(name="NVIDIA H100 80GB HBM3", uuid="GPU-abc", bus_id=b"00000000:17:00.0")])
+    src = NvmlSource(gpm=False)
+    assert src.start()
+    (g,) = src.sample(0)
+    assert (g.index, g.name, g.uuid, g.pci_bus_id, g.lost) == (
+        0,
+        "NVIDIA H100 80GB HBM3",
+        "GPU-abc",
+        "00000000:17:00.0",
+        False,
+    )
+    assert g.gpu_util_ratio == pytest.approx(0.87)
+    assert g.mem_util_ratio == pytest.approx(0.41)
+    assert g.gpu_mem_total_bytes == 80 * GIB
+    assert g.gpu_mem_used_bytes == 30 * GIB
+    assert g.gpu_mem_free_bytes == 50 * GIB
+    assert g.pcie_tx_bytes_per_s == 1_500 * 1000  # KB/s -> bytes/s
+    assert g.pcie_rx_bytes_per_s == 250_000 * 1000
+    assert g.power_w == pytest.approx(312.5)  # mW -> W
+    assert g.power_limit_w == pytest.approx(700.0)
+    assert g.energy_j == pytest.approx((5_000_000 + 31_250) / 1000)  # mJ -> J
+    assert g.temperature_c == 61
+    assert g.sm_clock_hz == 1_755e6  # MHz -> Hz
+    assert g.mem_clock_hz == 2_619e6
+    assert g.sm_clock_max_hz == 1_980e6
+    assert g.mem_clock_max_hz == 2_619e6
+    assert g.clock_event_reasons == 0x4 | 0x40
+    assert g.gpm_sm_util_ratio is None  # GPM disabled here
+    (g2,) = src.sample(1)
+    assert g2.energy_j - g.energy_j == pytest.approx(31.25)  # the counter grows
+
+
+def test_not_supported_fields_are_absent_and_not_asked_again(install_nvml):
+    gpu = FakeGpu(not_supported={"nvmlDeviceGetPowerUsage", "nvmlDeviceGetCurrentClocksEventReasons"})
+    fake = install_nvml([gpu])
+    src = NvmlSource(gpm=False)
+    src.start()
+    for t in range(5):
+        (g,) = src.sample(t)
+        assert g.power_w is None  # absent, never zero
+        assert g.clock_event_reasons is None
+        assert g.temperature_c == 61  # the other fields still come
+        assert g.power_limit_w == pytest.approx(700.0)
+    assert fake.calls_by_gpu[(0, "nvmlDeviceGetPowerUsage")] == 1
+    assert fake.calls_by_gpu[(0, "nvmlDeviceGetCurrentClocksEventReasons")] == 1
+    assert fake.calls_by_gpu[(0, "nvmlDeviceGetTemperature")] == 5
+
+
+def test_a_transient_error_drops_the_field_for_one_tick_only(install_nvml):
+    gpu = FakeGpu(fail_next={"nvmlDeviceGetTemperature": [real.NVML_ERROR_TIMEOUT]})
+    fake = install_nvml([gpu])
+    src = NvmlSource(gpm=False)
+    src.start()
+    (g1,) = src.sample(0)
+    (g2,) = src.sample(1)
+    assert g1.temperature_c is None and g1.power_w is not None
+    assert g2.temperature_c == 61
+    assert fake.calls_by_gpu[(0, "nvmlDeviceGetTemperature")] == 2
+
+
+@pytest.mark.parametrize("code", [real.NVML_ERROR_GPU_IS_LOST, real.NVML_ERROR_UNKNOWN])
+def test_lost_gpu_is_marked_then_recovered_by_reinit_with_backoff(install_nvml, clock, code, caplog):
+    gpus = [FakeGpu(uuid="GPU-0"), FakeGpu(uuid="GPU-1")]
+    fake = install_nvml(gpus)
+    src = NvmlSource(gpm=False, clock=clock, backoff_initial_s=1.0, backoff_max_s=8.0)
+    src.start()
+    assert [g.lost for g in src.sample(0)] == [False, False]
+
+    if code == real.NVML_ERROR_GPU_IS_LOST:  # lost mid-run: every call on GPU 1 now fails
+        gpus[1].lost = True
+    else:  # one Unknown error, then the GPU answers again
+        gpus[1].fail_next["nvmlDeviceGetUtilizationRates"] = [code]
+    caplog.set_level(logging.WARNING, "bottleneck_map.agent")
+    out = src.sample(1)
+    assert [(g.index, g.lost) for g in out] == [(0, False), (1, True)]
+    assert out[1].power_w is None and out[0].power_w is not None
+    assert src.status.lost
+    assert "marking the device lost" in caplog.text
+    inits = fake.calls["nvmlInit"]
+
+    clock.advance(0.5)  # before the backoff expires: no re-init yet, GPU 0 still sampled
+    out = src.sample(2)
+    assert fake.calls["nvmlInit"] == inits
+    assert [(g.index, g.lost) for g in out] == [(0, False), (1, True)]
+
+    if code == real.NVML_ERROR_GPU_IS_LOST:
+        clock.advance(0.6)  # first retry: GPU 1 still lost, so the next wait doubles
+        out = src.sample(3)
+        assert fake.calls["nvmlInit"] == inits + 1
+        assert [g.lost for g in out] == [False, True]
+        clock.advance(1.5)  # < 2 s: no retry
+        src.sample(4)
+        assert fake.calls["nvmlInit"] == inits + 1
+        gpus[1].lost = False  # the GPU comes back
+        clock.advance(0.6)
+    else:
+        clock.advance(0.6)
+    out = src.sample(5)
+    assert [(g.index, g.lost) for g in out] == [(0, False), (1, False)]
+    assert out[1].power_w == pytest.approx(312.5)
+    assert src.status.recoveries == 1 and not src.status.lost
+
+
+def test_failing_reinit_keeps_retrying_and_never_raises(install_nvml, clock):
+    gpus = [FakeGpu()]
+    fake = install_nvml(gpus)
+    src = NvmlSource(gpm=False, clock=clock, backoff_initial_s=1.0, backoff_max_s=4.0)
+    src.start()
+    gpus[0].lost = True
+    src.sample(0)
+    fake.init_errors = [real.NVML_ERROR_UNKNOWN] * 3
+    waits = []
+    last = fake.calls["nvmlInit"]
+    for step in range(40):
+        clock.advance(0.5)
+        out = src.sample(step)
+        assert [g.lost for g in out] == [True]
+        if fake.calls["nvmlInit"] != last:
+            waits.append(clock.t)
+            last = fake.calls["nvmlInit"]
+    gaps = [round(b - a, 1) for a, b in zip(waits, waits[1:], strict=False)]
+    assert gaps[:3] == [2.0, 4.0, 4.0]  # exponential backoff, capped
+
+
+def test_library_missing_means_host_only_said_once(install_nvml, caplog):
+    install_nvml(library_missing=True)
+    caplog.set_level(logging.WARNING, "bottleneck_map.agent")
+    src = NvmlSource()
+    assert src.start() is False
+    for t in range(5):
+        assert src.sample(t) == []
+    assert caplog.text.count("host only") == 1
+    assert src.status.host_only_reason and "Library Not Found" in src.status.host_only_reason
+    src.close()
+
+
+def test_driver_not_loaded_means_host_only(install_nvml):
+    install_nvml(driver_missing=True)
+    src = NvmlSource()
+    assert src.start() is False
+    assert src.sample(0) == []
+
+
+def test_pynvml_not_installed_means_host_only(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml -> ImportError
+    caplog.set_level(logging.WARNING, "bottleneck_map.agent")
+    src = NvmlSource()
+    assert src.start() is False
+    assert src.sample(0) == []
+    assert "not installed" in caplog.text
+
+
+def test_watched_process_memory_and_utilisation(install_nvml):
+    gpu = FakeGpu(processes=[(111, 2 * GIB), (4242, 7 * GIB)], process_util=[(4242, 35, 1_000), (111, 90, 1_001)])
+    fake = install_nvml([gpu])
+    src = NvmlSource(watch_pid=4242, gpm=False)
+    src.start()
+    (g,) = src.sample(0)
+    assert g.proc_gpu_mem_bytes == 7 * GIB
+    assert g.proc_gpu_util_ratio == pytest.approx(0.35)
+    (g,) = src.sample(1)  # no newer utilisation sample: NVML says NotFound
+    assert g.proc_gpu_util_ratio is None
+    assert g.proc_gpu_mem_bytes == 7 * GIB
+    gpu.process_util.append((4242, 50, 2_000))
+    (g,) = src.sample(2)
+    assert g.proc_gpu_util_ratio == pytest.approx(0.5)
+    assert fake.calls_by_gpu[(0, "nvmlDeviceGetProcessUtilization")] == 3
+
+
+def test_process_not_on_this_gpu_or_memory_not_available(install_nvml):
+    install_nvml([FakeGpu(processes=[(4242, None)]), FakeGpu(processes=[])])
+    src = NvmlSource(watch_pid=4242, gpm=False)
+    src.start()
+    g0, g1 = src.sample(0)
+    assert g0.proc_gpu_mem_bytes is None  # NVML_VALUE_NOT_AVAILABLE -> None, not 0
+    assert g1.proc_gpu_mem_bytes is None
+
+
+def test_close_shuts_nvml_down_and_frees_gpm_buffers(install_nvml):
+    fake = install_nvml(2)
+    src = NvmlSource()
+    src.start()
+    src.close()
+    assert fake.calls["nvmlShutdown"] == 1
+    assert len(fake.gpm_freed) == 4  # two buffers per GPU
