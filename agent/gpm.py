@@ -13,6 +13,8 @@ for that read only.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -56,8 +58,16 @@ class GpmReader:
     """Double-buffered GPM sampling of one device. Errors other than per-metric
     statuses (GpuIsLost, ...) propagate to the caller, which owns device health."""
 
-    def __init__(self, nvml: ModuleType, handle: Any, *, min_spacing_ns: int = MIN_SPACING_NS) -> None:
+    def __init__(
+        self,
+        nvml: ModuleType,
+        handle: Any,
+        *,
+        min_spacing_ns: int = MIN_SPACING_NS,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
         self.nvml = nvml
+        self._clock_ns = clock_ns
         self.handle = handle
         self.min_spacing_ns = min_spacing_ns
         self.metrics = [m for m in GPM_METRICS if hasattr(nvml, m.constant)]
@@ -67,17 +77,20 @@ class GpmReader:
         self._prev_ns: int | None = None
         self._values: dict[str, float] = {}
 
-    def read(self, now_ns: int) -> dict[str, float]:
+    def read(self) -> dict[str, float]:
         """GPM metrics (base units) between the previous sample and now.
 
-        The first call only takes the first sample and returns ``{}``.
+        The first call only takes the first sample and returns ``{}``. The time
+        of a sample is taken after ``nvmlGpmSampleGet`` returns and compared with
+        the time before the next one, so real spacing is never under the minimum.
         """
-        if self._prev_ns is not None and now_ns - self._prev_ns < self.min_spacing_ns:
+        if self._prev_ns is not None and self._clock_ns() - self._prev_ns < self.min_spacing_ns:
             return dict(self._values)
         nxt = 1 - self._prev
         self.nvml.nvmlGpmSampleGet(self.handle, self._buffers[nxt])
+        taken_ns = self._clock_ns()
         if self._prev_ns is None:
-            self._prev, self._prev_ns = nxt, now_ns
+            self._prev, self._prev_ns = nxt, taken_ns
             return {}
         wanted = [m for m in self.metrics if m.field not in self.unsupported]
         req = self.nvml.c_nvmlGpmMetricsGet_t()
@@ -87,7 +100,7 @@ class GpmReader:
         req.sample2 = self._buffers[nxt]
         for i, m in enumerate(wanted):
             req.metrics[i].metricId = getattr(self.nvml, m.constant)
-        self._prev, self._prev_ns = nxt, now_ns
+        self._prev, self._prev_ns = nxt, taken_ns
         self.nvml.nvmlGpmMetricsGet(req)
         values: dict[str, float] = {}
         for i, m in enumerate(wanted):

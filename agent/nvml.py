@@ -269,7 +269,7 @@ class NvmlSource:
         newly_lost = False
         for dev in list(self.devices):
             try:
-                out.append(self._sample_device(dev, now_ns))
+                out.append(self._sample_device(dev))
             except _DeviceLost as exc:
                 log.warning("%s; marking the device lost and re-initialising NVML with backoff", exc)
                 self.devices.remove(dev)
@@ -287,7 +287,7 @@ class NvmlSource:
         out.sort(key=lambda g: g.index)
         return out
 
-    def _sample_device(self, dev: _Device, now_ns: int) -> GpuSample:
+    def _sample_device(self, dev: _Device) -> GpuSample:
         n = self._nvml
         q = self._query
         g = GpuSample(index=dev.index, uuid=dev.uuid, name=dev.name, pci_bus_id=dev.pci_bus_id)
@@ -319,7 +319,7 @@ class NvmlSource:
         if self.watch_pid is not None:
             self._sample_process(dev, g)
         if dev.gpm is not None:
-            self._sample_gpm(dev, g, now_ns)
+            self._sample_gpm(dev, g)
         return g
 
     def _sample_process(self, dev: _Device, g: GpuSample) -> None:
@@ -348,9 +348,9 @@ class NvmlSource:
         if mine:
             g.proc_gpu_util_ratio = max(s.smUtil for s in mine) / 100.0
 
-    def _sample_gpm(self, dev: _Device, g: GpuSample, now_ns: int) -> None:
+    def _sample_gpm(self, dev: _Device, g: GpuSample) -> None:
         try:
-            values = dev.gpm.read(now_ns)
+            values = dev.gpm.read()
         except self._lost_errors() as exc:
             raise _DeviceLost(f"GPU {dev.index}: GPM: {exc}") from exc
         except self._nvml.NVMLError as exc:

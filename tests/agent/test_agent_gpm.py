@@ -20,16 +20,16 @@ def _reader(install_nvml, clock, gpu=None):
     m = fake.module
     m.nvmlInit()
     handle = m.nvmlDeviceGetHandleByIndex(0)
-    return fake, GpmReader(m, handle)
+    return fake, GpmReader(m, handle, clock_ns=clock.ns)
 
 
 def test_buffers_alternate_and_metrics_come_in_base_units(install_nvml, clock):
     fake, r = _reader(install_nvml, clock)
-    assert r.read(clock.ns()) == {}  # the first call only takes the first sample
+    assert r.read() == {}  # the first call only takes the first sample
     values = []
     for _ in range(4):
         clock.advance(0.1)
-        values.append(r.read(clock.ns()))
+        values.append(r.read())
     v = values[-1]
     assert v["gpm_sm_util_ratio"] == pytest.approx(0.80)
     assert v["gpm_sm_occupancy_ratio"] == pytest.approx(0.45)
@@ -49,15 +49,15 @@ def test_buffers_alternate_and_metrics_come_in_base_units(install_nvml, clock):
 
 def test_reads_sooner_than_100ms_reuse_values_without_sampling(install_nvml, clock):
     fake, r = _reader(install_nvml, clock)
-    r.read(clock.ns())
+    r.read()
     clock.advance(0.1)
-    first = r.read(clock.ns())
+    first = r.read()
     n = fake.calls["nvmlGpmSampleGet"]
     clock.advance(0.06)
-    assert r.read(clock.ns()) == first
+    assert r.read() == first
     assert fake.calls["nvmlGpmSampleGet"] == n
     clock.advance(0.05)  # 110 ms after the last sample
-    r.read(clock.ns())
+    r.read()
     assert fake.calls["nvmlGpmSampleGet"] == n + 1
     assert all(dt >= 100 * MS for *_, dt in fake.gpm_metrics_log)
 
@@ -70,9 +70,9 @@ def test_each_metric_status_is_checked(install_nvml, clock):
         }
     )
     fake, r = _reader(install_nvml, clock, gpu)
-    r.read(clock.ns())
+    r.read()
     clock.advance(0.1)
-    v = r.read(clock.ns())
+    v = r.read()
     assert "gpm_sm_occupancy_ratio" not in v  # not supported: absent
     assert "gpm_dram_bw_util_ratio" not in v  # failed this time: absent
     assert v["gpm_sm_util_ratio"] == pytest.approx(0.8)  # the others still come
@@ -80,7 +80,7 @@ def test_each_metric_status_is_checked(install_nvml, clock):
     del gpu.gpm_status[real.NVML_GPM_METRIC_DRAM_BW_UTIL]
     del gpu.gpm_status[real.NVML_GPM_METRIC_SM_OCCUPANCY]
     clock.advance(0.1)
-    v = r.read(clock.ns())
+    v = r.read()
     assert v["gpm_dram_bw_util_ratio"] == pytest.approx(0.7)  # asked again, back
     assert "gpm_sm_occupancy_ratio" not in v  # never asked again
     assert len(v) == 6
