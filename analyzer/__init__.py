@@ -13,6 +13,7 @@ from bottleneck_map.analyzer.api import (
     step_roofline,
     window_timeline,
 )
+from bottleneck_map.analyzer.report_text import summarize_bundle, summary_text
 from bottleneck_map.analyzer.result import (
     CLASSES,
     MAP_SCHEMA_VERSION,
@@ -55,5 +56,7 @@ __all__ = [
     "request_metrics",
     "request_stages",
     "step_roofline",
+    "summarize_bundle",
+    "summary_text",
     "window_timeline",
 ]

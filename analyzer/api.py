@@ -96,7 +96,9 @@ def analyze_full(
             ratio = sj["sm_clock_ratio"].to_numpy(dtype=float)
             throttled = sj["throttled"].fillna(False).to_numpy(dtype=bool)
             throttle_loss = np.where(throttled & np.isfinite(ratio), 1 - np.clip(ratio, 0, 1), 0.0)
-    sb = attribution.step_breakdown(t.steps, engine, throttle_loss) if has_steps else None
+    ptf = roof["prefill_time_frac"].to_numpy() if has_steps and "prefill_time_frac" in roof else None
+    mt = roof["model_time_s"].to_numpy() * 1e9 if has_steps and "model_time_s" in roof else None
+    sb = attribution.step_breakdown(t.steps, engine, throttle_loss, ptf, mt) if has_steps else None
     if sb is not None:
         sb["tokens_out"] = np.nan_to_num(f64(t.steps, "num_decode_seqs")) + np.nan_to_num(
             f64(t.steps, "num_prefill_seqs")
@@ -249,7 +251,13 @@ def _signals(t, st, attr, share, sb, roof, points, lat_all, hw, samples, peaks, 
         w = np.nan_to_num(waiting) > 0
         if mns and w.any() and np.isfinite(running).any():
             v["slots_full_frac"] = float((np.nan_to_num(running[w]) >= mns).mean())
-        v["host_frac_of_step"] = float(sb["host_overhead"].sum() / dur.sum()) if dur.sum() > 0 else None
+        v["host_frac_of_step"] = (
+            float((sb["host_overhead"] - sb["forward_overhead"]).sum() / dur.sum()) if dur.sum() > 0 else None
+        )
+        v["forward_overhead_frac"] = float(sb["forward_overhead"].sum() / dur.sum()) if dur.sum() > 0 else None
+        if "model_time_s" in roof:
+            fwd_t = (sb["dur"] - (sb["host_overhead"] - sb["forward_overhead"]) - sb["pcie_transfer"]).sum() / 1e9
+            v["roof_efficiency"] = float(np.nansum(roof["model_time_s"]) / fwd_t) if fwd_t > 0 else None
         lo, hi = windows.bounds(st)["t3"][done], windows.bounds(st)["t5"][done]
         union = _union_length(lo, hi)
         v["idle_frac"] = max(0.0, 1 - float(dur.sum()) / union) if union > 0 else None

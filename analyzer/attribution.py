@@ -30,10 +30,19 @@ from bottleneck_map.analyzer.result import CLASSES
 # KV usage at or above this fraction (of blocks) counts as "KV cache full".
 KV_FULL = 0.95
 UNATTRIBUTED = "unattributed"
+# A forward pass slower than its roofline time divided by this is not bound by compute or bandwidth:
+# the excess is framework / kernel-launch overhead (host_overhead).
+ROOF_EFFICIENCY_FLOOR = 0.25
 _STEP_CLASSES = ("host_overhead", "pcie_transfer", "power_thermal", "prefill_compute", "decode_memory_bandwidth")
 
 
-def step_breakdown(steps: pa.Table, meta_engine: dict | None, throttle_loss: np.ndarray | None = None) -> pd.DataFrame:
+def step_breakdown(
+    steps: pa.Table,
+    meta_engine: dict | None,
+    throttle_loss: np.ndarray | None = None,
+    prefill_time_frac: np.ndarray | None = None,
+    model_time_ns: np.ndarray | None = None,
+) -> pd.DataFrame:
     """Per step: duration split into class time (ns, floats), plus ``kv_usage`` and flags."""
     n = steps.num_rows
     start, end = ns(steps, "start_ns"), ns(steps, "end_ns")
@@ -45,12 +54,21 @@ def step_breakdown(steps: pa.Table, meta_engine: dict | None, throttle_loss: np.
     host = np.minimum(host, dur)
     swap = np.minimum(swap, dur - host)
     fwd = dur - host - swap
+    over = np.zeros(n)
+    if model_time_ns is not None:
+        # Forward time beyond 1/ROOF_EFFICIENCY_FLOOR of the roofline time is framework/launch overhead.
+        over = np.where(np.isfinite(model_time_ns), np.clip(fwd - model_time_ns / ROOF_EFFICIENCY_FLOOR, 0, None), 0.0)
+        fwd = fwd - over
+        host = host + over
     loss = np.zeros(n) if throttle_loss is None else np.clip(np.nan_to_num(throttle_loss), 0, 1) * fwd
     fwd_eff = fwd - loss
     pre_tok = np.nan_to_num(f64(steps, "num_prefill_tokens"))
     dec = np.nan_to_num(f64(steps, "num_decode_seqs"))
     tot = pre_tok + dec
     pfrac = np.where(tot > 0, pre_tok / np.where(tot > 0, tot, 1), 0.0)
+    if prefill_time_frac is not None:
+        # Modelled from the roofline: the share of the step's time its prefill tokens add.
+        pfrac = np.where(np.isfinite(prefill_time_frac), prefill_time_frac, pfrac)
     used, free = f64(steps, "kv_blocks_used"), f64(steps, "kv_blocks_free")
     total_blocks = used + free
     eng_blocks = (meta_engine or {}).get("num_kv_blocks")
@@ -70,6 +88,7 @@ def step_breakdown(steps: pa.Table, meta_engine: dict | None, throttle_loss: np.
             "prefill_compute": fwd_eff * pfrac,
             "decode_memory_bandwidth": fwd_eff * (1 - pfrac),
             "prefill_frac": pfrac,
+            "forward_overhead": over,
             "kv_usage": kv,
             "num_waiting": waiting,
             "num_running": f64(steps, "num_running"),
@@ -167,7 +186,7 @@ def own_step_time(
 ) -> pd.DataFrame:
     """Per request, the class make-up of the steps it was in (prefill and decode phase, recompute excluded)."""
     req, st = membership["req"].to_numpy(), membership["step"].to_numpy()
-    prefill_phase = sb["end_ns"].to_numpy()[st] <= first_token_ns[req]
+    prefill_phase = sb["start_ns"].to_numpy()[st] < first_token_ns[req]
     recompute = ~prefill_phase & membership["is_prefill"].to_numpy()
     keep = ~recompute
     out = {}

@@ -276,6 +276,17 @@ def _host(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
             )
         )
         corr += 0.5 if hf >= HOST_STEP_FRAC_HIGH else 0.0
+    fo, eff = sig.get("forward_overhead_frac"), sig.get("roof_efficiency")
+    if fo is not None and eff is not None:
+        ev.append(
+            Evidence(
+                "roof_efficiency",
+                eff,
+                "ratio",
+                f"forward passes run at {_pct(eff)} of their roofline speed; {_pct(fo)} of step time is framework/launch overhead beyond 4x the roofline time",
+            )
+        )
+        corr += 0.4 if eff < 0.25 else 0.0
     idle = sig.get("idle_frac")
     if idle is not None:
         ev.append(

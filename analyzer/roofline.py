@@ -184,6 +184,31 @@ def step_roofline(steps: pa.Table, model: Mapping[str, Any] | None, peaks: Devic
         out["bound"] = None
         return out
     flops, nbytes = step_costs(shape, tokens, seqs, sum_ctx, sum_qc)
+    # The prefill part of a mixed step: 1 - (modelled time of its decode rows alone) / (modelled time of the step).
+    pv, pparent = flat_list(steps, "is_prefill")
+    isp = (
+        pc.fill_null(pv, False).to_numpy(zero_copy_only=False).astype(bool)
+        if len(pparent) == len(parent) and len(parent)
+        else qv > 1
+    )
+    d = ~isp
+    d_tok = np.bincount(parent, weights=np.where(d, qv, 0.0), minlength=n)
+    d_seqs = np.bincount(parent, weights=d.astype(float), minlength=n)
+    d_ctx = np.bincount(parent, weights=np.where(d, cv, 0.0), minlength=n)
+    d_qc = np.bincount(parent, weights=np.where(d, qv * cv, 0.0), minlength=n)
+    d_flops, d_bytes = step_costs(shape, d_tok, d_seqs, d_ctx, d_qc)
+    pf = peaks.peak_flops or 0.0
+    pb = peaks.peak_bandwidth_bytes_per_s or 0.0
+    if pf > 0 and pb > 0:
+        full_t = np.maximum(flops / pf, nbytes / pb)
+        out["model_time_s"] = full_t
+        dec_t = np.where(d_seqs > 0, np.maximum(d_flops / pf, d_bytes / pb), 0.0)
+        out["prefill_time_frac"] = np.where(
+            prefill_tokens > 0, np.clip(1 - dec_t / np.where(full_t > 0, full_t, 1), 0, 1), 0.0
+        )
+    else:
+        out["model_time_s"] = np.nan
+        out["prefill_time_frac"] = np.where(tokens > 0, prefill_tokens / np.where(tokens > 0, tokens, 1), 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         out["flops"] = flops
         out["bytes"] = nbytes

@@ -150,8 +150,9 @@ def request_stages(
         req, st = mem["req"].to_numpy(), mem["step"].to_numpy()
         dur = (s_end - s_start)[st].astype(np.float64)
         sw = np.minimum(s_swap[st], dur)
-        # A step belongs to the prefill phase when it ends by the request's first token.
-        prefill_phase = s_end[st] <= t4[req]
+        # A step belongs to the prefill phase when it started before the request's first token
+        # (the engine stamps the first token inside the step that computed the last prompt chunk).
+        prefill_phase = s_start[st] < t4[req]
         recompute = ~prefill_phase & mem["is_prefill"].to_numpy()
         decode = ~prefill_phase & ~recompute
         comp_pre = np.bincount(req, weights=np.where(prefill_phase, dur - sw, 0.0), minlength=n)

@@ -1,0 +1,133 @@
+"""``bottleneck-map analyze`` and ``bottleneck-map diff``."""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+
+class Format(str, Enum):
+    text = "text"
+    json = "json"
+    html = "html"
+
+
+class DiffFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+def _fail(message: str) -> typer.Exit:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[red]error[/red]: {message}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(1)
+
+
+def _analyze(path: Path, window: float, slo: dict, cost: float | None, full: bool = False):
+    from bottleneck_map.analyzer.api import analyze_full
+    from bottleneck_map.bundle import BundleError
+
+    try:
+        a = analyze_full(path, window_s=window, slo=slo, gpu_hour_cost=cost)
+    except BundleError as exc:
+        raise _fail(str(exc)) from None
+    except ValueError as exc:
+        raise _fail(f"{path}: {exc}") from None
+    return a if full else a.result
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("analyze")
+    def analyze_cmd(
+        bundle: Path = typer.Argument(..., help="Bundle directory to analyse."),
+        fmt: Format = typer.Option(
+            Format.text, "--format", help="text (terminal summary), json (the map) or html (offline report)."
+        ),
+        out: Path | None = typer.Option(
+            None, "--out", help="Write to this file instead of stdout (default for html: BUNDLE/report.html)."
+        ),
+        slo: str | None = typer.Option(
+            None, "--slo", help="SLOs in seconds for goodput, e.g. ttft=0.5,tpot=0.05,e2e=10."
+        ),
+        window: float = typer.Option(1.0, "--window", help="Seconds per timeline window."),
+        gpu_hour_cost: float | None = typer.Option(
+            None, "--gpu-hour-cost", help="Price of one GPU hour, for cost per million tokens."
+        ),
+    ) -> None:
+        """Find which constraint holds latency back, when, for which requests, and what to change."""
+        from bottleneck_map.analyzer.latency import parse_slo
+
+        try:
+            slo_d = parse_slo(slo)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--slo") from None
+        if not (math.isfinite(window) and window > 0):
+            raise typer.BadParameter(f"must be a positive number of seconds, got {window}", param_hint="--window")
+        if gpu_hour_cost is not None and not (math.isfinite(gpu_hour_cost) and gpu_hour_cost >= 0):
+            raise typer.BadParameter(
+                f"must be a non-negative number, got {gpu_hour_cost}", param_hint="--gpu-hour-cost"
+            )
+        if not bundle.exists():
+            raise _fail(f"{bundle}: no such bundle directory")
+        a = _analyze(bundle, window, slo_d, gpu_hour_cost, full=True)
+        m = a.result
+        if fmt is Format.json:
+            text = m.to_json()
+        elif fmt is Format.html:
+            from bottleneck_map.analyzer.report_html import render_html
+
+            text = render_html(m, per_step=a.roofline)
+            out = out or bundle / "report.html"
+        else:
+            from bottleneck_map.analyzer.report_text import render, summary_text
+
+            if out is None:
+                from rich.console import Console
+
+                Console(highlight=False).print(render(m))
+                return
+            text = summary_text(m)
+        if out is None:
+            typer.echo(text)
+            return
+        try:
+            out.write_text(text)
+        except OSError as exc:
+            raise _fail(f"cannot write {out}: {exc}") from None
+        typer.echo(f"wrote {out}")
+
+    @app.command("diff")
+    def diff_cmd(
+        before: Path = typer.Argument(..., help="Bundle (or map JSON) before the change."),
+        after: Path = typer.Argument(..., help="Bundle (or map JSON) after the change."),
+        fmt: DiffFormat = typer.Option(DiffFormat.text, "--format", help="text or json."),
+        window: float = typer.Option(1.0, "--window", help="Seconds per timeline window."),
+    ) -> None:
+        """Per stage, per class and per percentile: what got better or worse, and by how much."""
+        import json
+
+        from bottleneck_map.analyzer.diff import diff_maps, render_diff
+        from bottleneck_map.analyzer.result import BottleneckMap
+
+        if not (math.isfinite(window) and window > 0):
+            raise typer.BadParameter(f"must be a positive number of seconds, got {window}", param_hint="--window")
+        maps = []
+        for p in (before, after):
+            if not p.exists():
+                raise _fail(f"{p}: no such bundle directory or map file")
+            if p.is_file():
+                try:
+                    maps.append(BottleneckMap.from_json(p.read_text()))
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise _fail(f"{p}: not a bottleneck map JSON ({exc})") from None
+            else:
+                maps.append(_analyze(p, window, {}, None))
+        d = diff_maps(*maps)
+        if fmt is DiffFormat.json:
+            typer.echo(json.dumps(d.to_dict(), indent=2))
+        else:
+            typer.echo(render_diff(d), nl=False)
