@@ -1,0 +1,238 @@
+"""``bottleneck-map serve``: the embedded engine behind an OpenAI-compatible HTTP API."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from bottleneck_map.embedded_engine.engine_config import ConfigError, EngineConfig
+
+_FLAGS = {
+    "swap_space_gib": "--swap-space",
+    "kv_cache_memory_bytes": "--num-kv-blocks",
+    "chunked_prefill": "--no-chunked-prefill",
+}
+
+
+def flag_of(field_name: str) -> str:
+    return _FLAGS.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+@dataclass
+class Served:
+    """A built server: the ASGI app and what must be closed after it stops."""
+
+    app: Any
+    state: Any
+    writer: Any = None
+    provider: Any = None
+    sampler: Any = None
+    closed: bool = field(default=False)
+
+    def close(self) -> None:
+        """Stop the engine loop and agent, then flush the bundle and the span exporter."""
+        if self.closed:
+            return
+        self.closed = True
+        self.state.loop.stop()
+        if self.sampler is not None:
+            self.sampler.stop()
+        self.state.engine.close()
+        if self.writer is not None:
+            self.writer.update_meta(
+                result_summary={
+                    "num_steps": self.state.engine.stats.num_steps,
+                    "num_preemptions": self.state.engine.stats.num_preemptions,
+                }
+            )
+            self.writer.close()
+        if self.provider is not None:
+            self.provider.shutdown()
+
+
+def tracer_provider_from_env(instance: str):
+    """OTLP/HTTP span export when ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`` is set (the
+    exporter reads the other ``OTEL_EXPORTER_OTLP_*`` settings itself); None otherwise.
+    The resource carries ``service.instance.id`` = the serving address, which is also
+    Prometheus' ``instance`` label for this server, so `collect` can join the two."""
+    if not (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")):
+        return None
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    service = os.environ.get("OTEL_SERVICE_NAME") or "bottleneck-map-serve"
+    provider = TracerProvider(resource=Resource.create({"service.name": service, "service.instance.id": instance}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return provider
+
+
+def build_server(
+    *,
+    model: str,
+    engine_config: EngineConfig,
+    served_model_name: str | None = None,
+    instance: str,
+    bundle: Path | None = None,
+    record_prompts: bool = False,
+    agent: bool = False,
+    agent_interval: float = 0.5,
+    tracer_provider: Any = None,
+    measure_device: bool = True,
+    loaded: Any = None,
+) -> Served:
+    """Load the model (unless ``loaded`` is given), start the engine loop, and return the
+    app (not yet listening)."""
+    from bottleneck_map.bundle import BundleWriter, new_meta
+    from bottleneck_map.embedded_engine.engine import LLMEngine
+    from bottleneck_map.embedded_engine.loader import load_model
+    from bottleneck_map.embedded_engine.server import MetricsSink, build_app, make_state
+    from bottleneck_map.embedded_engine.tracing import Clock
+
+    loaded = loaded or load_model(
+        model, device=engine_config.device, dtype=engine_config.dtype, seed=engine_config.seed
+    )
+    name = served_model_name or loaded.config.name
+    provider = tracer_provider if tracer_provider is not None else tracer_provider_from_env(instance)
+    sink = MetricsSink(None, provider, model_name=name, instance=instance, record_prompts=record_prompts)
+    engine = LLMEngine(loaded, engine_config, sink=sink)
+    writer = None
+    if bundle is not None:
+        from bottleneck_map.embedded_engine.cli import device_meta
+
+        device = device_meta(engine.device, engine.dtype) if measure_device else {"kind": engine.device.type}
+        meta = new_meta(
+            "bottleneck-map serve",
+            model=loaded.config.to_meta(engine.dtype),
+            engine=engine.config.to_meta(),
+            device=device,
+            workload={"description": "OpenAI-compatible API traffic", "served_model_name": name},
+            capabilities={"steps": True, "samples": agent, "streaming": True},
+            instance=instance,
+        )
+        writer = BundleWriter(bundle, meta)
+        sink.writer, sink.clock = writer, Clock.from_meta(writer.meta)
+    state = make_state(engine, name)
+    sampler = None
+    if agent:
+        from prometheus_client import CollectorRegistry
+
+        from bottleneck_map.agent.collector import AgentCollector
+        from bottleneck_map.agent.sampler import Sampler
+
+        sampler = Sampler(interval_s=agent_interval, watch_pid=os.getpid(), writer=writer, instance=instance).start()
+        agent_registry = CollectorRegistry()
+        agent_registry.register(AgentCollector(sampler))
+        state.extra_registries.append(agent_registry)
+    return Served(build_app(state), state, writer, provider, sampler)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    def serve(
+        model: str = typer.Option(
+            "default", "--model", help="Built-in preset (default, tiny, ...) or a local HF checkpoint directory."
+        ),
+        host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+        port: int = typer.Option(8000, "--port", help="Port to listen on."),
+        served_model_name: str | None = typer.Option(
+            None, "--served-model-name", help="Model name in the API (default: the model's name)."
+        ),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+        dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
+        max_num_seqs: int = typer.Option(64, "--max-num-seqs", help="Most sequences in one batch."),
+        max_num_batched_tokens: int | None = typer.Option(
+            None, "--max-num-batched-tokens", help="Token budget of one step."
+        ),
+        block_size: int = typer.Option(16, "--block-size", help="Tokens per KV block."),
+        num_kv_blocks: int | None = typer.Option(None, "--num-kv-blocks", help="KV cache size in blocks."),
+        max_model_len: int | None = typer.Option(None, "--max-model-len", help="Context length limit."),
+        enable_prefix_caching: bool = typer.Option(
+            True, "--enable-prefix-caching/--no-enable-prefix-caching", help="Reuse KV blocks of shared prefixes."
+        ),
+        preemption_mode: str = typer.Option("recompute", "--preemption-mode", help="recompute or swap."),
+        swap_space: float = typer.Option(4.0, "--swap-space", help="Host swap space in GiB (preemption-mode swap)."),
+        no_chunked_prefill: bool = typer.Option(
+            False, "--no-chunked-prefill", help="Separate prefill and decode steps."
+        ),
+        seed: int = typer.Option(0, "--seed", help="Seed for built-in weights and default sampling."),
+        bundle: Path | None = typer.Option(None, "--bundle", help="Write a trace bundle here while serving."),
+        record_prompts: bool = typer.Option(
+            False, "--record-prompts", help="Store prompt and output text in the bundle."
+        ),
+        agent: bool = typer.Option(
+            False, "--agent/--no-agent", help="Sample host/GPU metrics in-process (bundle and /metrics)."
+        ),
+        agent_interval: float = typer.Option(0.5, "--agent-interval", help="Seconds between agent samples."),
+        instance: str | None = typer.Option(
+            None, "--instance", help="Instance name in the bundle and spans (default HOST:PORT, Prometheus' label)."
+        ),
+        log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
+    ) -> None:
+        """Serve the embedded engine over an OpenAI-compatible API, with vLLM's /metrics."""
+        from bottleneck_map.http_server import UvicornServer
+
+        if not 0 <= port <= 65535:
+            raise typer.BadParameter(f"{port} is not a TCP port", param_hint="--port")
+        if not agent_interval > 0:
+            raise typer.BadParameter(f"must be > 0, got {agent_interval}", param_hint="--agent-interval")
+        if bundle is not None and bundle.exists() and any(bundle.iterdir()):
+            raise typer.BadParameter(f"{bundle} exists and is not empty", param_hint="--bundle")
+        try:
+            ecfg = EngineConfig(
+                block_size=block_size,
+                num_kv_blocks=num_kv_blocks,
+                max_num_seqs=max_num_seqs,
+                max_num_batched_tokens=max_num_batched_tokens,
+                chunked_prefill=not no_chunked_prefill,
+                enable_prefix_caching=enable_prefix_caching,
+                preemption_mode=preemption_mode,
+                swap_space_gib=swap_space,
+                max_model_len=max_model_len,
+                device=device,
+                dtype=dtype,
+                seed=seed,
+            )
+        except ConfigError as exc:
+            raise typer.BadParameter(str(exc), param_hint=flag_of(exc.field)) from None
+        try:
+            http = UvicornServer(None, host, port, log_level=log_level)
+        except OSError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--port") from None
+        from bottleneck_map.embedded_engine.loader import CheckpointError
+
+        try:
+            served = build_server(
+                model=model,
+                engine_config=ecfg,
+                served_model_name=served_model_name,
+                instance=instance or f"{host}:{http.port}",
+                bundle=bundle,
+                record_prompts=record_prompts,
+                agent=agent,
+                agent_interval=agent_interval,
+            )
+        except ConfigError as exc:
+            http.sock.close()
+            raise typer.BadParameter(str(exc), param_hint=flag_of(exc.field)) from None
+        except (CheckpointError, ValueError) as exc:
+            http.sock.close()
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        http.server.config.app = served.app
+        typer.echo(
+            f"serve: {served.state.served_model} on {http.url}/v1 (metrics {http.url}/metrics)"
+            + (f", bundle {bundle}" if bundle else ""),
+            err=True,
+        )
+        try:
+            http.run()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            served.close()

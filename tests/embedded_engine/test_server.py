@@ -1,0 +1,279 @@
+"""`serve`: the OpenAI API (official client), errors, disconnects, /metrics, traces, bundle."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
+
+from bottleneck_map.bundle import read_bundle
+from bottleneck_map.embedded_engine.engine_config import EngineConfig
+from bottleneck_map.embedded_engine.server_cli import build_server
+from bottleneck_map.http_server import UvicornServer
+from bottleneck_map.validate import validate_bundle
+
+
+@pytest.fixture(scope="module")
+def server(tiny, tmp_path_factory):
+    bundle = tmp_path_factory.mktemp("serve") / "bundle"
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    served = build_server(
+        model="tiny",
+        loaded=tiny,
+        engine_config=EngineConfig(device="cpu", max_num_seqs=16, num_kv_blocks=256, max_model_len=512),
+        instance="test-0",
+        bundle=bundle,
+        tracer_provider=provider,
+        measure_device=False,
+    )
+    served.writer.flush_interval_s = 0.2
+    http = UvicornServer(served.app).start()
+    yield http, served, spans, bundle
+    http.stop()
+    served.close()
+
+
+@pytest.fixture
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server[0].url + "/v1", api_key="unused", max_retries=0)
+
+
+def wait_idle(served, timeout: float = 10.0) -> None:
+    engine = served.state.engine
+    deadline = time.monotonic() + timeout
+    while engine.has_unfinished() or engine._delivering:
+        assert time.monotonic() < deadline, "engine did not go idle"
+        time.sleep(0.02)
+
+
+def records(served, bundle: Path):
+    wait_idle(served)
+    time.sleep(0.1)  # the detached-request completion runs on the engine thread
+    served.writer.flush()
+    return read_bundle(bundle).requests.set_index("request_id")
+
+
+def test_models_and_health(server, client):
+    http = server[0]
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    assert httpx.get(http.url + "/health").status_code == 200
+
+
+def test_completion_non_streaming(client):
+    r = client.completions.create(
+        model="tiny", prompt="The quick brown fox", max_tokens=7, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert r.object == "text_completion" and r.model == "tiny"
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 7
+    assert r.usage.total_tokens == r.usage.prompt_tokens + 7
+    assert isinstance(r.choices[0].text, str) and r.choices[0].text
+
+
+def test_chat_non_streaming_with_max_completion_tokens(client):
+    r = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}],
+        max_completion_tokens=5,
+        extra_body={"ignore_eos": True},
+    )
+    assert r.object == "chat.completion"
+    assert r.choices[0].message.role == "assistant"
+    assert r.usage.completion_tokens == 5 and r.choices[0].finish_reason == "length"
+
+
+def test_streaming_matches_non_streaming_and_reports_usage(client):
+    kw = dict(model="tiny", prompt="Once upon a time", max_tokens=12, temperature=0, extra_body={"ignore_eos": True})
+    full = client.completions.create(**kw)
+    chunks = list(client.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == full.choices[0].text
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 12
+
+
+def test_chat_streaming(client):
+    stream = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "count"}],
+        max_tokens=6,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].usage.completion_tokens == 6
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+
+
+def test_seeded_sampling_is_reproducible(client):
+    kw = dict(model="tiny", prompt="seeded", max_tokens=10, temperature=1.0, top_p=0.9, seed=1234)
+    a = client.completions.create(**kw, extra_body={"ignore_eos": True}).choices[0].text
+    b = client.completions.create(**kw, extra_body={"ignore_eos": True}).choices[0].text
+    assert a == b
+
+
+def test_stop_string_ends_the_output_before_it(client):
+    base = client.completions.create(
+        model="tiny", prompt="stop here", max_tokens=20, temperature=0, extra_body={"ignore_eos": True}
+    )
+    text = base.choices[0].text
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    assert stop.strip(), text
+    r = client.completions.create(
+        model="tiny", prompt="stop here", max_tokens=20, temperature=0, stop=[stop], extra_body={"ignore_eos": True}
+    )
+    assert r.choices[0].finish_reason == "stop"
+    assert r.choices[0].text == text[: text.index(stop)]
+    streamed = client.completions.create(
+        model="tiny", prompt="stop here", max_tokens=20, temperature=0, stop=stop, stream=True,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    chunks = list(streamed)
+    assert "".join(c.choices[0].text for c in chunks) == text[: text.index(stop)]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "param", "words"),
+    [
+        ("/v1/completions", b"{not json", 400, None, "Invalid JSON"),
+        ("/v1/completions", {"model": "gpt-4", "prompt": "x"}, 404, "model", "does not exist"),
+        ("/v1/completions", {"model": "tiny", "prompt": "word " * 600}, 400, "prompt", "maximum context length"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": -3}, 400, "max_tokens", "at least 1"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 10**9}, 400, "max_tokens", "absurd"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 600}, 400, "max_tokens", "maximum context"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "n": 2}, 400, "n", "n=1"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "temperature": -1}, 400, "temperature", "temperature"),
+        ("/v1/completions", {"model": "tiny"}, 400, "prompt", "prompt"),
+        ("/v1/chat/completions", {"model": "tiny", "messages": []}, 400, "messages", "messages"),
+        ("/v1/chat/completions", {"model": "tiny", "messages": "hi"}, 400, "messages", "messages"),
+    ],
+)
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, client, path, body, status, param, words):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = httpx.post(server[0].url + path, content=content, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["param"] == param and words in err["message"]
+    assert client.completions.create(model="tiny", prompt="still up", max_tokens=2).usage.completion_tokens >= 1
+
+
+def test_official_client_raises_typed_errors(client):
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="x", max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="n=1"):
+        client.completions.create(model="tiny", prompt="x", n=3)
+
+
+def test_client_disconnect_aborts_and_frees_kv_blocks(server):
+    http, served, _, bundle = server
+    bm = served.state.engine.block_manager
+
+    async def go() -> str:
+        async with httpx.AsyncClient(base_url=http.url, timeout=30) as c:
+            body = {"model": "tiny", "prompt": "go on forever", "max_tokens": 400, "stream": True, "ignore_eos": True}
+            async with c.stream("POST", "/v1/completions", json=body) as r:
+                rid = r.headers["x-request-id"]
+                n = 0
+                async for line in r.aiter_lines():
+                    n += line.startswith("data:")
+                    if n == 3:
+                        break  # leaving the block closes the connection mid-stream
+        return rid
+
+    rid = asyncio.run(go())
+    req = records(served, bundle)
+    assert req.loc[rid, "finish_reason"] == "abort"
+    assert req.loc[rid, "output_tokens"] < 400
+    assert bm.num_used == 0 and bm.num_free == bm.num_blocks
+
+
+def test_bundle_records_streaming_timestamps(server, client):
+    http, served, _, bundle = server
+    stream = client.completions.create(
+        model="tiny", prompt="stamp me", max_tokens=8, stream=True, extra_body={"ignore_eos": True}
+    )
+    rid = None
+    for chunk in stream:
+        rid = chunk.id
+    req = records(served, bundle)
+    row = req.loc[rid]
+    assert row["instance"] == "test-0" and row["workload_class"] == "completion"
+    assert len(row["token_ns"]) == 8
+    assert len(row["delivered_ns"]) >= 1
+    assert row["first_token_ns"] <= row["first_byte_ns"] <= row["last_byte_ns"]
+    assert row["last_byte_ns"] >= row["token_ns"][-1]
+    assert row["tokenize_start_ns"] <= row["tokenize_end_ns"] <= row["queued_ns"]
+    report = validate_bundle(bundle)
+    assert report.valid, report.errors
+
+
+def test_metrics_use_vllm_names_and_count_requests(server, client):
+    http = server[0]
+
+    def scrape() -> dict:
+        out = {}
+        for fam in text_string_to_metric_families(httpx.get(http.url + "/metrics").text):
+            for s in fam.samples:
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return out
+
+    labels = (("engine", "0"), ("model_name", "tiny"))
+    before = scrape()
+    client.completions.create(model="tiny", prompt="count me", max_tokens=4, extra_body={"ignore_eos": True})
+    wait_idle(server[1])
+    after = scrape()
+    for name in (
+        "vllm:time_to_first_token_seconds_count",
+        "vllm:e2e_request_latency_seconds_count",
+        "vllm:request_queue_time_seconds_count",
+        "vllm:request_prefill_time_seconds_count",
+        "vllm:request_decode_time_seconds_count",
+    ):
+        assert after[(name, labels)] - before.get((name, labels), 0) == 1, name
+    itl = "vllm:inter_token_latency_seconds_count"
+    assert after[(itl, labels)] - before.get((itl, labels), 0) == 3
+    gen = "vllm:generation_tokens_total"
+    assert after[(gen, labels)] - before.get((gen, labels), 0) == 4
+    for name in (
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:num_preemptions_total",
+        "vllm:prefix_cache_queries_total",
+        "vllm:prefix_cache_hits_total",
+        "vllm:prompt_tokens_total",
+        "vllm:iteration_tokens_total_count",
+    ):
+        assert (name, labels) in after, name
+    assert ("vllm:time_to_first_token_seconds_bucket", (*labels[:1], ("le", "0.001"), labels[1])) in after
+    assert ("vllm:inter_token_latency_seconds_bucket", (*labels[:1], ("le", "80.0"), labels[1])) in after
+
+
+def test_traceparent_becomes_the_parent_of_the_request_span(server, client):
+    http, served, spans, bundle = server
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    r = client.completions.create(
+        model="tiny", prompt="traced", max_tokens=3, extra_headers={"traceparent": f"00-{trace_id}-{parent}-01"}
+    )
+    req = records(served, bundle)
+    assert req.loc[r.id, "trace_id"] == trace_id
+    span = next(s for s in spans.get_finished_spans() if s.attributes.get("gen_ai.request.id") == r.id)
+    assert span.name == "llm_request"
+    assert format(span.context.trace_id, "032x") == trace_id
+    assert format(span.parent.span_id, "016x") == parent
+    assert span.attributes["gen_ai.usage.completion_tokens"] == 3
