@@ -78,7 +78,6 @@ def _register_components() -> None:
     __import__("bottleneck_map.agent.cli", fromlist=["register"]).register(app)
     __import__("bottleneck_map.collect_cli", fromlist=["register"]).register(app)
     __import__("bottleneck_map.embedded_engine.cli", fromlist=["register"]).register(app)
-    __import__("bottleneck_map.embedded_engine.server_cli", fromlist=["register"]).register(app)
 
 
 _register_components()
