@@ -191,3 +191,20 @@ def all_metric_names(scheme: NameScheme) -> list[str]:
     """Every metric name the agent can expose in ``scheme`` (as it appears on /metrics)."""
     gpu = [m.dcgm if scheme is NameScheme.dcgm and m.dcgm else m.prom for m in GPU_METRICS]
     return gpu + [m.name for m in OTHER_METRICS]
+
+
+def reference_markdown() -> str:
+    """The metrics reference tables of ``docs/agent.md``, generated from this module."""
+    lines = [
+        "| Prometheus name | unit | dcgm name (`--metric-names dcgm`) | dcgm unit | NVML source |",
+        "|---|---|---|---|---|",
+    ]
+    for m in GPU_METRICS:
+        dcgm = f"`{m.dcgm}`" if m.dcgm else "(Prometheus name kept)"
+        if m.dcgm_fallback:
+            dcgm += f" (falls back to `{m.dcgm_fallback}` without GPM)"
+        lines.append(f"| `{m.prom}` | {m.unit} | {dcgm} | {m.dcgm_unit or '-'} | `{m.source}` |")
+    lines += ["", "| name (both schemes) | type | unit | labels | source | meaning |", "|---|---|---|---|---|---|"]
+    for o in OTHER_METRICS:
+        lines.append(f"| `{o.name}` | {o.kind} | {o.unit} | {', '.join(o.labels)} | `{o.source}` | {o.help} |")
+    return "\n".join(lines) + "\n"

@@ -138,7 +138,7 @@ def gpu_row(ts_ns: int, gpu: GpuSample, instance: str | None = None) -> dict[str
 
 def host_row(ts_ns: int, host: HostSample | None, proc: ProcSample | None, instance: str | None = None) -> dict:
     """The ``source="host"`` row: host totals plus the watched process."""
-    row: dict[str, Any] = {"ts_ns": ts_ns, "source": "host", "device": None, "instance": instance}
+    row: dict[str, Any] = {"ts_ns": ts_ns, "source": "host", "device": "host", "instance": instance}
     if host is not None:
         row.update(
             cpu_util_ratio=host.cpu_util_ratio,

@@ -1,0 +1,55 @@
+"""HostSource over the real psutil on this machine."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import psutil
+
+from bottleneck_map.agent.host import HostSource
+from bottleneck_map.agent.sample import Sample
+
+
+def test_host_sample_has_sane_values():
+    src = HostSource()
+    src.start()
+    h = src.sample_host()
+    assert len(h.cpu_util_per_core) == psutil.cpu_count()
+    assert all(0.0 <= c <= 1.0 for c in h.cpu_util_per_core)
+    assert 0.0 <= h.cpu_util_ratio <= h.cpu_util_max_core_ratio <= 1.0
+    assert 0 < h.host_mem_used_bytes <= h.host_mem_total_bytes
+    assert h.load1 is not None and h.load1 >= 0
+    assert "lo" in h.net and h.net["lo"].rx_bytes >= 0
+    assert h.net_total("rx_bytes") >= h.net["lo"].rx_bytes
+
+
+def test_watched_process_is_sampled():
+    src = HostSource(watch_pid=os.getpid())
+    src.start()
+    s = Sample(ts_ns=0)
+    src.collect(s)
+    p = s.proc
+    assert p.pid == os.getpid()
+    assert p.rss_bytes > 10 * 1024 * 1024
+    assert p.num_threads >= 1
+    assert p.cpu_ratio is not None and p.cpu_ratio >= 0
+    assert p.ctx_switches_voluntary >= 0
+
+
+def test_watched_process_that_exits_stops_process_metrics_once(caplog):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        src = HostSource(watch_pid=child.pid)
+        src.start()
+        assert src.sample_proc() is not None
+    finally:
+        child.kill()
+        child.wait()
+    caplog.set_level(logging.WARNING, "bottleneck_map.agent")
+    assert src.sample_proc() is None
+    assert src.sample_proc() is None
+    assert caplog.text.count("is gone") == 1
+    assert src.sample_host().host_mem_total_bytes > 0  # the host keeps being sampled

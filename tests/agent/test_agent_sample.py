@@ -1,0 +1,66 @@
+"""Samples become rows of the bundle's samples table; absent values stay null, never zero."""
+
+from __future__ import annotations
+
+import math
+
+from bottleneck_map.agent.sample import DiskCounters, GpuSample, HostSample, NetCounters, ProcSample, Sample, to_rows
+from bottleneck_map.bundle import BundleWriter, new_meta, read_bundle
+
+
+def _sample() -> Sample:
+    host = HostSample(
+        cpu_util_ratio=0.25,
+        cpu_util_per_core=[0.5, 0.0],
+        cpu_util_max_core_ratio=0.5,
+        load1=1.5,
+        host_mem_used_bytes=4e9,
+        host_mem_total_bytes=16e9,
+        host_swap_used_bytes=0.0,
+        net={"lo": NetCounters(100, 100, 2, 2), "eth0": NetCounters(1000, 50, 10, 1)},
+        disk={"sda": DiskCounters(4096, 8192)},
+    )
+    proc = ProcSample(
+        pid=42, cpu_ratio=1.5, num_threads=12, rss_bytes=2e9, ctx_switches_voluntary=7, ctx_switches_involuntary=3
+    )
+    gpus = [
+        GpuSample(
+            index=0,
+            uuid="GPU-a",
+            gpu_util_ratio=0.9,
+            power_w=300.0,
+            gpm_sm_occupancy_ratio=0.4,
+            gpm_gr_engine_active_ratio=0.9,
+        ),
+        GpuSample(index=1, lost=True),
+    ]
+    return Sample(ts_ns=123, host=host, proc=proc, gpus=gpus)
+
+
+def test_rows_carry_totals_and_the_watched_process():
+    host, g0, g1 = to_rows(_sample(), instance="node-1")
+    assert host["source"] == "host" and host["device"] == "host" and host["instance"] == "node-1"
+    assert host["net_rx_bytes_total"] == 1100 and host["net_tx_packets_total"] == 3
+    assert host["disk_write_bytes_total"] == 8192
+    assert host["cpu_util_per_core"] == [0.5, 0.0]
+    assert host["proc_cpu_ratio"] == 1.5 and host["proc_ctx_switches_involuntary_total"] == 3
+    assert (g0["source"], g0["device"], g0["gpu_util_ratio"]) == ("gpu", "0", 0.9)
+    assert g0["gpm_sm_occupancy_ratio"] == 0.4
+    assert g1["device"] == "1" and g1["gpu_util_ratio"] is None
+
+
+def test_rows_round_trip_through_a_bundle_with_nulls_kept(tmp_path):
+    with BundleWriter(tmp_path / "b", new_meta("test")) as w:
+        w.extend("samples", to_rows(_sample()))
+    df = read_bundle(tmp_path / "b").samples
+    assert list(df["source"]) == ["host", "gpu", "gpu"]
+    gpu1 = df[df["device"] == "1"].iloc[0]
+    assert math.isnan(gpu1["power_w"])  # absent stays null, never 0
+    gpu0 = df[df["device"] == "0"].iloc[0]
+    assert gpu0["power_w"] == 300.0 and math.isnan(gpu0["temperature_c"])
+    assert list(df.iloc[0]["cpu_util_per_core"]) == [0.5, 0.0]
+
+
+def test_host_only_sample_has_one_row():
+    rows = to_rows(Sample(ts_ns=1, host=HostSample(cpu_util_ratio=0.1)))
+    assert [r["source"] for r in rows] == ["host"]

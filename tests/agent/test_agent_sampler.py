@@ -1,0 +1,118 @@
+"""The sampler: drift-free fixed interval, bounded ring buffer, bundle rows, never dies."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from bottleneck_map.agent.sample import HostSample, Sample
+from bottleneck_map.agent.sampler import Sampler, start_agent_in_process
+from bottleneck_map.bundle import BundleWriter, new_meta, read_bundle
+
+
+class TickSource:
+    name = "tick"
+
+    def __init__(self, sleep_on: dict[int, float] | None = None, fail_on: set[int] | None = None):
+        self.n = 0
+        self.sleep_on = sleep_on or {}
+        self.fail_on = fail_on or set()
+        self.closed = False
+
+    def start(self) -> bool:
+        return True
+
+    def collect(self, sample: Sample) -> None:
+        self.n += 1
+        if self.n in self.fail_on:
+            raise RuntimeError("scripted failure")
+        time.sleep(self.sleep_on.get(self.n, 0.0))
+        sample.host = HostSample(cpu_util_ratio=self.n / 1000)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_ticks_stay_on_a_fixed_grid_without_drift():
+    interval = 0.02
+    src = TickSource()
+    s = Sampler(interval_s=interval, sources=[src]).start()
+    time.sleep(0.6)
+    s.stop()
+    ts = [x.ts_ns for x in s.samples()]
+    assert len(ts) >= 20
+    t0 = ts[0]
+    # every tick is close to its grid point t0 + k*interval: lateness does not accumulate
+    k_last = round((ts[-1] - t0) / (interval * 1e9))
+    assert abs((ts[-1] - t0) - k_last * interval * 1e9) < 0.5 * interval * 1e9
+    assert k_last == len(ts) - 1 + s.stats.missed_ticks
+    assert src.closed
+
+
+def test_an_overrun_skips_missed_grid_points():
+    interval = 0.02
+    s = Sampler(interval_s=interval, sources=[TickSource(sleep_on={3: 0.07})]).start()
+    time.sleep(0.4)
+    s.stop()
+    assert s.stats.missed_ticks >= 2
+    ts = [x.ts_ns for x in s.samples()]
+    t0 = ts[0]
+    late = [((t - t0) / 1e9) % interval for t in ts[4:]]
+    assert sum(min(x, interval - x) < 0.5 * interval for x in late) >= 0.8 * len(late)
+
+
+def test_ring_buffer_is_bounded():
+    s = Sampler(interval_s=1, sources=[TickSource()], buffer_size=5)
+    for _ in range(20):
+        s.sample_once()
+    got = s.samples()
+    assert len(got) == 5
+    assert s.latest() is got[-1] and got[-1].host.cpu_util_ratio == 0.02
+
+
+def test_a_failing_source_never_stops_sampling():
+    s = Sampler(interval_s=1, sources=[TickSource(fail_on={2})])
+    for _ in range(3):
+        s.sample_once()
+    assert s.stats.ticks == 3 and s.stats.source_errors == 1
+    assert s.latest().host.cpu_util_ratio == 0.003
+
+
+def test_rows_go_to_the_bundle(tmp_path):
+    w = BundleWriter(tmp_path / "b", new_meta("test"))
+    s = Sampler(interval_s=1, sources=[TickSource()], writer=w, instance="node-1")
+    for _ in range(4):
+        s.sample_once()
+    s.stop()
+    w.close()
+    df = read_bundle(tmp_path / "b").samples
+    assert len(df) == 4 and set(df["instance"]) == {"node-1"}
+    assert list(df["cpu_util_ratio"]) == [0.001, 0.002, 0.003, 0.004]
+
+
+def test_start_agent_in_process_writes_gpu_and_host_rows(tmp_path, install_nvml):
+    install_nvml(2)
+    w = BundleWriter(tmp_path / "run", new_meta("engine"))
+    sampler = start_agent_in_process(w, watch_pid=os.getpid(), interval=0.05)
+    time.sleep(0.5)
+    sampler.stop()
+    w.close()
+    df = read_bundle(tmp_path / "run").samples
+    host = df[df["source"] == "host"]
+    gpu = df[df["source"] == "gpu"]
+    assert len(host) >= 5 and host["proc_rss_bytes"].notna().all()
+    assert set(gpu["device"]) == {"0", "1"}
+    assert (gpu["power_w"] == 312.5).all()
+    assert gpu["ts_ns"].is_monotonic_increasing
+
+
+def test_importing_the_agent_has_no_side_effects():
+    code = (
+        "import sys, threading\n"
+        "import bottleneck_map.agent.sampler, bottleneck_map.agent.collector, bottleneck_map.agent.cli\n"
+        "assert 'pynvml' not in sys.modules, 'pynvml imported at import time'\n"
+        "assert threading.active_count() == 1, threading.enumerate()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
