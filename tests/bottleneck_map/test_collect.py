@@ -231,3 +231,13 @@ def test_collect_cli_runs_for_a_duration(tmp_path):
     assert validate_bundle(out).valid
     bad = CliRunner().invoke(app, ["collect", "--out", str(out), "--port", "99999"])
     assert bad.exit_code == 2 and "--port" in bad.output
+
+
+def test_ingested_bundle_is_analysed_and_says_what_it_cannot_tell(tmp_path):
+    analyzer = pytest.importorskip("bottleneck_map.analyzer.api", reason="analyzer not installed")
+    writer = BundleWriter(tmp_path / "b", collect_meta())
+    sink = TraceSink(writer)
+    sink.add(spans_from_json(json_body(20)))
+    finish(writer, sink, time.time_ns(), prometheus=None, instances=None, step_s=None)
+    result = analyzer.analyze(tmp_path / "b")
+    assert {"prefill_compute", "decode_memory_bandwidth", "host_overhead"} <= {u.cls for u in result.unreachable}

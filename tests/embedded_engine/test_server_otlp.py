@@ -1,0 +1,67 @@
+"""`serve` exporting OTLP/HTTP (standard OTEL_EXPORTER_OTLP_* settings) into `collect`:
+the ingested bundle carries the same request timings as the server's own bundle."""
+
+from __future__ import annotations
+
+import time
+
+import openai
+import pytest
+
+from bottleneck_map.bundle import BundleWriter, read_bundle
+from bottleneck_map.collect import TraceSink, collect_meta, finish, otlp_app
+from bottleneck_map.embedded_engine.engine_config import EngineConfig
+from bottleneck_map.embedded_engine.server_cli import build_server
+from bottleneck_map.http_server import UvicornServer
+from bottleneck_map.validate import validate_bundle
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from bottleneck_map.embedded_engine.loader import load_model
+
+    return load_model("tiny", device="cpu", dtype="float32", seed=0)
+
+
+def test_engine_spans_round_trip_through_collect(tiny_model, tmp_path, monkeypatch):
+    writer = BundleWriter(tmp_path / "collected", collect_meta(), flush_interval_s=0.2)
+    sink = TraceSink(writer)
+    receiver = UvicornServer(otlp_app(sink)).start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{receiver.url}/v1/traces")
+    served = build_server(
+        model="tiny",
+        loaded=tiny_model,
+        engine_config=EngineConfig(device="cpu", max_num_seqs=8, num_kv_blocks=128, max_model_len=256),
+        instance="127.0.0.1:18000",
+        bundle=tmp_path / "served",
+        measure_device=False,
+    )
+    http = UvicornServer(served.app).start()
+    started = time.time_ns()
+    client = openai.OpenAI(base_url=http.url + "/v1", api_key="unused", max_retries=0)
+    for i in range(4):
+        client.completions.create(
+            model="tiny", prompt=f"request number {i}", max_tokens=3 + i, extra_body={"ignore_eos": True}
+        )
+    list(client.completions.create(model="tiny", prompt="streamed", max_tokens=5, stream=True))
+    http.stop()
+    served.close()  # flushes the span exporter
+    receiver.stop()
+    finish(writer, sink, started, prometheus=None, instances=None, step_s=None)
+
+    assert validate_bundle(tmp_path / "collected").valid
+    ours = read_bundle(tmp_path / "served")
+    got = read_bundle(tmp_path / "collected").requests.set_index("request_id")
+    clock = ours.meta["clock"]
+    offset = clock["origin_unix_ns"] - clock["origin_monotonic_ns"]
+    sent = ours.requests.set_index("request_id")
+    assert set(got.index) == set(sent.index) and len(got) == 5
+    assert set(got["instance"]) == {"127.0.0.1:18000"}
+    for col in ("arrival_ns", "first_scheduled_ns", "first_token_ns", "finished_ns"):
+        diff = (got[col] - (sent[col] + offset).reindex(got.index)).abs()
+        assert diff.max() <= 1_000, (col, diff.max())  # within 1 us (latencies travel as float seconds)
+    for col in ("prompt_tokens", "output_tokens", "max_tokens", "trace_id"):
+        assert (got[col] == sent[col].reindex(got.index)).all(), col
+    # queue time is exported with vLLM v0's meaning (arrival -> first scheduled), so the queued stamp
+    # comes back at arrival; see notes in docs/serving.md
+    assert (got["queued_ns"] >= got["arrival_ns"]).all()
