@@ -9,6 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from agent_helpers import make_self_signed  # noqa: E402
 from fake_pynvml import FakeGpu, FakeNvml, h100s  # noqa: E402
 
 
@@ -45,3 +46,8 @@ def install_nvml(monkeypatch: pytest.MonkeyPatch):
         return fake
 
     return make
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    return make_self_signed(tmp_path)

@@ -1,0 +1,90 @@
+"""/metrics over HTTP: loopback by default, TLS, basic auth."""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import urllib.error
+import urllib.request
+
+import pytest
+from agent_helpers import free_port
+from prometheus_client import CollectorRegistry
+
+from bottleneck_map.agent.collector import AgentCollector
+from bottleneck_map.agent.host import HostSource
+from bottleneck_map.agent.sampler import Sampler
+from bottleneck_map.agent.server import DEFAULT_HOST, BasicAuth, MetricsServer
+
+
+@pytest.fixture
+def registry():
+    s = Sampler(interval_s=1, sources=[HostSource()])
+    s.sample_once()
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(AgentCollector(s, "prometheus", hostname="node-1"))
+    return reg
+
+
+def get(url: str, auth: str | None = None, context: ssl.SSLContext | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(url)
+    if auth is not None:
+        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=context) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_binds_loopback_by_default(registry):
+    server = MetricsServer(registry, port=0).start()
+    try:
+        assert DEFAULT_HOST == "127.0.0.1" and server.host == "127.0.0.1"
+        status, body = get(server.url)
+        assert status == 200 and "bmap_host_cpu_utilization_ratio" in body
+    finally:
+        server.stop()
+
+
+def test_basic_auth(registry):
+    server = MetricsServer(registry, port=free_port(), basic_auth=BasicAuth.parse("scraper:s3:cret")).start()
+    try:
+        status, _ = get(server.url)
+        assert status == 401
+        status, _ = get(server.url, auth="scraper:wrong")
+        assert status == 401
+        status, body = get(server.url, auth="scraper:s3:cret")
+        assert status == 200 and "bmap_agent_samples_total" in body
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("text", ["nocolon", ":pass", "user:", ""])
+def test_basic_auth_needs_user_and_password(text):
+    with pytest.raises(ValueError):
+        BasicAuth.parse(text)
+
+
+def test_tls_serves_https_only(registry, tls_files):
+    cert, key = tls_files
+    server = MetricsServer(registry, port=0, tls_cert=str(cert), tls_key=str(key), basic_auth=BasicAuth("u", "p"))
+    server.start()
+    try:
+        assert server.url.startswith("https://127.0.0.1:")
+        ctx = ssl.create_default_context(cafile=str(cert))
+        status, body = get(server.url, auth="u:p", context=ctx)
+        assert status == 200 and "bmap_host_memory_total_bytes" in body
+        status, _ = get(server.url, context=ctx)
+        assert status == 401
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            get(server.url.replace("https://", "http://"))
+        status, _ = get(server.url, auth="u:p", context=ctx)  # still serving after a bad client
+        assert status == 200
+    finally:
+        server.stop()
+
+
+def test_tls_needs_both_files(registry, tls_files):
+    with pytest.raises(ValueError):
+        MetricsServer(registry, port=0, tls_cert=str(tls_files[0]))
