@@ -14,6 +14,7 @@ import heapq
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,7 +54,8 @@ class _Consumer:
         self.detok: dict[str, object] = {}
         self.text: dict[str, list[str]] = {}
         self.client_free: dict[str, int] = {}
-        self.due: list[tuple[int, int, str, str, bool]] = []  # (deliver_at, seq, request_id, chunk, last)
+        self.pending: dict[str, deque[tuple[str, bool]]] = {}  # chunks produced, not yet read, per request
+        self.due: list[tuple[int, int, str]] = []  # (deliver_at, tiebreak, request_id): one per request
         self.seq = 0
         self.delivered_bytes = 0
         self.thread = threading.Thread(target=self._loop, name="stream-consumer", daemon=True)
@@ -63,33 +65,41 @@ class _Consumer:
         if rid not in self.detok:
             self.detok[rid] = self.engine.tokenizer.detokenizer()
             self.text[rid] = []
+            self.pending[rid] = deque()
         chunk = "".join(self.detok[rid].push(t) for t in out.new_token_ids)
         if out.finish_reason == "rejected" or (out.finished and not out.num_output_tokens):
             self._complete(rid)
             return
         if not chunk and not out.finished:
             return  # inside a multi-byte character: nothing to send yet
-        now = now_ns()
-        at = max(now, self.client_free.get(rid, now))
-        self.client_free[rid] = at + self.read_ns
+        queue_ = self.pending[rid]
+        queue_.append((chunk, out.finished))
+        if len(queue_) == 1:  # the client is idle or busy reading: due when it is free
+            self._push(rid, max(now_ns(), self.client_free.get(rid, 0)))
+
+    def _push(self, rid: str, at: int) -> None:
         self.seq += 1
-        heapq.heappush(self.due, (at, self.seq, rid, chunk, out.finished))
+        heapq.heappush(self.due, (at, self.seq, rid))
 
     def _deliver_due(self) -> None:
         while self.due and self.due[0][0] <= now_ns():
-            _, _, rid, chunk, last = heapq.heappop(self.due)
-            if self.read_ns:
-                time.sleep(0)  # the write itself
+            _, _, rid = heapq.heappop(self.due)
+            chunk, last = self.pending[rid].popleft()
             self.text[rid].append(chunk)
             self.delivered_bytes += len(chunk.encode())
-            self.engine.record_delivery(rid)
+            now = now_ns()
+            self.engine.record_delivery(rid, now)
+            self.client_free[rid] = now + self.read_ns  # the client reads this chunk before the next
             if last:
                 self._complete(rid)
+            elif self.pending[rid]:
+                self._push(rid, self.client_free[rid])
 
     def _complete(self, rid: str) -> None:
         text = "".join(self.text.pop(rid, []))
         self.detok.pop(rid, None)
         self.client_free.pop(rid, None)
+        self.pending.pop(rid, None)
         self.engine.complete(rid, text)
         self.on_done(rid)
 
