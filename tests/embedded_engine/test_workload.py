@@ -103,7 +103,7 @@ def test_mixed_default_has_classes_and_shared_prefix_groups(tiny):
     rag = [len(tiny.tokenizer.encode(r.prompt_text)) for r in reqs if r.workload_class == "rag"]
     chat = [len(tiny.tokenizer.encode(r.prompt_text)) for r in reqs if r.workload_class == "chat"]
     assert np.mean(rag) > 3 * np.mean(chat)
-    assert all(a.arrival_s <= b.arrival_s for a, b in zip(reqs, reqs[1:]))
+    assert all(a.arrival_s <= b.arrival_s for a, b in zip(reqs, reqs[1:], strict=False))
 
 
 def test_same_seed_same_workload(tiny):
