@@ -121,11 +121,17 @@ class CausalLM(nn.Module):
         super().__init__()
         device = torch.device(device)
         self.config, self.dtype, self.device = cfg, dtype, device
-        self.model = Backbone(cfg, dtype, device)
+        # Built on the meta device and then materialised: skips torch's random init, which the
+        # loader overwrites anyway. Until weights are loaded, matrices are zero and norms one.
+        meta = torch.device("meta")
+        self.model = Backbone(cfg, dtype, meta)
         if cfg.tie_word_embeddings:
             self.lm_head = None
         else:
-            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype, device=device)
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype, device=meta)
+        self.to_empty(device=device)
+        for name, p in self.named_parameters():
+            p.data.fill_(1.0 if name.endswith("norm.weight") else 0.0)
         self.register_buffer("inv_freq", rope_inv_freq(cfg).to(device), persistent=False)
         self.requires_grad_(False)
         self.eval()

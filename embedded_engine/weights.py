@@ -89,5 +89,5 @@ def random_hf_state(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
             out[name] = torch.zeros(shape)
         else:
             gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-            out[name] = torch.randn(shape, generator=gen) * INIT_STD
+            out[name] = torch.randn(shape, generator=gen).mul_(INIT_STD)
     return out
