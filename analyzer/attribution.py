@@ -4,13 +4,15 @@ Stage time maps to classes as follows (``docs/bottleneck-map.md`` has the table)
 
 * ``receive`` + ``tokenize`` -> tokenization; ``streaming`` -> streaming;
 * ``queue`` -> kv_cache_capacity for the part of the wait during which the engine had
-  requests waiting and KV usage at or above :data:`KV_FULL`, queueing for the rest;
+  requests waiting with a free batch slot and token budget while KV usage was at or above
+  :data:`KV_BLOCKING` (or sequences were preempted/swapped), queueing for the rest;
 * ``requeue`` and ``recompute`` -> kv_cache_capacity; ``swap`` -> pcie_transfer;
 * time in this request's own steps splits by what the step did: host work
   (schedule/prepare/sample/postprocess) -> host_overhead, forward time lost to clock
   throttling -> power_thermal, prefill forward -> prefill_compute, decode forward ->
-  decode_memory_bandwidth, except the part of a decode step spent on other sequences'
-  prefill tokens -> prefill_compute;
+  decode_memory_bandwidth, except the part of a mixed step that its prefill tokens add
+  (modelled with the roofline) -> prefill_compute; forward time beyond 1/ROOF_EFFICIENCY_FLOOR
+  of the roofline time -> host_overhead (framework / launch overhead);
 * waiting inside prefill/decode: idle gaps with no step running -> host_overhead,
   other sequences' steps -> the classes of what those steps did (same split).
 
@@ -29,10 +31,14 @@ from bottleneck_map.analyzer.result import CLASSES
 
 # KV usage at or above this fraction (of blocks) counts as "KV cache full".
 KV_FULL = 0.95
+# With requests waiting, free slots and token budget, KV usage at or above this means admission is KV-blocked.
+KV_BLOCKING = 0.80
+# A step using this fraction of --max-num-batched-tokens has spent its token budget.
+BUDGET_FULL = 0.9
 UNATTRIBUTED = "unattributed"
 # A forward pass slower than its roofline time divided by this is not bound by compute or bandwidth:
 # the excess is framework / kernel-launch overhead (host_overhead).
-ROOF_EFFICIENCY_FLOOR = 0.25
+ROOF_EFFICIENCY_FLOOR = 0.10
 _STEP_CLASSES = ("host_overhead", "pcie_transfer", "power_thermal", "prefill_compute", "decode_memory_bandwidth")
 
 
@@ -94,7 +100,25 @@ def step_breakdown(
             "num_running": f64(steps, "num_running"),
         }
     )
-    out["kv_blocked"] = (np.nan_to_num(waiting) > 0) & (np.nan_to_num(kv) >= KV_FULL)
+    # Admission blocked by KV blocks: requests wait although a batch slot and token budget are
+    # free, while the cache is nearly full or sequences are preempted/swapped out.
+    running = f64(steps, "num_running")
+    slots_full = np.zeros(n, bool)
+    mns = (meta_engine or {}).get("max_num_seqs")
+    if mns:
+        slots_full = np.nan_to_num(running) >= mns
+    budget_full = np.zeros(n, bool)
+    mnbt = (meta_engine or {}).get("max_num_batched_tokens")
+    if mnbt:
+        budget_full = tot >= BUDGET_FULL * mnbt
+    pressure = (
+        (np.nan_to_num(kv) >= KV_BLOCKING)
+        | (np.nan_to_num(f64(steps, "num_swapped")) > 0)
+        | (np.nan_to_num(f64(steps, "num_preempted")) > 0)
+    )
+    out["slots_full"] = slots_full
+    out["budget_full"] = budget_full
+    out["kv_blocked"] = (np.nan_to_num(waiting) > 0) & ~slots_full & ~budget_full & pressure
     return out
 
 

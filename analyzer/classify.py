@@ -283,10 +283,10 @@ def _host(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
                 "roof_efficiency",
                 eff,
                 "ratio",
-                f"forward passes run at {_pct(eff)} of their roofline speed; {_pct(fo)} of step time is framework/launch overhead beyond 4x the roofline time",
+                f"forward passes run at {_pct(eff)} of their roofline speed; {_pct(fo)} of step time is framework/launch overhead beyond 10x the roofline time",
             )
         )
-        corr += 0.4 if eff < 0.25 else 0.0
+        corr += 0.4 if eff < 0.1 else 0.0
     idle = sig.get("idle_frac")
     if idle is not None:
         ev.append(
@@ -405,7 +405,7 @@ def score_shares(share: Mapping[str, float], corroboration: Mapping[str, float] 
 
 
 def verdicts(sig: Signals) -> list[Verdict]:
-    """Every reachable class as a verdict, ranked by confidence then share; ``balanced`` when none is confident."""
+    """Every reachable class as a verdict, ranked by confidence x share; ``balanced`` first when none is confident."""
     out = []
     for cls, rule in RULES.items():
         if cls in sig.unreachable:
@@ -413,10 +413,12 @@ def verdicts(sig: Signals) -> list[Verdict]:
         corr, ev, rec, knobs = rule(sig)
         share = float(sig.share.get(cls, 0.0))
         conf = confidence(share, SHARE_THRESHOLD[cls], corr)
+        # Rank by confidence x share (an unconfident class ranks after every confident one).
+        score = round(conf * share if conf >= CONFIDENT else 0.1 * conf * share, 4)
         out.append(
             Verdict(
                 cls=cls,
-                score=conf,
+                score=score,
                 share_of_latency=share,
                 confidence=conf,
                 evidence=ev,
@@ -424,8 +426,8 @@ def verdicts(sig: Signals) -> list[Verdict]:
                 knobs=knobs,
             )
         )
-    out.sort(key=lambda v: (v.confidence, v.share_of_latency), reverse=True)
-    best = out[0].confidence if out else 0.0
+    out.sort(key=lambda v: (v.score, v.confidence), reverse=True)
+    best = max((v.confidence for v in out), default=0.0)
     if best < CONFIDENT:
         top = sorted(out, key=lambda v: v.share_of_latency, reverse=True)[:3]
         ev = [

@@ -55,7 +55,7 @@ class Sim:
     preemption_mode: str = "recompute"
     swap_ns_per_block: int = 0
     prefill_ns_per_token: int = 20 * US
-    decode_base_ns: int = 2 * MS
+    decode_base_ns: int = 4 * MS
     decode_ns_per_seq: int = 50 * US
     host_ns: int = 100 * US
     step_gap_ns: int = 0
@@ -77,7 +77,14 @@ class Sim:
             "dtype": "float32",
         }
         if self.device == "cuda":
-            device = {"kind": "cuda", "name": "NVIDIA H100 80GB HBM3"}
+            # A slow simulated GPU: the peaks match the simulated step times.
+            device = {
+                "kind": "cuda",
+                "name": "NVIDIA L4",
+                "peak_flops": 5e10,
+                "peak_bandwidth_bytes_per_s": 5e9,
+                "peaks_source": "measured",
+            }
         else:
             device = {
                 "kind": "cpu",

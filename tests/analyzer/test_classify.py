@@ -1,0 +1,123 @@
+"""Verdicts on simulated bundles: each knob of the simulator plants one cause; the analyzer must name it.
+
+These run in well under a second each. ``test_scenarios.py`` does the same with the real engine.
+"""
+
+from __future__ import annotations
+
+import pytest
+from analyzer_synth import MS, US
+
+from bottleneck_map.analyzer import CLASSES, analyze
+from bottleneck_map.analyzer.classify import CONFIDENT
+
+SCENARIOS = {
+    "queueing": dict(n_requests=60, rate_per_s=60, max_num_seqs=2, output_tokens=16),
+    "kv_cache_capacity": dict(n_requests=40, rate_per_s=80, num_kv_blocks=24, prompt_tokens=48, output_tokens=40),
+    "prefill_compute": dict(
+        n_requests=12,
+        rate_per_s=4,
+        prompt_tokens=2000,
+        output_tokens=4,
+        prefill_ns_per_token=150 * US,
+        max_num_batched_tokens=8192,
+    ),
+    "decode_memory_bandwidth": dict(n_requests=24, rate_per_s=10, prompt_tokens=32, output_tokens=64),
+    "pcie_transfer": dict(
+        n_requests=30,
+        rate_per_s=40,
+        num_kv_blocks=40,
+        max_num_seqs=8,
+        prompt_tokens=48,
+        output_tokens=40,
+        preemption_mode="swap",
+        swap_ns_per_block=50 * MS,
+    ),
+    "host_overhead": dict(n_requests=24, rate_per_s=10, host_ns=20 * MS, output_tokens=16),
+    "tokenization": dict(n_requests=40, rate_per_s=30, tokenize_ns=40 * MS, tokenizer_workers=1, output_tokens=8),
+    "streaming": dict(n_requests=24, rate_per_s=10, stream_delay_ns=15 * MS, output_tokens=16),
+    "power_thermal": dict(n_requests=24, rate_per_s=10, output_tokens=32, throttle=True, device="cuda"),
+    "balanced": dict(
+        n_requests=24,
+        rate_per_s=10,
+        prompt_tokens=150,
+        output_tokens=6,
+        tokenize_ns=1 * MS,
+        stream_delay_ns=1 * MS,
+        host_ns=600 * US,
+    ),
+}
+
+# The evidence metric each verdict must cite, with a check on its measured value.
+EVIDENCE = {
+    "queueing": ("slots_full_fraction", lambda v: v > 0.5),
+    "kv_cache_capacity": ("preemptions", lambda v: v > 0),
+    "prefill_compute": ("prefill_arithmetic_intensity", lambda v: v > 10),  # above the ridge point (5e10/5e9 = 10)
+    "decode_memory_bandwidth": ("decode_arithmetic_intensity", lambda v: v < 10),
+    "pcie_transfer": ("swap_bytes", lambda v: v > 0),
+    "host_overhead": ("host_fraction_of_step_time", lambda v: v > 0.5),
+    "tokenization": ("tokenize_p95_s", lambda v: v >= 0.04),
+    "streaming": ("streaming_p95_s", lambda v: v > 0.1),
+    "power_thermal": ("busy_sm_clock_ratio", lambda v: v == pytest.approx(1.1 / 1.98)),
+}
+
+
+@pytest.mark.parametrize("cls", list(SCENARIOS))
+def test_planted_cause_is_the_top_verdict(sim_bundle, cls):
+    m = analyze(sim_bundle(**SCENARIOS[cls]))
+    assert m.top.cls == cls, [(v.cls, v.share_of_latency, v.confidence) for v in m.verdicts]
+    if cls == "balanced":
+        assert all(v.confidence < CONFIDENT for v in m.verdicts if v.cls != "balanced")
+        return
+    assert m.top.confidence >= CONFIDENT
+    assert m.top.recommendation and m.top.knobs
+    metric, check = EVIDENCE[cls]
+    ev = {e.metric: e.value for e in m.top.evidence}
+    assert metric in ev and check(ev[metric]), m.top.evidence
+    assert ev[f"{cls}_share_of_e2e"] == pytest.approx(m.top.share_of_latency)
+    assert m.top.requests_affected > 0 and m.top.sample_request_ids
+
+
+def test_shares_sum_to_one_and_classes_are_stable(sim_bundle):
+    m = analyze(sim_bundle(**SCENARIOS["kv_cache_capacity"]))
+    assert {v.cls for v in m.verdicts} <= set(CLASSES)
+    assert sum(v.share_of_latency for v in m.verdicts) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_queue_split_between_slots_and_kv_blocks(sim_bundle):
+    kv = analyze(sim_bundle(**SCENARIOS["kv_cache_capacity"]))
+    q = analyze(sim_bundle(**SCENARIOS["queueing"]))
+    assert kv.verdict("kv_cache_capacity").share_of_latency > kv.verdict("queueing").share_of_latency
+    assert q.verdict("queueing").share_of_latency > 5 * q.verdict("kv_cache_capacity").share_of_latency
+
+
+def test_bundle_without_steps_says_what_it_cannot_judge(sim_bundle):
+    m = analyze(sim_bundle(with_steps=False, **SCENARIOS["decode_memory_bandwidth"]))
+    cannot = {u.cls for u in m.unreachable}
+    assert {"prefill_compute", "decode_memory_bandwidth", "host_overhead", "pcie_transfer", "power_thermal"} <= cannot
+    assert not cannot & {v.cls for v in m.verdicts}
+    assert m.top.cls == "balanced"  # the decode time is unattributed, not guessed
+
+
+def test_windows_cover_the_run_and_find_the_queueing_burst(sim_bundle):
+    m = analyze(sim_bundle(**SCENARIOS["queueing"]), window_s=0.5)
+    assert m.windows[0].start_s == 0 and m.windows[-1].end_s >= m.duration_s
+    assert sum(w.requests_arrived for w in m.windows) == 60
+    assert sum(1 for w in m.windows if w.cls == "queueing") >= len(m.windows) // 2
+    assert m.verdict("queueing").windows
+
+
+def test_worst_requests_explained(sim_bundle):
+    m = analyze(sim_bundle(**SCENARIOS["queueing"]))
+    w = m.worst_requests[0]
+    assert w.e2e_s == max(x.e2e_s for x in m.worst_requests)
+    assert w.cls == "queueing" and "queueing" in w.why
+    assert sum(w.stages_s.values()) == pytest.approx(w.e2e_s, rel=0.01)
+
+
+def test_cost_and_energy(sim_bundle):
+    m = analyze(sim_bundle(**SCENARIOS["decode_memory_bandwidth"]), gpu_hour_cost=3.6)
+    lat = m.latency_for("all")
+    tokens = lat.output_token_throughput * lat.duration_s
+    assert m.cost.cost_per_million_output_tokens == pytest.approx(3.6 * lat.duration_s / 3600 / tokens * 1e6)
+    assert m.cost.energy_j > 0 and m.cost.energy_per_output_token_j == pytest.approx(m.cost.energy_j / tokens)
