@@ -2,13 +2,16 @@
 interface, disk I/O per device, and one watched process.
 
 CPU utilisation is measured between consecutive calls (psutil keeps the
-previous reading), so the first sample after start has no CPU figures.
+previous reading). CPU and the watched process are read every tick; load,
+memory, swap, network and disk counters once a second (``slow_interval_s``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 
 import psutil
 
@@ -16,17 +19,43 @@ from bottleneck_map.agent.sample import DiskCounters, HostSample, NetCounters, P
 
 log = logging.getLogger("bottleneck_map.agent")
 
+SLOW_INTERVAL_S = 1.0
+# read once per SLOW_INTERVAL_S: they change slowly and cost more than the per-core CPU read
+SLOW_HOST_FIELDS = frozenset(
+    {
+        "load1",
+        "load5",
+        "load15",
+        "host_mem_used_bytes",
+        "host_mem_available_bytes",
+        "host_mem_total_bytes",
+        "host_swap_used_bytes",
+        "host_swap_total_bytes",
+        "net",
+        "disk",
+    }
+)
+
 
 class HostSource:
     """Samples the host and, when ``watch_pid`` is given, that process."""
 
     name = "host"
 
-    def __init__(self, watch_pid: int | None = None, *, per_device: bool = True) -> None:
+    def __init__(
+        self,
+        watch_pid: int | None = None,
+        *,
+        slow_interval_s: float = SLOW_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.watch_pid = watch_pid
-        self.per_device = per_device
+        self.slow_interval_s = slow_interval_s
+        self._clock = clock
         self._proc: psutil.Process | None = None
         self._proc_gone = False
+        self._slow: HostSample | None = None
+        self._slow_due = 0.0
 
     def start(self) -> bool:
         psutil.cpu_percent(percpu=True)  # prime the per-core deltas
@@ -48,12 +77,29 @@ class HostSource:
         sample.proc = self.sample_proc()
 
     def sample_host(self) -> HostSample:
+        """CPU every call; load, memory, swap, network and disk every ``slow_interval_s``
+        (carried over in between and listed in ``stale``)."""
         h = HostSample()
         per_core = psutil.cpu_percent(percpu=True)
         if per_core:
             h.cpu_util_per_core = [c / 100.0 for c in per_core]
             h.cpu_util_ratio = sum(h.cpu_util_per_core) / len(h.cpu_util_per_core)
             h.cpu_util_max_core_ratio = max(h.cpu_util_per_core)
+        now = self._clock()
+        if self._slow is None or now >= self._slow_due:
+            self._slow_due = now + self.slow_interval_s
+            self._slow = self._sample_slow()
+            stale: frozenset[str] = frozenset()
+        else:
+            stale = SLOW_HOST_FIELDS
+        for name in SLOW_HOST_FIELDS:
+            setattr(h, name, getattr(self._slow, name))
+        h.stale = stale
+        return h
+
+    @staticmethod
+    def _sample_slow() -> HostSample:
+        h = HostSample()
         try:
             h.load1, h.load5, h.load15 = os.getloadavg()
         except OSError:

@@ -11,6 +11,11 @@ others:
   mode, said once in the log;
 * any other NVML error leaves the field absent for that tick only.
 
+Utilisation, memory, PCIe, power, energy, clocks, clock-event reasons and GPM
+are read every tick; temperature, power limit and the watched process's GPU
+memory and utilisation once a second (``slow_interval_s``), carried over in
+between and listed in ``GpuSample.stale`` (null in bundle rows, shown on /metrics).
+
 Nothing here raises to the caller: the agent never dies on an NVML error.
 """
 
@@ -31,6 +36,9 @@ log = logging.getLogger("bottleneck_map.agent")
 
 KB = 1000  # nvmlDeviceGetPcieThroughput reports KB/s (1 KB = 1000 bytes per NVML docs)
 MHZ = 1_000_000
+SLOW_INTERVAL_S = 1.0
+# read once per SLOW_INTERVAL_S and carried over in between (listed in GpuSample.stale)
+SLOW_GPU_FIELDS = frozenset({"temperature_c", "power_limit_w", "proc_gpu_mem_bytes", "proc_gpu_util_ratio"})
 
 
 def _text(value: Any) -> str:
@@ -60,6 +68,8 @@ class _Device:
     static: dict[str, float | None] = field(default_factory=dict)
     gpm: GpmReader | None = None
     proc_util_ts_us: int = 0
+    slow: dict[str, float | None] = field(default_factory=dict)
+    slow_due: float = float("-inf")
 
 
 @dataclass
@@ -87,6 +97,7 @@ class NvmlSource:
         *,
         watch_pid: int | None = None,
         gpm: bool = True,
+        slow_interval_s: float = SLOW_INTERVAL_S,
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
@@ -94,6 +105,7 @@ class NvmlSource:
         self._nvml = nvml
         self.watch_pid = watch_pid
         self.use_gpm = gpm
+        self.slow_interval_s = slow_interval_s
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self._clock = clock
@@ -307,46 +319,62 @@ class NvmlSource:
             dev, "pcie_rx", n.nvmlDeviceGetPcieThroughput, KB, n.NVML_PCIE_UTIL_RX_BYTES
         )
         g.power_w = self._scaled(dev, "power", n.nvmlDeviceGetPowerUsage, 1e-3)
-        g.power_limit_w = self._scaled(dev, "power_limit", n.nvmlDeviceGetEnforcedPowerLimit, 1e-3)
         g.energy_j = self._scaled(dev, "energy", n.nvmlDeviceGetTotalEnergyConsumption, 1e-3)
-        g.temperature_c = self._scaled(dev, "temperature", n.nvmlDeviceGetTemperature, 1.0, n.NVML_TEMPERATURE_GPU)
         g.sm_clock_hz = self._scaled(dev, "sm_clock", n.nvmlDeviceGetClockInfo, MHZ, n.NVML_CLOCK_SM)
         g.mem_clock_hz = self._scaled(dev, "mem_clock", n.nvmlDeviceGetClockInfo, MHZ, n.NVML_CLOCK_MEM)
         g.sm_clock_max_hz = dev.static.get("sm_clock_max_hz")
         g.mem_clock_max_hz = dev.static.get("mem_clock_max_hz")
         reasons = q(dev, "clock_events", n.nvmlDeviceGetCurrentClocksEventReasons)
         g.clock_event_reasons = None if reasons is None else int(reasons)
-        if self.watch_pid is not None:
-            self._sample_process(dev, g)
+        now = self._clock()
+        if now >= dev.slow_due:
+            dev.slow_due = now + self.slow_interval_s
+            dev.slow = self._sample_slow(dev)
+        else:
+            g.stale = SLOW_GPU_FIELDS
+        for name, value in dev.slow.items():
+            setattr(g, name, value)
         if dev.gpm is not None:
             self._sample_gpm(dev, g)
         return g
 
-    def _sample_process(self, dev: _Device, g: GpuSample) -> None:
+    def _sample_slow(self, dev: _Device) -> dict[str, float | None]:
+        """Fields that change slowly or cost more: read every ``slow_interval_s``."""
         n = self._nvml
+        out = {
+            "temperature_c": self._scaled(dev, "temperature", n.nvmlDeviceGetTemperature, 1.0, n.NVML_TEMPERATURE_GPU),
+            "power_limit_w": self._scaled(dev, "power_limit", n.nvmlDeviceGetEnforcedPowerLimit, 1e-3),
+        }
+        if self.watch_pid is not None:
+            out["proc_gpu_mem_bytes"], out["proc_gpu_util_ratio"] = self._sample_process(dev)
+        return out
+
+    def _sample_process(self, dev: _Device) -> tuple[float | None, float | None]:
+        """GPU memory of the watched pid, and its mean SM utilisation since the last call."""
+        n = self._nvml
+        mem = None
         procs = self._query(dev, "processes", n.nvmlDeviceGetComputeRunningProcesses)
         for p in procs or ():
             if p.pid == self.watch_pid and p.usedGpuMemory is not None:
-                g.proc_gpu_mem_bytes = float(p.usedGpuMemory)
+                mem = float(p.usedGpuMemory)
         if "process_utilization" in dev.unsupported:
-            return
+            return mem, None
         try:
             samples = n.nvmlDeviceGetProcessUtilization(dev.handle, dev.proc_util_ts_us)
         except getattr(n, "NVMLError_NotFound", ()):
-            return  # no new utilisation samples since the last call
+            return mem, None  # no new utilisation samples since the last call
         except self._unsupported_errors():
             dev.unsupported.add("process_utilization")
             log.info("GPU %d: process_utilization is not supported; not asked again", dev.index)
-            return
+            return mem, None
         except self._lost_errors() as exc:
             raise _DeviceLost(f"GPU {dev.index}: process_utilization: {exc}") from exc
         except n.NVMLError:
-            return
-        mine = [s for s in samples if s.pid == self.watch_pid]
+            return mem, None
         if samples:
             dev.proc_util_ts_us = max(s.timeStamp for s in samples)
-        if mine:
-            g.proc_gpu_util_ratio = max(s.smUtil for s in mine) / 100.0
+        mine = [s.smUtil for s in samples if s.pid == self.watch_pid]
+        return mem, (sum(mine) / len(mine) / 100.0 if mine else None)
 
     def _sample_gpm(self, dev: _Device, g: GpuSample) -> None:
         try:

@@ -54,6 +54,8 @@ class GpuSample:
     # the watched process on this GPU
     proc_gpu_mem_bytes: float | None = None
     proc_gpu_util_ratio: float | None = None
+    # fields carried over from an earlier tick (slow cadence): exposed on /metrics, null in bundle rows
+    stale: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -91,6 +93,8 @@ class HostSample:
     host_swap_total_bytes: float | None = None
     net: dict[str, NetCounters] = field(default_factory=dict)
     disk: dict[str, DiskCounters] = field(default_factory=dict)
+    # fields carried over from an earlier tick (slow cadence): exposed on /metrics, null in bundle rows
+    stale: frozenset[str] = frozenset()
 
     def net_total(self, attr: str) -> float | None:
         return sum(getattr(c, attr) for c in self.net.values()) if self.net else None
@@ -132,7 +136,7 @@ def gpu_row(ts_ns: int, gpu: GpuSample, instance: str | None = None) -> dict[str
     """One ``source="gpu"`` row of the samples table."""
     row: dict[str, Any] = {"ts_ns": ts_ns, "source": "gpu", "device": str(gpu.index), "instance": instance}
     for name in _GPU_COLUMNS:
-        row[name] = getattr(gpu, name)
+        row[name] = None if name in gpu.stale else getattr(gpu, name)
     return row
 
 
@@ -144,16 +148,19 @@ def host_row(ts_ns: int, host: HostSample | None, proc: ProcSample | None, insta
             cpu_util_ratio=host.cpu_util_ratio,
             cpu_util_max_core_ratio=host.cpu_util_max_core_ratio,
             cpu_util_per_core=list(host.cpu_util_per_core) or None,
-            load1=host.load1,
-            host_mem_used_bytes=host.host_mem_used_bytes,
-            host_mem_total_bytes=host.host_mem_total_bytes,
-            host_swap_used_bytes=host.host_swap_used_bytes,
-            net_rx_bytes_total=host.net_total("rx_bytes"),
-            net_tx_bytes_total=host.net_total("tx_bytes"),
-            net_rx_packets_total=host.net_total("rx_packets"),
-            net_tx_packets_total=host.net_total("tx_packets"),
-            disk_read_bytes_total=host.disk_total("read_bytes"),
-            disk_write_bytes_total=host.disk_total("write_bytes"),
+        )
+        fresh = not host.stale  # the slow host fields are only written on the tick that read them
+        row.update(
+            load1=host.load1 if fresh else None,
+            host_mem_used_bytes=host.host_mem_used_bytes if fresh else None,
+            host_mem_total_bytes=host.host_mem_total_bytes if fresh else None,
+            host_swap_used_bytes=host.host_swap_used_bytes if fresh else None,
+            net_rx_bytes_total=host.net_total("rx_bytes") if fresh else None,
+            net_tx_bytes_total=host.net_total("tx_bytes") if fresh else None,
+            net_rx_packets_total=host.net_total("rx_packets") if fresh else None,
+            net_tx_packets_total=host.net_total("tx_packets") if fresh else None,
+            disk_read_bytes_total=host.disk_total("read_bytes") if fresh else None,
+            disk_write_bytes_total=host.disk_total("write_bytes") if fresh else None,
         )
     if proc is not None:
         row.update(

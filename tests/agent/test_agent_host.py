@@ -53,3 +53,17 @@ def test_watched_process_that_exits_stops_process_metrics_once(caplog):
     assert src.sample_proc() is None
     assert caplog.text.count("is gone") == 1
     assert src.sample_host().host_mem_total_bytes > 0  # the host keeps being sampled
+
+
+def test_slow_host_fields_once_per_interval(clock):
+    src = HostSource(slow_interval_s=1.0, clock=clock)
+    src.start()
+    first = src.sample_host()
+    clock.advance(0.3)
+    second = src.sample_host()
+    clock.advance(0.8)
+    third = src.sample_host()
+    assert not first.stale and not third.stale
+    assert {"load1", "host_mem_used_bytes", "net", "disk"} <= second.stale
+    assert second.host_mem_total_bytes == first.host_mem_total_bytes  # carried over
+    assert second.cpu_util_per_core  # CPU is read every tick

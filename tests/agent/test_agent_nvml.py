@@ -66,19 +66,39 @@ def test_not_supported_fields_are_absent_and_not_asked_again(install_nvml):
         assert g.power_limit_w == pytest.approx(700.0)
     assert fake.calls_by_gpu[(0, "nvmlDeviceGetPowerUsage")] == 1
     assert fake.calls_by_gpu[(0, "nvmlDeviceGetCurrentClocksEventReasons")] == 1
-    assert fake.calls_by_gpu[(0, "nvmlDeviceGetTemperature")] == 5
+    assert fake.calls_by_gpu[(0, "nvmlDeviceGetClockInfo")] == 10  # SM and memory clocks, every tick
 
 
 def test_a_transient_error_drops_the_field_for_one_tick_only(install_nvml):
-    gpu = FakeGpu(fail_next={"nvmlDeviceGetTemperature": [real.NVML_ERROR_TIMEOUT]})
+    gpu = FakeGpu(fail_next={"nvmlDeviceGetPowerUsage": [real.NVML_ERROR_TIMEOUT]})
     fake = install_nvml([gpu])
     src = NvmlSource(gpm=False)
     src.start()
     (g1,) = src.sample(0)
     (g2,) = src.sample(1)
-    assert g1.temperature_c is None and g1.power_w is not None
-    assert g2.temperature_c == 61
+    assert g1.power_w is None and g1.temperature_c == 61
+    assert g2.power_w == pytest.approx(312.5)
+    assert fake.calls_by_gpu[(0, "nvmlDeviceGetPowerUsage")] == 2
+
+
+def test_slow_fields_are_read_once_a_second_and_marked_stale_in_between(install_nvml, clock):
+    gpu = FakeGpu(processes=[(4242, GIB)], process_util=[(4242, 20, 10), (4242, 40, 20)])
+    fake = install_nvml([gpu])
+    src = NvmlSource(watch_pid=4242, gpm=False, clock=clock, slow_interval_s=1.0)
+    src.start()
+    (g,) = src.sample(0)
+    assert g.stale == frozenset() and g.temperature_c == 61
+    assert g.proc_gpu_util_ratio == pytest.approx(0.30)  # mean of the samples since the last read
+    gpu.temp_c = 70
+    clock.advance(0.5)
+    (g,) = src.sample(1)
+    assert g.temperature_c == 61 and "temperature_c" in g.stale and "proc_gpu_mem_bytes" in g.stale
+    assert g.power_w is not None and "power_w" not in g.stale
+    clock.advance(0.5)
+    (g,) = src.sample(2)
+    assert g.temperature_c == 70 and not g.stale
     assert fake.calls_by_gpu[(0, "nvmlDeviceGetTemperature")] == 2
+    assert fake.calls_by_gpu[(0, "nvmlDeviceGetPowerUsage")] == 3
 
 
 @pytest.mark.parametrize("code", [real.NVML_ERROR_GPU_IS_LOST, real.NVML_ERROR_UNKNOWN])
@@ -176,7 +196,7 @@ def test_pynvml_not_installed_means_host_only(monkeypatch, caplog):
 def test_watched_process_memory_and_utilisation(install_nvml):
     gpu = FakeGpu(processes=[(111, 2 * GIB), (4242, 7 * GIB)], process_util=[(4242, 35, 1_000), (111, 90, 1_001)])
     fake = install_nvml([gpu])
-    src = NvmlSource(watch_pid=4242, gpm=False)
+    src = NvmlSource(watch_pid=4242, gpm=False, slow_interval_s=0)
     src.start()
     (g,) = src.sample(0)
     assert g.proc_gpu_mem_bytes == 7 * GIB

@@ -64,3 +64,14 @@ def test_rows_round_trip_through_a_bundle_with_nulls_kept(tmp_path):
 def test_host_only_sample_has_one_row():
     rows = to_rows(Sample(ts_ns=1, host=HostSample(cpu_util_ratio=0.1)))
     assert [r["source"] for r in rows] == ["host"]
+
+
+def test_stale_fields_are_null_in_rows_but_kept_on_the_sample():
+    g = GpuSample(index=0, temperature_c=61.0, power_w=300.0, stale=frozenset({"temperature_c"}))
+    h = HostSample(cpu_util_ratio=0.5, load1=2.0, host_mem_used_bytes=1e9, net={"lo": NetCounters(1, 1, 1, 1)})
+    h.stale = frozenset({"load1", "host_mem_used_bytes", "net"})
+    host, gpu = to_rows(Sample(ts_ns=5, host=h, gpus=[g]))
+    assert gpu["temperature_c"] is None and gpu["power_w"] == 300.0
+    assert host["cpu_util_ratio"] == 0.5
+    assert host["load1"] is None and host["host_mem_used_bytes"] is None and host["net_rx_bytes_total"] is None
+    assert g.temperature_c == 61.0 and h.load1 == 2.0  # /metrics still shows the last reading
