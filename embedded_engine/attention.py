@@ -68,8 +68,9 @@ def plan_attention(meta: AttentionMetadata, device: torch.device) -> AttentionPl
     plan.last_rows = torch.tensor([s + q - 1 for s, q in zip(starts, meta.query_lens, strict=True)], device=device)
     dec = [i for i, q in enumerate(meta.query_lens) if q == 1]
     if dec:
-        ctx = torch.tensor([meta.context_lens[i] for i in dec], device=device)
-        nb = -(-int(ctx.max()) // bs)
+        dec_ctx = [meta.context_lens[i] for i in dec]
+        ctx = torch.tensor(dec_ctx, device=device)
+        nb = -(-max(dec_ctx) // bs)  # from the Python list: no device sync
         plan.decode_rows = torch.tensor([starts[i] for i in dec], device=device)
         plan.decode_tables = tables[dec, :nb] if len(dec) < len(meta.query_lens) else tables[:, :nb]
         keys = torch.arange(nb * bs, device=device)
