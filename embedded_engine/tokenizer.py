@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
@@ -85,13 +86,17 @@ class Tokenizer:
 
     def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
         """Render chat ``messages`` ({"role", "content"}) with the checkpoint's Jinja template."""
-        if self._compiled is None:
+        if self._compiled is None or self._compiled[0] != self.chat_template:
             from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            # The same environment transformers renders chat templates in.
+            env = ImmutableSandboxedEnvironment(
+                trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+            )
             env.globals["raise_exception"] = _raise
-            self._compiled = env.from_string(self.chat_template)
-        return self._compiled.render(
+            env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+            self._compiled = (self.chat_template, env.from_string(self.chat_template))
+        return self._compiled[1].render(
             messages=list(messages), add_generation_prompt=add_generation_prompt, **self.special_tokens
         )
 

@@ -65,3 +65,16 @@ def test_default_template_without_tokenizer_config(tmp_path):
     assert tok.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=False) == (
         "<|im_start|>user\nx<|im_end|>\n"
     )
+
+
+def test_chat_template_environment_matches_transformers(tok):
+    """Loop controls, ``raise_exception`` and ``strftime_now`` are available, as in transformers."""
+    tok = Tokenizer.from_dir(PRESETS_DIR)
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'tool' %}{% continue %}{% endif %}"
+        "[{{ m['content'] | trim }}]{% endfor %}{{ strftime_now('%Y') | length }}"
+    )
+    assert tok.apply_chat_template([{"role": "user", "content": " a "}, {"role": "tool", "content": "b"}]) == "[a]4"
+    tok.chat_template = "{{ raise_exception('no system role') }}"
+    with pytest.raises(ValueError, match="no system role"):
+        tok.apply_chat_template([])
