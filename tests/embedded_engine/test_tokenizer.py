@@ -67,7 +67,7 @@ def test_default_template_without_tokenizer_config(tmp_path):
     )
 
 
-def test_chat_template_environment_matches_transformers(tok):
+def test_chat_template_environment_matches_transformers():
     """Loop controls, ``raise_exception`` and ``strftime_now`` are available, as in transformers."""
     tok = Tokenizer.from_dir(PRESETS_DIR)
     tok.chat_template = (
