@@ -87,7 +87,8 @@ def analyze_full(
     # Per-step tables.
     has_steps = caps["steps"]
     samples = hardware.sample_frame(t.samples) if caps["samples"] else hardware.sample_frame(t.samples.slice(0, 0))
-    roof = roofline.step_roofline(t.steps, meta.get("model"), peaks) if has_steps else pd.DataFrame()
+    membership = stages.step_membership(t.steps, stages._ids(t.requests)) if has_steps else None
+    roof = roofline.step_roofline(t.steps, meta.get("model"), peaks, membership) if has_steps else pd.DataFrame()
     throttle_loss = None
     if has_steps and not samples.empty:
         clocked = samples[samples["has_reasons"] | samples["sm_clock_ratio"].notna()]
@@ -105,7 +106,6 @@ def analyze_full(
         )
 
     # Per-request tables.
-    membership = stages.step_membership(t.steps, stages._ids(t.requests)) if has_steps else None
     st = stages.request_stages(t.requests, t.steps if has_steps else None, membership)
     metrics = latency.request_metrics(t.requests)
     itl = latency.inter_token_latencies(t.requests)

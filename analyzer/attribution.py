@@ -144,11 +144,28 @@ class Timeline:
         y[0::2] = c - v
         return y
 
-    def between(self, col: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def at(self, t: np.ndarray) -> dict[str, np.ndarray]:
+        """Every cumulative column evaluated at times ``t`` (one search, linear interpolation)."""
         if not len(self.x):
-            return np.zeros(len(a))
-        y = self.cum[col]
-        return np.clip(np.interp(b, self.x, y) - np.interp(a, self.x, y), 0, None)
+            return {k: np.zeros(len(t)) for k in self.cum}
+        x = self.x
+        i = (
+            np.clip(np.searchsorted(x, t, side="right") - 1, 0, len(x) - 2)
+            if len(x) > 1
+            else np.zeros(len(t), np.int64)
+        )
+        x0, x1 = x[i], x[np.minimum(i + 1, len(x) - 1)]
+        span = x1 - x0
+        f = np.where(span > 0, np.clip((t - x0) / np.where(span > 0, span, 1), 0, 1), 1.0)
+        f = np.where(t < x[0], 0.0, f)
+        out = {}
+        for k, y in self.cum.items():
+            v = y[i] + f * (y[np.minimum(i + 1, len(y) - 1)] - y[i])
+            out[k] = np.where(t < x[0], 0.0, v)
+        return out
+
+    def between(self, col: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.clip(self.at(b)[col] - self.at(a)[col], 0, None)
 
 
 def attribute(stages: pd.DataFrame, own: pd.DataFrame | None, sb: pd.DataFrame | None) -> pd.DataFrame:
@@ -175,8 +192,13 @@ def attribute(stages: pd.DataFrame, own: pd.DataFrame | None, sb: pd.DataFrame |
     t3 = t2 + stages["queue"].to_numpy()
     t4 = stages["first_token_ns"].to_numpy()
     t5 = stages["end_ns"].to_numpy() - stages["streaming"].to_numpy()
-    busy_q = tl.between("dur", t2, t3)
-    kvb = tl.between("kv_blocked", t2, t3)
+    at = {k: tl.at(v) for k, v in (("t2", t2), ("t3", t3), ("t4", t4), ("t5", t5))}
+
+    def between(col: str, a: str, b: str) -> np.ndarray:
+        return np.clip(at[b][col] - at[a][col], 0, None)
+
+    busy_q = between("dur", "t2", "t3")
+    kvb = between("kv_blocked", "t2", "t3")
     kv_frac = np.where(busy_q > 0, kvb / np.where(busy_q > 0, busy_q, 1), 0.0)
     out["kv_cache_capacity"] += queue * kv_frac
     out["queueing"] = queue * (1 - kv_frac)
@@ -190,14 +212,14 @@ def attribute(stages: pd.DataFrame, own: pd.DataFrame | None, sb: pd.DataFrame |
             continue  # swap time is its own stage already
         out[c] += own[c].to_numpy() * scale if own is not None else 0.0
     # Waiting: idle gaps -> host overhead; other sequences' steps -> their classes.
-    for a, b, wait in ((t3, t4, stages["prefill_wait"]), (t4, t5, stages["decode_wait"])):
+    for (a, b), wait in ((("t3", "t4"), stages["prefill_wait"]), (("t4", "t5"), stages["decode_wait"])):
         wait = wait.to_numpy().astype(float)
-        span = np.clip(b - a, 0, None).astype(float)
-        busy = np.minimum(tl.between("dur", a, b), span)
+        span = np.clip({"t3": t3, "t4": t4, "t5": t5}[b] - {"t3": t3, "t4": t4, "t5": t5}[a], 0, None).astype(float)
+        busy = np.minimum(between("dur", a, b), span)
         gap = np.minimum(wait, span - busy)
         rest = wait - gap
         out["host_overhead"] += gap
-        parts = {c: tl.between(c, a, b) for c in _STEP_CLASSES}
+        parts = {c: between(c, a, b) for c in _STEP_CLASSES}
         tot = sum(parts.values())
         for c, v in parts.items():
             out[c] += np.where(tot > 0, rest * v / np.where(tot > 0, tot, 1), 0.0)
@@ -205,20 +227,25 @@ def attribute(stages: pd.DataFrame, own: pd.DataFrame | None, sb: pd.DataFrame |
     return out
 
 
-def own_step_time(
-    membership: pd.DataFrame, sb: pd.DataFrame, n_requests: int, first_token_ns: np.ndarray
-) -> pd.DataFrame:
+def own_step_time(membership, sb: pd.DataFrame, n_requests: int, first_token_ns: np.ndarray) -> pd.DataFrame:
     """Per request, the class make-up of the steps it was in (prefill and decode phase, recompute excluded)."""
-    req, st = membership["req"].to_numpy(), membership["step"].to_numpy()
+    mem = membership.known()
+    req, st = mem.req, mem.step
     prefill_phase = sb["start_ns"].to_numpy()[st] < first_token_ns[req]
-    recompute = ~prefill_phase & membership["is_prefill"].to_numpy()
-    keep = ~recompute
+    keep = ~(~prefill_phase & mem.is_prefill)
+    w = keep.astype(np.float64)
     out = {}
-    for c in _STEP_CLASSES:
-        v = sb[c].to_numpy()[st]
-        if c in ("prefill_compute", "decode_memory_bandwidth"):
-            # In its own prefill steps a request's forward time is prefill compute, whatever else was batched.
-            fwd = (sb["prefill_compute"].to_numpy() + sb["decode_memory_bandwidth"].to_numpy())[st]
-            v = np.where(prefill_phase, fwd if c == "prefill_compute" else 0.0, v)
-        out[c] = np.bincount(req[keep], weights=v[keep], minlength=n_requests)
+    fwd_step = sb["prefill_compute"].to_numpy() + sb["decode_memory_bandwidth"].to_numpy()
+    fwd = fwd_step[st] * w
+    pre_w = prefill_phase * w
+    # In its own prefill steps a request's forward time is prefill compute, whatever else was batched.
+    out["prefill_compute"] = np.bincount(
+        req, weights=fwd * prefill_phase + sb["prefill_compute"].to_numpy()[st] * (w - pre_w), minlength=n_requests
+    )
+    out["decode_memory_bandwidth"] = np.bincount(
+        req, weights=sb["decode_memory_bandwidth"].to_numpy()[st] * (w - pre_w), minlength=n_requests
+    )
+    for c in ("host_overhead", "pcie_transfer", "power_thermal"):
+        col = sb[c].to_numpy()
+        out[c] = np.bincount(req, weights=col[st] * w, minlength=n_requests) if col.any() else np.zeros(n_requests)
     return pd.DataFrame(out)

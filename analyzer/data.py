@@ -68,7 +68,7 @@ def _combine(t: pa.Table) -> pa.Table:
 def ns(table: pa.Table, name: str) -> np.ndarray:
     """An int64 ns column as numpy, nulls as NA_NS."""
     col = table.column(name)
-    return pc.fill_null(col, NA_NS).to_numpy().astype(np.int64, copy=False) if len(col) else np.empty(0, np.int64)
+    return to_np(col, NA_NS, np.int64)
 
 
 def f64(table: pa.Table, name: str) -> np.ndarray:
@@ -83,6 +83,15 @@ def strings(table: pa.Table, name: str) -> np.ndarray:
     return np.asarray(table.column(name).to_pylist(), dtype=object)
 
 
+def to_np(arr: pa.Array | pa.ChunkedArray, fill: Any, dtype: Any) -> np.ndarray:
+    """Arrow -> numpy of ``dtype``, nulls replaced by ``fill`` (skips the fill when there are none)."""
+    if len(arr) == 0:
+        return np.empty(0, dtype)
+    if arr.null_count:
+        arr = pc.fill_null(arr, fill)
+    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=dtype)
+
+
 def flat_list(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Flatten a list column: (values, parent row index)."""
     col = table.column(name)
@@ -93,3 +102,11 @@ def flat_list(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
     values = pc.list_flatten(col)
     parent = pc.list_parent_indices(col).to_numpy().astype(np.int64, copy=False)
     return values, parent
+
+
+def flat_values(table: pa.Table, name: str) -> pa.Array:
+    """The flattened values of a list column (no parent indices)."""
+    col = table.column(name)
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    return pc.list_flatten(col) if len(col) else pa.array([], col.type.value_type)

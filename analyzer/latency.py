@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bottleneck_map.analyzer.data import NA_NS, flat_list, ns
+from bottleneck_map.analyzer.data import NA_NS, flat_list, ns, to_np
 from bottleneck_map.analyzer.result import LatencySummary, Percentiles
 
 SLO_KEYS = ("ttft", "tpot", "e2e", "itl")
@@ -35,14 +35,16 @@ def request_metrics(requests: pa.Table) -> pd.DataFrame:
     end = ns(requests, "last_byte_ns")
     fin = ns(requests, "finished_ns")
     end = np.where(end == NA_NS, fin, end)
-    out_tok = pc.fill_null(requests.column("output_tokens"), 0).to_numpy().astype(np.int64)
-    prompt = pc.fill_null(requests.column("prompt_tokens"), 0).to_numpy().astype(np.int64)
-    cached = pc.fill_null(requests.column("cached_prompt_tokens"), 0).to_numpy().astype(np.int64)
-    reason = pc.fill_null(requests.column("finish_reason"), "").to_numpy(zero_copy_only=False)
+    out_tok = to_np(requests.column("output_tokens"), 0, np.int64)
+    prompt = to_np(requests.column("prompt_tokens"), 0, np.int64)
+    cached = to_np(requests.column("cached_prompt_tokens"), 0, np.int64)
+    reason = requests.column("finish_reason")
     error = (
         requests.column("error").is_valid().to_numpy(zero_copy_only=False) if requests.num_rows else np.empty(0, bool)
     )
-    failed = error | np.isin(reason, list(_FAILED_REASONS))
+    failed = error | np.asarray(
+        pc.is_in(reason, value_set=pa.array(sorted(_FAILED_REASONS))).to_numpy(zero_copy_only=False), bool
+    )
     ok = (fin != NA_NS) & ~failed & (first != NA_NS)
     ttft = np.where(first != NA_NS, (first - arrival) / 1e9, np.nan)
     e2e = np.where(end != NA_NS, (end - arrival) / 1e9, np.nan)
@@ -50,8 +52,8 @@ def request_metrics(requests: pa.Table) -> pd.DataFrame:
     _, parent = flat_list(requests, "preempted_ns")
     return pd.DataFrame(
         {
-            "request_id": requests.column("request_id").to_numpy(zero_copy_only=False),
-            "workload_class": pc.fill_null(requests.column("workload_class"), "default").to_numpy(zero_copy_only=False),
+            "request_id": requests.column("request_id").to_pandas(),
+            "workload_class": pc.fill_null(requests.column("workload_class"), "default").to_pandas(),
             "ok": ok,
             "failed": failed,
             "arrival_ns": arrival,
@@ -75,7 +77,7 @@ def inter_token_latencies(requests: pa.Table) -> pd.DataFrame:
     values, parent = flat_list(requests, col)
     if len(parent) < 2:
         return pd.DataFrame({"req": np.empty(0, np.int64), "itl_s": np.empty(0)})
-    v = pc.fill_null(values, NA_NS).to_numpy().astype(np.int64)
+    v = to_np(values, NA_NS, np.int64)
     same = parent[1:] == parent[:-1]
     valid = same & (v[1:] != NA_NS) & (v[:-1] != NA_NS)
     return pd.DataFrame({"req": parent[1:][valid], "itl_s": (np.diff(v)[valid]) / 1e9})
@@ -172,13 +174,13 @@ def latency_summaries(
     """``all`` first, then one summary per workload class (when there is more than one)."""
     duration = _duration_s(metrics)
     out = [summarize(metrics, itl, duration_s=duration, slo=slo)]
-    classes = pd.unique(metrics["workload_class"])
+    codes, classes = pd.factorize(metrics["workload_class"], sort=True)
     if len(classes) > 1:
-        cls_of_req = metrics["workload_class"].to_numpy()
-        itl_cls = cls_of_req[itl["req"].to_numpy()] if len(itl) else np.empty(0, object)
-        for c in sorted(classes, key=str):
-            sel = metrics["workload_class"].to_numpy() == c
-            out.append(summarize(metrics[sel], itl[itl_cls == c], workload_class=str(c), duration_s=duration, slo=slo))
+        itl_codes = codes[itl["req"].to_numpy()] if len(itl) else np.empty(0, np.int64)
+        for k, c in enumerate(classes):
+            out.append(
+                summarize(metrics[codes == k], itl[itl_codes == k], workload_class=str(c), duration_s=duration, slo=slo)
+            )
     return out
 
 

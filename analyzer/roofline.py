@@ -26,9 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from bottleneck_map.analyzer.data import f64, flat_list, ns
+from bottleneck_map.analyzer.data import f64, ns
 from bottleneck_map.analyzer.result import DevicePeaks, RooflinePoint
 
 _DTYPE_BYTES = {
@@ -135,19 +134,38 @@ def step_costs(
     return L * layer_flops + head_flops, L * layer_bytes + head_bytes
 
 
-def step_roofline(steps: pa.Table, model: Mapping[str, Any] | None, peaks: DevicePeaks) -> pd.DataFrame:
-    """One row per step: phase, tokens, FLOPs, bytes, time, achieved FLOP/s and bytes/s, intensity, bound."""
+def step_roofline(
+    steps: pa.Table, model: Mapping[str, Any] | None, peaks: DevicePeaks, membership: Any = None
+) -> pd.DataFrame:
+    """One row per step: phase, tokens, FLOPs, bytes, time, achieved FLOP/s and bytes/s, intensity, bound.
+
+    ``membership`` (:class:`~bottleneck_map.analyzer.stages.Membership`) avoids exploding the lists again.
+    """
     n = steps.num_rows
     shape = ModelShape.from_meta(model)
-    q, parent = flat_list(steps, "query_lens")
-    c, cparent = flat_list(steps, "context_lens")
-    qv = pc.fill_null(q, 1).to_numpy().astype(np.float64) if len(parent) else np.empty(0)
-    cv = pc.fill_null(c, 0).to_numpy().astype(np.float64) if len(cparent) == len(parent) and len(parent) else qv.copy()
-    cv = np.maximum(cv, qv)
-    tokens = np.bincount(parent, weights=qv, minlength=n)
-    seqs = np.bincount(parent, minlength=n).astype(np.float64)
+    if membership is None:
+        from bottleneck_map.analyzer.stages import step_membership
+
+        membership = step_membership(steps, pa.array([], pa.string()))
+    parent, qv, cv, isp = membership.step, membership.q, membership.c, membership.is_prefill
+    dcv = cv * ~isp
+    d_ctx = np.bincount(parent, weights=dcv, minlength=n)
     sum_ctx = np.bincount(parent, weights=cv, minlength=n)
-    sum_qc = np.bincount(parent, weights=qv * cv, minlength=n)
+    qc = qv * cv
+    sum_qc = np.bincount(parent, weights=qc, minlength=n)
+    seqs = np.bincount(parent, minlength=n).astype(np.float64)
+    counters = [f64(steps, c) for c in ("num_prefill_tokens", "num_prefill_seqs", "num_decode_seqs")]
+    if all(np.isfinite(c).all() for c in counters) and n:
+        # Step counters give tokens and decode rows directly (decode rows have query length 1).
+        tokens = counters[0] + counters[2]
+        d_seqs = counters[2]
+        d_tok, d_qc = d_seqs, d_ctx
+    else:
+        tokens = np.bincount(parent, weights=qv, minlength=n)
+        d = (~isp).astype(np.float64)
+        d_tok = np.bincount(parent, weights=qv * d, minlength=n)
+        d_seqs = np.bincount(parent, weights=d, minlength=n)
+        d_qc = np.bincount(parent, weights=qc * d, minlength=n)
     # Steps recorded without per-sequence lists fall back to their counters.
     pre_tok = f64(steps, "num_prefill_tokens")
     dec = f64(steps, "num_decode_seqs")
@@ -162,9 +180,10 @@ def step_roofline(steps: pa.Table, model: Mapping[str, Any] | None, peaks: Devic
     fwd = f64(steps, "forward_ns")
     dur = (end - start).astype(np.float64)
     time_ns = np.where(np.isfinite(fwd) & (fwd > 0), fwd, dur)
-    prefill_tokens = np.where(
-        np.isfinite(pre_tok), pre_tok, np.bincount(parent, weights=np.where(qv > 1, qv, 0), minlength=n)
-    )
+    if np.isfinite(pre_tok).all():
+        prefill_tokens = pre_tok
+    else:
+        prefill_tokens = np.where(np.isfinite(pre_tok), pre_tok, np.bincount(parent, weights=qv * isp, minlength=n))
     phase = np.where(prefill_tokens <= 0, "decode", np.where(prefill_tokens >= tokens, "prefill", "mixed"))
     out = pd.DataFrame(
         {
@@ -185,17 +204,6 @@ def step_roofline(steps: pa.Table, model: Mapping[str, Any] | None, peaks: Devic
         return out
     flops, nbytes = step_costs(shape, tokens, seqs, sum_ctx, sum_qc)
     # The prefill part of a mixed step: 1 - (modelled time of its decode rows alone) / (modelled time of the step).
-    pv, pparent = flat_list(steps, "is_prefill")
-    isp = (
-        pc.fill_null(pv, False).to_numpy(zero_copy_only=False).astype(bool)
-        if len(pparent) == len(parent) and len(parent)
-        else qv > 1
-    )
-    d = ~isp
-    d_tok = np.bincount(parent, weights=np.where(d, qv, 0.0), minlength=n)
-    d_seqs = np.bincount(parent, weights=d.astype(float), minlength=n)
-    d_ctx = np.bincount(parent, weights=np.where(d, cv, 0.0), minlength=n)
-    d_qc = np.bincount(parent, weights=np.where(d, qv * cv, 0.0), minlength=n)
     d_flops, d_bytes = step_costs(shape, d_tok, d_seqs, d_ctx, d_qc)
     pf = peaks.peak_flops or 0.0
     pb = peaks.peak_bandwidth_bytes_per_s or 0.0

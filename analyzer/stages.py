@@ -22,12 +22,14 @@ by request id; everything is vectorised.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bottleneck_map.analyzer.data import NA_NS, flat_list, ns
+from bottleneck_map.analyzer.data import NA_NS, flat_list, flat_values, ns, to_np
 from bottleneck_map.analyzer.result import STAGES
 
 
@@ -66,10 +68,10 @@ def _preemption_overlaps(requests: pa.Table, t: pd.DataFrame) -> tuple[np.ndarra
     count = np.bincount(parent, minlength=n) if len(parent) else np.zeros(n, np.int64)
     if not len(parent):
         return in_pre, in_dec, count
-    p = pc.fill_null(pre, NA_NS).to_numpy().astype(np.int64)
+    p = to_np(pre, NA_NS, np.int64)
     # i-th preemption pairs with i-th resume of the same request; a missing resume means "until the end".
     rank = np.arange(len(parent)) - np.searchsorted(parent, parent)
-    r_vals = pc.fill_null(res, NA_NS).to_numpy().astype(np.int64) if len(rparent) else np.empty(0, np.int64)
+    r_vals = to_np(res, NA_NS, np.int64) if len(rparent) else np.empty(0, np.int64)
     r_rank = np.arange(len(rparent)) - np.searchsorted(rparent, rparent) if len(rparent) else rparent
     r = np.full(len(parent), NA_NS, np.int64)
     if len(rparent):
@@ -88,35 +90,47 @@ def _preemption_overlaps(requests: pa.Table, t: pd.DataFrame) -> tuple[np.ndarra
     return in_pre, in_dec, count
 
 
-def step_membership(steps: pa.Table, request_ids: pa.Array) -> pd.DataFrame:
-    """Steps exploded to one row per (step, request): request index, step index, prefill flag, query len."""
+@dataclass
+class Membership:
+    """Steps exploded to one row per (step, sequence), computed once and shared by every analysis.
+
+    ``req`` is the request's row index (-1 when the id is not in the requests table), ``step``
+    the step's row index; ``q``/``c`` are query and context lengths (floats).
+    """
+
+    req: np.ndarray
+    step: np.ndarray
+    is_prefill: np.ndarray
+    q: np.ndarray
+    c: np.ndarray
+
+    def known(self) -> Membership:
+        keep = self.req >= 0
+        if keep.all():
+            return self
+        return Membership(self.req[keep], self.step[keep], self.is_prefill[keep], self.q[keep], self.c[keep])
+
+
+def step_membership(steps: pa.Table, request_ids: pa.Array) -> Membership:
+    """Explode ``request_ids``, ``query_lens``, ``context_lens`` and ``is_prefill`` of every step once."""
     if steps.num_rows == 0:
-        return pd.DataFrame(
-            {
-                "req": np.empty(0, np.int64),
-                "step": np.empty(0, np.int64),
-                "is_prefill": np.empty(0, bool),
-                "query_len": np.empty(0, np.int64),
-            }
-        )
+        e = np.empty(0)
+        return Membership(e.astype(np.int64), e.astype(np.int64), e.astype(bool), e, e)
     rid, parent = flat_list(steps, "request_ids")
-    codes = pc.index_in(rid, value_set=request_ids)
-    req = pc.fill_null(codes, -1).to_numpy().astype(np.int64)
-    qv, qparent = flat_list(steps, "query_lens")
-    q = np.full(len(parent), -1, np.int64)
-    if len(qparent) == len(parent):
-        q = pc.fill_null(qv, -1).to_numpy().astype(np.int64)
-    pv, pparent = flat_list(steps, "is_prefill")
-    if len(pparent) == len(parent):
-        pf = pc.fill_null(pv, False).to_numpy(zero_copy_only=False).astype(bool)
-        known = pc.is_valid(pv).to_numpy(zero_copy_only=False).astype(bool)
+    req = to_np(pc.index_in(rid, value_set=request_ids), -1, np.int64)
+    qv = flat_values(steps, "query_lens")
+    q = to_np(qv, 1, np.float64) if len(qv) == len(parent) else np.ones(len(parent))
+    cv = flat_values(steps, "context_lens")
+    c = np.maximum(to_np(cv, 0, np.float64), q) if len(cv) == len(parent) else q.copy()
+    pv = flat_values(steps, "is_prefill")
+    if len(pv) == len(parent) and len(parent):
+        pf = to_np(pv, False, bool)
+        if pv.null_count:
+            # Without an explicit flag, a query of more than one token is a prefill chunk.
+            pf = np.where(np.asarray(pv.is_valid().to_numpy(zero_copy_only=False), bool), pf, q > 1)
     else:
-        pf = np.zeros(len(parent), bool)
-        known = np.zeros(len(parent), bool)
-    # Without an explicit flag, a query of more than one token is a prefill chunk.
-    pf = np.where(known, pf, q > 1)
-    keep = req >= 0
-    return pd.DataFrame({"req": req[keep], "step": parent[keep], "is_prefill": pf[keep], "query_len": q[keep]})
+        pf = q > 1
+    return Membership(req, parent, pf, q, c)
 
 
 def _ids(requests: pa.Table) -> pa.Array:
@@ -144,22 +158,27 @@ def request_stages(
     recomp = np.zeros(n)
     steps_in = np.zeros(n, np.int64)
     if steps is not None and steps.num_rows and n:
-        mem = membership if membership is not None else step_membership(steps, _ids(requests))
+        mem = (membership if membership is not None else step_membership(steps, _ids(requests))).known()
         s_start, s_end = ns(steps, "start_ns"), ns(steps, "end_ns")
-        s_swap = np.clip(pc.fill_null(steps.column("swap_ns"), 0).to_numpy().astype(np.int64), 0, None)
-        req, st = mem["req"].to_numpy(), mem["step"].to_numpy()
-        dur = (s_end - s_start)[st].astype(np.float64)
-        sw = np.minimum(s_swap[st], dur)
+        s_swap = np.clip(to_np(steps.column("swap_ns"), 0, np.int64), 0, None)
+        req, st = mem.req, mem.step
+        dur_step = (s_end - s_start).astype(np.float64)
+        sw_step = np.minimum(s_swap, dur_step)
+        dur = dur_step[st]
+        sw = sw_step[st]
         # A step belongs to the prefill phase when it started before the request's first token
         # (the engine stamps the first token inside the step that computed the last prompt chunk).
         prefill_phase = s_start[st] < t4[req]
-        recompute = ~prefill_phase & mem["is_prefill"].to_numpy()
-        decode = ~prefill_phase & ~recompute
-        comp_pre = np.bincount(req, weights=np.where(prefill_phase, dur - sw, 0.0), minlength=n)
-        swap_pre = np.bincount(req, weights=np.where(prefill_phase, sw, 0.0), minlength=n)
-        comp_dec = np.bincount(req, weights=np.where(decode, dur - sw, 0.0), minlength=n)
-        recomp = np.bincount(req, weights=np.where(recompute, dur - sw, 0.0), minlength=n)
-        swap_dec = np.bincount(req, weights=np.where(prefill_phase, 0.0, sw), minlength=n)
+        recompute = ~prefill_phase & mem.is_prefill
+        fwd = dur - sw
+        comp_pre = np.bincount(req, weights=fwd * prefill_phase, minlength=n)
+        comp_all = np.bincount(req, weights=fwd, minlength=n)
+        recomp = np.bincount(req, weights=fwd * recompute, minlength=n) if recompute.any() else np.zeros(n)
+        comp_dec = comp_all - comp_pre - recomp
+        if sw_step.any():
+            swap_all = np.bincount(req, weights=sw, minlength=n)
+            swap_pre = np.bincount(req, weights=sw * prefill_phase, minlength=n)
+            swap_dec = swap_all - swap_pre
         steps_in = np.bincount(req, minlength=n)
 
     # Prefill interval: own steps + requeue + wait, own time capped by what is available.
@@ -174,8 +193,8 @@ def request_stages(
 
     out = pd.DataFrame(
         {
-            "request_id": requests.column("request_id").to_numpy(zero_copy_only=False),
-            "workload_class": pc.fill_null(requests.column("workload_class"), "default").to_numpy(zero_copy_only=False),
+            "request_id": requests.column("request_id").to_pandas(),
+            "workload_class": pc.fill_null(requests.column("workload_class"), "default").to_pandas(),
             "complete": t["complete"].to_numpy(),
             "arrival_ns": t["t0"].to_numpy(),
             "first_token_ns": t4,

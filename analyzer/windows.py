@@ -82,7 +82,7 @@ def window_timeline(
     return df
 
 
-def _opt(row: pd.Series, col: str) -> float | None:
+def _opt(row: dict, col: str) -> float | None:
     v = row.get(col)
     return None if v is None or pd.isna(v) else float(v)
 
@@ -90,7 +90,7 @@ def _opt(row: pd.Series, col: str) -> float | None:
 def window_verdicts(timeline: pd.DataFrame) -> list[WindowVerdict]:
     classes = [c for c in CLASSES if c in timeline.columns]
     out = []
-    for i, row in timeline.iterrows():
+    for i, row in enumerate(timeline.to_dict("records")):
         vals = {c: float(row[c]) for c in classes}
         total = sum(vals.values()) + float(row.get(UNATTRIBUTED, 0.0) or 0.0)
         share = {c: (v / total if total > 0 else 0.0) for c, v in vals.items()}

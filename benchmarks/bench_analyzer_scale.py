@@ -1,0 +1,247 @@
+"""Analyzer scale benchmark: analysis time and peak memory versus just reading the bundle's Parquet.
+
+Generates synthetic bundles (N requests with their steps, written with pyarrow in the bundle
+layout), then, each in a fresh subprocess so peak RSS is per measurement:
+
+* baseline: ``read_bundle(path).table(...)`` for requests, steps and samples (reading the Parquet);
+* ours: ``analyze(path)`` (which includes the same read).
+
+Prints time, peak RSS, bundle size on disk and the ratios the analyzer issue sets:
+analysis <= 2x read time, peak memory <= 3x bundle size on disk, linear from 100k to 1M.
+
+    python benchmarks/bench_analyzer_scale.py --sizes 100000 300000 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SLOTS = 64  # concurrent sequences (batch slots)
+STEP_NS = 10_000_000  # 10 ms per engine step
+MODEL = {
+    "name": "synthetic-llama-1b",
+    "architecture": "LlamaForCausalLM",
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "vocab_size": 32000,
+    "dtype": "bfloat16",
+    "dtype_bytes": 2,
+}
+
+
+def _list(offsets: np.ndarray, values: pa.Array) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
+
+
+def generate(path: Path, n: int, seed: int = 0) -> None:
+    """A bundle of ``n`` requests served by SLOTS slots of continuous batching (vectorised)."""
+    from bottleneck_map.bundle import BundleWriter, new_meta
+    from bottleneck_map.schema import REQUESTS, SAMPLES, STEPS
+
+    rng = np.random.default_rng(seed)
+    out_tok = rng.integers(8, 57, n).astype(np.int64)  # mean 32 output tokens
+    prompt = rng.integers(64, 513, n).astype(np.int32)
+    slot = np.arange(n) % SLOTS
+    # Each slot serves its requests back to back: a request occupies steps [s, s + out).
+    order = np.lexsort((np.arange(n), slot))
+    start_step = np.empty(n, np.int64)
+    csum = np.cumsum(out_tok[order])
+    first_of_slot = np.r_[True, slot[order][1:] != slot[order][:-1]]
+    base = np.maximum.accumulate(np.where(first_of_slot, csum - out_tok[order], 0))
+    start_step[order] = csum - out_tok[order] - base
+    n_steps = int((start_step + out_tok).max())
+    t0 = 10**12
+    step_start = t0 + np.arange(n_steps, dtype=np.int64) * STEP_NS
+    step_end = step_start + STEP_NS - 1_000_000
+    sched = step_start[start_step]
+    queue = rng.integers(0, 50_000_000, n)
+    arrival = sched - queue - 2_000_000
+    fin = step_end[start_step + out_tok - 1]
+    ids = np.char.add("r", np.char.zfill(np.arange(n).astype(str), 7)).astype(object)
+    # (request, step) rows: request j in steps start_step[j] .. start_step[j] + out_tok[j] - 1.
+    rep = np.repeat(np.arange(n), out_tok)
+    within = np.arange(len(rep)) - np.repeat(np.cumsum(out_tok) - out_tok, out_tok)
+    step_of = start_step[rep] + within
+    tok_offsets = np.r_[0, np.cumsum(out_tok)]
+    token_ns = step_end[step_of] - 500_000
+    by_step = np.argsort(step_of, kind="stable")
+    rows_req = rep[by_step]
+    rows_within = within[by_step]
+    counts = np.bincount(step_of, minlength=n_steps)
+    step_offsets = np.r_[0, np.cumsum(counts)]
+    is_pf = rows_within == 0
+    qlen = np.where(is_pf, prompt[rows_req], 1).astype(np.int32)
+    clen = (prompt[rows_req] + rows_within + 1).astype(np.int32)
+
+    classes = np.array(["chat", "rag", "agentic"], dtype=object)[rng.integers(0, 3, n)]
+    requests = pa.table(
+        {
+            "request_id": pa.array(ids, pa.string()),
+            "workload_class": pa.array(classes, pa.string()),
+            "finish_reason": pa.array(np.full(n, "length", dtype=object), pa.string()),
+            "prompt_tokens": pa.array(prompt),
+            "output_tokens": pa.array(out_tok.astype(np.int32)),
+            "cached_prompt_tokens": pa.array(np.zeros(n, np.int32)),
+            "arrival_ns": pa.array(arrival),
+            "tokenize_start_ns": pa.array(arrival + 100_000),
+            "tokenize_end_ns": pa.array(arrival + 1_100_000),
+            "queued_ns": pa.array(arrival + 1_100_000),
+            "first_scheduled_ns": pa.array(sched),
+            "first_token_ns": pa.array(token_ns[tok_offsets[:-1]]),
+            "finished_ns": pa.array(fin),
+            "first_byte_ns": pa.array(token_ns[tok_offsets[:-1]] + 200_000),
+            "last_byte_ns": pa.array(fin + 300_000),
+            "token_ns": _list(tok_offsets, pa.array(token_ns)),
+        }
+    )
+    pre_tok = np.bincount(step_of, weights=np.where(within == 0, prompt[rep], 0), minlength=n_steps).astype(np.int32)
+    pre_seqs = np.bincount(step_of, weights=(within == 0).astype(float), minlength=n_steps).astype(np.int32)
+    steps = pa.table(
+        {
+            "step_id": pa.array(np.arange(n_steps, dtype=np.int64)),
+            "start_ns": pa.array(step_start),
+            "end_ns": pa.array(step_end),
+            "schedule_ns": pa.array(np.full(n_steps, 200_000, np.int64)),
+            "prepare_ns": pa.array(np.full(n_steps, 300_000, np.int64)),
+            "forward_ns": pa.array(np.full(n_steps, 8_000_000, np.int64)),
+            "sample_ns": pa.array(np.full(n_steps, 300_000, np.int64)),
+            "postprocess_ns": pa.array(np.full(n_steps, 200_000, np.int64)),
+            "num_prefill_tokens": pa.array(pre_tok),
+            "num_prefill_seqs": pa.array(pre_seqs),
+            "num_decode_seqs": pa.array((counts - pre_seqs).astype(np.int32)),
+            "num_running": pa.array(counts.astype(np.int32)),
+            "num_waiting": pa.array(np.zeros(n_steps, np.int32)),
+            "kv_blocks_used": pa.array((counts * 20).astype(np.int32)),
+            "kv_blocks_free": pa.array((4096 - counts * 20).astype(np.int32)),
+            "request_ids": _list(step_offsets, pa.array(ids[rows_req], pa.string())),
+            "query_lens": _list(step_offsets, pa.array(qlen)),
+            "context_lens": _list(step_offsets, pa.array(clen)),
+            "is_prefill": _list(step_offsets, pa.array(is_pf)),
+        }
+    )
+    ts = np.arange(t0, int(step_end[-1]), 100_000_000, dtype=np.int64)
+    samples = pa.table(
+        {
+            "ts_ns": pa.array(ts),
+            "source": pa.array(np.full(len(ts), "nvml", dtype=object), pa.string()),
+            "device": pa.array(np.full(len(ts), "0", dtype=object), pa.string()),
+            "gpu_util_ratio": pa.array(np.full(len(ts), 0.9)),
+            "sm_clock_hz": pa.array(np.full(len(ts), 1.98e9)),
+            "sm_clock_max_hz": pa.array(np.full(len(ts), 1.98e9)),
+            "clock_event_reasons": pa.array(np.zeros(len(ts), np.int64)),
+            "energy_j": pa.array((ts - t0) / 1e9 * 400.0),
+        }
+    )
+    meta = new_meta(
+        "bench-analyzer-scale",
+        model=MODEL,
+        engine={
+            "max_num_seqs": SLOTS,
+            "max_num_batched_tokens": 8192,
+            "num_kv_blocks": 4096,
+            "block_size": 16,
+            "chunked_prefill": True,
+        },
+        device={"kind": "cuda", "name": "NVIDIA H100 80GB HBM3"},
+        capabilities={"steps": True, "samples": True, "streaming": True},
+        workload={"kind": "synthetic-scale", "num_requests": n},
+    )
+    w = BundleWriter(path, meta)
+    w.close()
+    for name, table, schema in (
+        ("requests", requests, REQUESTS),
+        ("steps", steps, STEPS),
+        ("samples", samples, SAMPLES),
+    ):
+        cols = [
+            table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type) for f in schema
+        ]
+        full = pa.Table.from_arrays(cols, schema=schema)
+        pq.write_table(
+            full, path / name / f"part-bench0000000-{1:06d}.parquet", compression="zstd", row_group_size=256_000
+        )
+
+
+_CHILD = r"""
+import json, resource, sys, time
+mode, path = sys.argv[1], sys.argv[2]
+t = time.perf_counter()
+if mode == "read":
+    from bottleneck_map.bundle import read_bundle
+    b = read_bundle(path)
+    rows = {n: b.table(n).num_rows for n in ("requests", "steps", "samples")}
+    top = None
+else:
+    from bottleneck_map.analyzer import analyze
+    m = analyze(path)
+    rows, top = None, m.top.cls
+wall = time.perf_counter() - t
+print(json.dumps({"wall_s": wall, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "rows": rows, "top": top}))
+"""
+
+_BASE_RSS = r"""
+import json, resource
+import bottleneck_map.analyzer, bottleneck_map.bundle, pyarrow.parquet, pandas
+print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def _run(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, "-c", *args], check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000])
+    ap.add_argument("--repeat", type=int, default=2, help="runs per measurement; the fastest is kept")
+    ap.add_argument("--keep", type=Path, default=None, help="write bundles here instead of a temp dir")
+    args = ap.parse_args()
+    base_rss = _run([_BASE_RSS])["peak_rss_bytes"]
+    print(f"interpreter + imports peak RSS: {base_rss / 2**20:.0f} MiB (subtracted below as 'net')")
+    print(
+        f"{'requests':>9} {'steps':>9} {'disk MiB':>9} {'read s':>8} {'analyze s':>10} {'time x':>7} {'read MiB':>9} {'analyze MiB':>12} {'net mem / disk':>15} {'s per 100k':>11}"
+    )
+    root = args.keep or Path(tempfile.mkdtemp(prefix="bmap-scale-"))
+    try:
+        for n in args.sizes:
+            path = root / f"scale-{n}"
+            if not (path / "meta.json").exists():
+                t = time.perf_counter()
+                generate(path, n)
+                print(f"  (generated {n:,} requests in {time.perf_counter() - t:.1f} s)", file=sys.stderr)
+            size = du(path)
+            read = min((_run([_CHILD, "read", str(path)]) for _ in range(args.repeat)), key=lambda r: r["wall_s"])
+            ana = min((_run([_CHILD, "analyze", str(path)]) for _ in range(args.repeat)), key=lambda r: r["wall_s"])
+            net = ana["peak_rss_bytes"] - base_rss
+            print(
+                f"{n:>9,} {read['rows']['steps']:>9,} {size / 2**20:>9.1f} {read['wall_s']:>8.2f} {ana['wall_s']:>10.2f} "
+                f"{ana['wall_s'] / read['wall_s']:>7.2f} {read['peak_rss_bytes'] / 2**20:>9.0f} {ana['peak_rss_bytes'] / 2**20:>12.0f} "
+                f"{net / size:>15.2f} {ana['wall_s'] / n * 1e5:>11.2f}"
+            )
+    finally:
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
