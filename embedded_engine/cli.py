@@ -60,6 +60,20 @@ def device_meta(device, dtype) -> dict:
     }
 
 
+def auto_threads() -> int:
+    """Intra-op CPU threads: the cores not already busy (1-minute load average), at least one.
+
+    On a shared machine, OpenMP threads competing with other processes spin and run several
+    times slower than fewer threads; on an idle machine this is every core.
+    """
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, round(cores - busy)))
+
+
 def print_summary(bundle: Path, result, console) -> None:
     """The run's own numbers, then the analyzer's summary when the analyzer is installed."""
     console.print(
@@ -98,7 +112,7 @@ def register(app: typer.Typer) -> None:
         num_kv_blocks: int | None = typer.Option(
             None,
             "--num-kv-blocks",
-            help="KV cache size in blocks (default: max-num-seqs full-length sequences, at most 1 GiB).",
+            help="KV cache size in blocks (default: max-num-seqs full-length sequences, at most 256 MiB).",
         ),
         max_model_len: int | None = typer.Option(
             None, "--max-model-len", help="Context length limit (default: the model's, capped by the KV cache)."
@@ -119,10 +133,10 @@ def register(app: typer.Typer) -> None:
         ),
         seed: int = typer.Option(0, "--seed", help="Seed for weights of built-in models, workload and sampling."),
         num_requests: int | None = typer.Option(
-            None, "--num-requests", help="Requests in the synthetic workload (default 96)."
+            None, "--num-requests", help="Requests in the synthetic workload (default 64)."
         ),
         request_rate: float = typer.Option(
-            6.0, "--request-rate", help="Mean arrivals per second; inf sends all at once."
+            5.0, "--request-rate", help="Mean arrivals per second; inf sends all at once."
         ),
         burstiness: float = typer.Option(
             1.0, "--burstiness", help="Gamma shape of inter-arrival gaps (1 = Poisson; < 1 burstier)."
@@ -155,6 +169,9 @@ def register(app: typer.Typer) -> None:
             True, "--agent/--no-agent", help="Sample host and GPU metrics into the bundle while running."
         ),
         agent_interval: float = typer.Option(0.1, "--agent-interval", help="Seconds between agent samples."),
+        threads: int | None = typer.Option(
+            None, "--threads", help="CPU threads for the model on CPU (default: the idle cores, at least 1)."
+        ),
     ) -> None:
         """Run the embedded engine on a workload and write a trace bundle."""
         from rich.console import Console
@@ -188,6 +205,8 @@ def register(app: typer.Typer) -> None:
                 raise _bad(flag, str(exc)) from None
         if shared_prefix is not None and shared_prefix < 0:
             raise _bad("--shared-prefix", f"must be >= 0, got {shared_prefix}")
+        if threads is not None and threads < 1:
+            raise _bad("--threads", f"must be >= 1, got {threads}")
         if not agent_interval > 0:
             raise _bad("--agent-interval", f"must be > 0, got {agent_interval}")
         try:
@@ -206,7 +225,7 @@ def register(app: typer.Typer) -> None:
                 if not ok:
                     raise _bad(flag, message)
             spec = WorkloadSpec(
-                num_requests=96 if num_requests is None else num_requests,
+                num_requests=64 if num_requests is None else num_requests,
                 request_rate=request_rate,
                 burstiness=burstiness,
                 arrival=arrival,
@@ -226,6 +245,7 @@ def register(app: typer.Typer) -> None:
             record_prompts=record_prompts,
             agent=agent,
             agent_interval=agent_interval,
+            threads=threads,
             console=console,
         )
         console.print(f"bundle: {bundle}", highlight=False, soft_wrap=True)
@@ -244,6 +264,7 @@ def run_bundle(
     agent: bool,
     agent_interval: float,
     console,
+    threads: int | None = None,
 ) -> Path:
     """Load, run and write the bundle; returns its path. Exits 1 with a message on bad input data."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -259,6 +280,9 @@ def run_bundle(
         console.print(f"[red]error[/red]: {message}", highlight=False)
         return typer.Exit(1)
 
+    import torch
+
+    torch.set_num_threads(threads or auto_threads())
     with console.status(f"loading model {model} ..."):
         try:
             loaded = load_model(model, device=engine_config.device, dtype=engine_config.dtype, seed=engine_config.seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 GIB = 1 << 30
+DEFAULT_KV_BYTES = 256 << 20  # KV cache cap when neither num_kv_blocks nor a budget is given
 PREEMPTION_MODES = ("recompute", "swap")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -23,7 +24,7 @@ class EngineConfig:
 
     ``num_kv_blocks`` wins over ``kv_cache_memory_bytes``; with neither, the engine
     sizes the cache for ``max_num_seqs`` sequences of ``max_model_len`` tokens, capped
-    at 1 GiB. ``max_num_batched_tokens`` defaults to 512 with chunked prefill and to
+    at 256 MiB. ``max_num_batched_tokens`` defaults to 512 with chunked prefill and to
     ``max(512, max_model_len)`` without it (a whole prompt must fit in one step).
     """
 
@@ -93,7 +94,7 @@ class EngineConfig:
                 num_blocks = self.kv_cache_memory_bytes // bytes_per_block
             else:
                 want = self.max_num_seqs * -(-max_model_len // self.block_size)
-                num_blocks = min(want, GIB // bytes_per_block)
+                num_blocks = min(want, DEFAULT_KV_BYTES // bytes_per_block)
         if num_blocks < 1:
             raise ConfigError("kv_cache_memory_bytes", "too small for a single KV block")
         if self.max_model_len is None:

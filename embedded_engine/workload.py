@@ -147,14 +147,14 @@ class ClassProfile:
 def default_mix() -> tuple[ClassProfile, ...]:
     """The mixed default: short chats, long-context RAG, agentic calls sharing a system prompt."""
     return (
-        ClassProfile("chat", 0.5, LengthDist("lognormal", 48, 0.5, 8, 256), LengthDist("lognormal", 48, 0.5, 8, 160)),
-        ClassProfile("rag", 0.25, LengthDist("uniform", 256, 480), LengthDist("uniform", 12, 40)),
+        ClassProfile("chat", 0.5, LengthDist("lognormal", 40, 0.5, 8, 192), LengthDist("lognormal", 32, 0.5, 8, 128)),
+        ClassProfile("rag", 0.25, LengthDist("uniform", 160, 320), LengthDist("uniform", 8, 32)),
         ClassProfile(
             "agentic",
             0.25,
-            LengthDist("normal", 48, 16, 8, 128),
-            LengthDist("uniform", 16, 64),
-            shared_prefix=192,
+            LengthDist("normal", 32, 12, 8, 96),
+            LengthDist("uniform", 16, 48),
+            shared_prefix=128,
             prefix_groups=2,
         ),
     )
@@ -173,8 +173,8 @@ class WorkloadRequest:
 
 @dataclass
 class WorkloadSpec:
-    num_requests: int = 96
-    request_rate: float = 6.0  # requests/s; inf = all at once
+    num_requests: int = 64
+    request_rate: float = 5.0  # requests/s; inf = all at once
     burstiness: float = 1.0
     arrival: str = "poisson"
     classes: tuple[ClassProfile, ...] = field(default_factory=default_mix)
