@@ -77,3 +77,40 @@ def register(app: typer.Typer) -> None:
             f"{sum(summary['prometheus_points'].values())} Prometheus points -> {out}",
             err=True,
         )
+
+    @app.command()
+    def fleet(
+        bundle: Path = typer.Argument(
+            ..., help="Bundle with several instances (collect, or serve fleets).", exists=True
+        ),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
+    ) -> None:
+        """The bottleneck map per serving instance and fleet-wide: top verdict and latency per instance."""
+        import json
+
+        from rich.console import Console
+        from rich.table import Table
+
+        from bottleneck_map.bundle import BundleError
+        from bottleneck_map.fleet import fleet_maps, summary_rows
+
+        try:
+            rows = summary_rows(fleet_maps(bundle))
+        except BundleError as exc:
+            typer.echo(f"fleet: {exc}", err=True)
+            raise typer.Exit(1) from None
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+
+        def ms(v: float | None) -> str:
+            return "-" if v is None else f"{v * 1e3:.1f}"
+
+        table = Table("instance", "requests", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "E2E p99 ms", "top")
+        for r in rows:
+            top = "-" if r["top"] is None else f"{r['top']} ({r['top_share']:.0%})"
+            table.add_row(
+                r["instance"], str(r["requests"]), ms(r["ttft_p50_s"]), ms(r["ttft_p99_s"]), ms(r["tpot_p50_s"]),
+                ms(r["e2e_p99_s"]), top,
+            )  # fmt: skip
+        Console().print(table)

@@ -86,6 +86,35 @@ DCGM_SERIES: tuple[SeriesSpec, ...] = tuple(
 )
 
 
+def agent_series(rate_window: str) -> tuple[SeriesSpec, ...]:
+    """bottleneck-map agents (their Prometheus naming scheme, base units already)."""
+    from bottleneck_map.agent.names import GPU_METRICS
+    from bottleneck_map.schema import SAMPLES
+
+    columns = set(SAMPLES.names)
+    gpu = tuple(
+        SeriesSpec(m.field, _by(m.prom, "avg", "gpu"), "agent", 1.0, "gpu")
+        for m in GPU_METRICS
+        if m.field in columns and m.kind == "gauge" and not m.field.startswith("proc_")
+    )
+    cpu = "bmap_host_cpu_core_utilization_ratio"
+    host = (
+        SeriesSpec("cpu_util_ratio", _by("bmap_host_cpu_utilization_ratio", "max"), "agent"),
+        SeriesSpec("cpu_util_max_core_ratio", _by(cpu, "max"), "agent"),
+        SeriesSpec("load1", _by("bmap_host_load1", "max"), "agent"),
+        SeriesSpec("host_mem_used_bytes", _by("bmap_host_memory_used_bytes", "max"), "agent"),
+        SeriesSpec("host_mem_total_bytes", _by("bmap_host_memory_total_bytes", "max"), "agent"),
+        SeriesSpec("host_swap_used_bytes", _by("bmap_host_swap_used_bytes", "max"), "agent"),
+        SeriesSpec("net_rx_bytes_total", _by('bmap_host_network_receive_bytes_total{device!="lo"}'), "agent"),
+        SeriesSpec("net_tx_bytes_total", _by('bmap_host_network_transmit_bytes_total{device!="lo"}'), "agent"),
+        SeriesSpec("proc_cpu_ratio", _by("bmap_process_cpu_ratio"), "agent"),
+        SeriesSpec("proc_num_threads", _by("bmap_process_threads"), "agent"),
+        SeriesSpec("proc_rss_bytes", _by("bmap_process_resident_memory_bytes"), "agent"),
+    )
+    del rate_window  # agent series are gauges and raw counters; nothing to rate
+    return (*gpu, *host)
+
+
 def node_series(rate_window: str) -> tuple[SeriesSpec, ...]:
     """node-exporter host series; rates over ``rate_window`` (a PromQL duration)."""
     idle = f'rate(node_cpu_seconds_total{{mode="idle"}}[{rate_window}])'
@@ -103,7 +132,7 @@ def node_series(rate_window: str) -> tuple[SeriesSpec, ...]:
 
 
 def default_series(rate_window: str = "1m", extra: Iterable[SeriesSpec] = ()) -> tuple[SeriesSpec, ...]:
-    return (*VLLM_SERIES, *DCGM_SERIES, *node_series(rate_window), *extra)
+    return (*VLLM_SERIES, *agent_series(rate_window), *DCGM_SERIES, *node_series(rate_window), *extra)
 
 
 def query_range(
