@@ -15,7 +15,7 @@ from bottleneck_map.embedded_engine.engine_config import ConfigError, EngineConf
 _FLAG_OF_FIELD = {
     "block_size": "--block-size",
     "num_kv_blocks": "--num-kv-blocks",
-    "kv_cache_memory_bytes": "--num-kv-blocks",
+    "kv_cache_memory_bytes": "--kv-cache-memory-bytes",
     "max_num_seqs": "--max-num-seqs",
     "max_num_batched_tokens": "--max-num-batched-tokens",
     "preemption_mode": "--preemption-mode",
@@ -114,6 +114,9 @@ def register(app: typer.Typer) -> None:
             "--num-kv-blocks",
             help="KV cache size in blocks (default: max-num-seqs full-length sequences, at most 256 MiB).",
         ),
+        kv_cache_memory_bytes: int | None = typer.Option(
+            None, "--kv-cache-memory-bytes", help="KV cache size as a memory budget (ignored with --num-kv-blocks)."
+        ),
         max_model_len: int | None = typer.Option(
             None, "--max-model-len", help="Context length limit (default: the model's, capped by the KV cache)."
         ),
@@ -145,7 +148,7 @@ def register(app: typer.Typer) -> None:
         prompt_len: str | None = typer.Option(
             None,
             "--prompt-len",
-            help="Prompt tokens for every class: N, uniform:A:B, normal:MEAN:STD, lognormal:MEDIAN:SIGMA.",
+            help="Prompt tokens for every class: N, uniform:MIN:MAX, normal:MEAN:STD, lognormal:MEDIAN:SIGMA.",
         ),
         output_len: str | None = typer.Option(
             None, "--output-len", help="Output tokens for every class (same forms as --prompt-len)."
@@ -184,6 +187,7 @@ def register(app: typer.Typer) -> None:
             ecfg = EngineConfig(
                 block_size=block_size,
                 num_kv_blocks=num_kv_blocks,
+                kv_cache_memory_bytes=kv_cache_memory_bytes,
                 max_num_seqs=max_num_seqs,
                 max_num_batched_tokens=max_num_batched_tokens,
                 chunked_prefill=not no_chunked_prefill,

@@ -121,6 +121,7 @@ def test_workload_file_replay_and_record_prompts(tmp_path):
         (["--shared-prefix", "-4"], "--shared-prefix"),
         (["--workload-file", "/nonexistent/w.jsonl"], "--workload-file"),
         (["--num-kv-blocks", "2", "--max-model-len", "4096"], "--num-kv-blocks"),
+        (["--kv-cache-memory-bytes", "0"], "--kv-cache-memory-bytes"),
     ],
 )
 def test_bad_flags_are_usage_errors_naming_the_flag(args, flag):
