@@ -31,8 +31,9 @@ from bottleneck_map.analyzer.result import CLASSES
 
 # KV usage at or above this fraction (of blocks) counts as "KV cache full".
 KV_FULL = 0.95
-# With requests waiting, free slots and token budget, KV usage at or above this means admission is KV-blocked.
-KV_BLOCKING = 0.80
+# Requests waiting although a batch slot and token budget are free can only be held back by KV blocks
+# (the remaining admission constraint); this much KV usage confirms it.
+KV_BLOCKING = 0.50
 # A step using this fraction of --max-num-batched-tokens has spent its token budget.
 BUDGET_FULL = 0.9
 UNATTRIBUTED = "unattributed"
