@@ -291,18 +291,31 @@ async def _generate(state: ServerState, request: Request, kind: str) -> Response
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Request-Id": rid},
         )
-    return await _full_body(state, st, req, len(ids), created)
+    return await _full_body(state, st, req, len(ids), created, request)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client goes away (the body has been read, so only that can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _full_body(
-    state: ServerState, st: _Stream, req: oai.GenerationRequest, n_prompt: int, created: int
+    state: ServerState, st: _Stream, req: oai.GenerationRequest, n_prompt: int, created: int, request: Request
 ) -> Response:
+    """A non-streaming answer; a client that disconnects before it is ready aborts its request."""
     detok = state.engine.tokenizer.detokenizer()
     stop = oai.StopChecker(req.stop)
     n_out, text, reason = 0, "", "stop"
+    gone = asyncio.ensure_future(_disconnected(request))
     try:
         while True:
-            out = await st.queue.get()
+            get = asyncio.ensure_future(st.queue.get())
+            await asyncio.wait((get, gone), return_when=asyncio.FIRST_COMPLETED)
+            if not get.done():
+                get.cancel()
+                return Response(status_code=499)  # nobody is listening; detach aborts the request
+            out = get.result()
             if isinstance(out, Exception):
                 return _error(oai.ApiError(str(out), status=500, type="InternalServerError"))
             if out.finish_reason == "rejected":
@@ -313,6 +326,7 @@ async def _full_body(
                 reason = _finish_reason(out, stop.stopped)
                 break
     finally:
+        gone.cancel()
         state.loop.detach(st)
     use = oai.usage(n_prompt, n_out)
     body = (

@@ -202,6 +202,18 @@ def test_client_disconnect_aborts_and_frees_kv_blocks(server):
     assert bm.num_used == 0 and bm.num_free == bm.num_blocks
 
 
+def test_client_leaving_a_non_streaming_request_aborts_it(server):
+    http, served, _, bundle = server
+    before = set(records(served, bundle).index)
+    body = {"model": "tiny", "prompt": "a long answer please", "max_tokens": 450, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(http.url + "/v1/completions", json=body, timeout=httpx.Timeout(5, read=0.3))
+    req = records(served, bundle)
+    (rid,) = set(req.index) - before
+    assert req.loc[rid, "finish_reason"] == "abort" and req.loc[rid, "output_tokens"] < 450
+    assert served.state.engine.block_manager.num_used == 0
+
+
 def test_bundle_records_streaming_timestamps(server, client):
     http, served, _, bundle = server
     stream = client.completions.create(
