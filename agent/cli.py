@@ -15,6 +15,7 @@ from typing import Any
 import typer
 
 BASIC_AUTH_ENV = "BMAP_AGENT_BASIC_AUTH"
+FLUSH_INTERVAL_S = 5.0  # bundle segments: a crash loses at most the last 5 s of samples
 
 
 class MetricNames(str, Enum):
@@ -109,14 +110,14 @@ def agent(
     if out is not None:
         try:
             if (out / META_FILE).exists():
-                writer = BundleWriter(out, None, tables=("samples",))
+                writer = BundleWriter(out, None, tables=("samples",), flush_interval_s=FLUSH_INTERVAL_S)
             else:
                 meta = new_meta(
                     "bottleneck-map agent",
                     capabilities={"steps": False, "samples": True, "streaming": False},
                     agent=_agent_meta(sampler, metric_names.value),
                 )
-                writer = BundleWriter(out, meta, tables=("samples",))
+                writer = BundleWriter(out, meta, tables=("samples",), flush_interval_s=FLUSH_INTERVAL_S)
                 created = True
         except (BundleError, OSError) as exc:
             sampler.stop()

@@ -22,6 +22,7 @@ from typing import Any
 log = logging.getLogger("bottleneck_map.agent")
 
 MIB = 1024 * 1024
+_get = object.__getattribute__
 MIN_SPACING_NS = 100_000_000
 
 
@@ -76,6 +77,8 @@ class GpmReader:
         self._prev = 0  # index of the buffer holding the latest sample
         self._prev_ns: int | None = None
         self._values: dict[str, float] = {}
+        self._req: Any = None
+        self._wanted: list[GpmMetric] = []
 
     def read(self) -> dict[str, float]:
         """GPM metrics (base units) between the previous sample and now.
@@ -92,26 +95,40 @@ class GpmReader:
         if self._prev_ns is None:
             self._prev, self._prev_ns = nxt, taken_ns
             return {}
-        wanted = [m for m in self.metrics if m.field not in self.unsupported]
-        req = self.nvml.c_nvmlGpmMetricsGet_t()
-        req.version = self.nvml.NVML_GPM_METRICS_GET_VERSION
-        req.numMetrics = len(wanted)
+        req = self._request()
         req.sample1 = self._buffers[self._prev]
         req.sample2 = self._buffers[nxt]
-        for i, m in enumerate(wanted):
-            req.metrics[i].metricId = getattr(self.nvml, m.constant)
         self._prev, self._prev_ns = nxt, taken_ns
         self.nvml.nvmlGpmMetricsGet(req)
+        # pynvml's structures override attribute access (for printing); read the plain ctypes fields
+        entries = _get(req, "metrics")
         values: dict[str, float] = {}
-        for i, m in enumerate(wanted):
-            status = req.metrics[i].nvmlReturn
+        dropped = False
+        for i, m in enumerate(self._wanted):
+            entry = entries[i]
+            status = _get(entry, "nvmlReturn")
             if status == self.nvml.NVML_SUCCESS:
-                values[m.field] = float(req.metrics[i].value) * m.scale
+                values[m.field] = _get(entry, "value") * m.scale
             elif status == self.nvml.NVML_ERROR_NOT_SUPPORTED:
                 self.unsupported.add(m.field)
+                dropped = True
                 log.info("GPM metric %s is not supported on this device; not asked again", m.constant)
+        if dropped:
+            self._req = None
         self._values = values
         return dict(values)
+
+    def _request(self) -> Any:
+        """The metrics request, built once and rebuilt only when a metric is dropped."""
+        if self._req is None:
+            self._wanted = [m for m in self.metrics if m.field not in self.unsupported]
+            req = self.nvml.c_nvmlGpmMetricsGet_t()
+            req.version = self.nvml.NVML_GPM_METRICS_GET_VERSION
+            req.numMetrics = len(self._wanted)
+            for i, m in enumerate(self._wanted):
+                req.metrics[i].metricId = getattr(self.nvml, m.constant)
+            self._req = req
+        return self._req
 
     def close(self) -> None:
         """Free both sample buffers (errors ignored: the device may be gone)."""

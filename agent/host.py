@@ -2,8 +2,10 @@
 interface, disk I/O per device, and one watched process.
 
 CPU utilisation is measured between consecutive calls (psutil keeps the
-previous reading). CPU and the watched process are read every tick; load,
-memory, swap, network and disk counters once a second (``slow_interval_s``).
+previous reading). Host CPU and the watched process's CPU are read every tick; load, memory,
+swap, network and disk counters, and the process's threads, RSS and context
+switches once a second (``slow_interval_s``), carried over in between and
+listed in ``stale``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import psutil
 
@@ -35,6 +38,7 @@ SLOW_HOST_FIELDS = frozenset(
         "disk",
     }
 )
+SLOW_PROC_FIELDS = frozenset({"num_threads", "rss_bytes", "ctx_switches_voluntary", "ctx_switches_involuntary"})
 
 
 class HostSource:
@@ -55,6 +59,8 @@ class HostSource:
         self._proc: psutil.Process | None = None
         self._proc_gone = False
         self._slow: HostSample | None = None
+        self._proc_slow: tuple[float, float, Any] | None = None
+        self._proc_slow_due = 0.0
         self._slow_due = 0.0
 
     def start(self) -> bool:
@@ -124,26 +130,33 @@ class HostSource:
         return h
 
     def sample_proc(self) -> ProcSample | None:
+        """CPU every call; threads, RSS and context switches every ``slow_interval_s``."""
         if self._proc is None:
             return None
         p = self._proc
+        slow = self._proc_slow is None or self._clock() >= self._proc_slow_due
         try:
-            with p.oneshot():
+            if slow:
+                with p.oneshot():
+                    cpu = p.cpu_percent()
+                    ctx = p.num_ctx_switches()
+                    self._proc_slow = (float(p.num_threads()), float(p.memory_info().rss), ctx)
+                self._proc_slow_due = self._clock() + self.slow_interval_s
+            else:
                 cpu = p.cpu_percent()
-                threads = p.num_threads()
-                rss = p.memory_info().rss
-                ctx = p.num_ctx_switches()
         except psutil.Error as exc:
             if not self._proc_gone:
                 log.warning("watched pid %s is gone (%s); process metrics stop", self.watch_pid, exc)
             self._proc_gone = True
             self._proc = None
             return None
+        threads, rss, ctx = self._proc_slow
         return ProcSample(
             pid=p.pid,
             cpu_ratio=cpu / 100.0,
-            num_threads=float(threads),
-            rss_bytes=float(rss),
+            num_threads=threads,
+            rss_bytes=rss,
             ctx_switches_voluntary=float(ctx.voluntary),
             ctx_switches_involuntary=float(ctx.involuntary),
+            stale=frozenset() if slow else SLOW_PROC_FIELDS,
         )

@@ -113,6 +113,7 @@ class ProcSample:
     rss_bytes: float | None = None
     ctx_switches_voluntary: float | None = None
     ctx_switches_involuntary: float | None = None
+    stale: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -163,12 +164,13 @@ def host_row(ts_ns: int, host: HostSample | None, proc: ProcSample | None, insta
             disk_write_bytes_total=host.disk_total("write_bytes") if fresh else None,
         )
     if proc is not None:
+        fresh = not proc.stale
         row.update(
             proc_cpu_ratio=proc.cpu_ratio,
-            proc_num_threads=proc.num_threads,
-            proc_rss_bytes=proc.rss_bytes,
-            proc_ctx_switches_voluntary_total=proc.ctx_switches_voluntary,
-            proc_ctx_switches_involuntary_total=proc.ctx_switches_involuntary,
+            proc_num_threads=proc.num_threads if fresh else None,
+            proc_rss_bytes=proc.rss_bytes if fresh else None,
+            proc_ctx_switches_voluntary_total=proc.ctx_switches_voluntary if fresh else None,
+            proc_ctx_switches_involuntary_total=proc.ctx_switches_involuntary if fresh else None,
         )
     return row
 

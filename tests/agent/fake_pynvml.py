@@ -94,6 +94,7 @@ class FakeNvml:
         self.gpm_sample_log: list[tuple[int, int, int]] = []  # (gpu index, sample address, t_ns)
         self.gpm_metrics_log: list[tuple[int, int, int, int]] = []  # (gpu index, addr1, addr2, dt_ns)
         self.gpm_freed: list[int] = []
+        self.gpm_requested: list[int] = []  # metric ids asked for, in order
         self._alloc: dict[int, Any] = {}  # keeps allocated opaque structs alive
         self._handles: dict[int, int] = {}  # handle address -> gpu index
         self._handle_objs: list[Any] = []
@@ -306,13 +307,17 @@ class FakeNvml:
         if gpu.lost:
             raise self.error(real.NVML_ERROR_GPU_IS_LOST)
         self.gpm_metrics_log.append((i1, a1, a2, t2 - t1))
-        for i in range(metricsGet.numMetrics):
-            m = metricsGet.metrics[i]
-            status = gpu.gpm_status.get(m.metricId, real.NVML_SUCCESS)
-            if status == real.NVML_SUCCESS and m.metricId not in gpu.gpm_values:
+        get, put = object.__getattribute__, object.__setattr__  # plain ctypes access, as the C library writes
+        entries = get(metricsGet, "metrics")
+        for i in range(get(metricsGet, "numMetrics")):
+            m = entries[i]
+            metric_id = get(m, "metricId")
+            self.gpm_requested.append(metric_id)
+            status = gpu.gpm_status.get(metric_id, real.NVML_SUCCESS)
+            if status == real.NVML_SUCCESS and metric_id not in gpu.gpm_values:
                 status = real.NVML_ERROR_NOT_SUPPORTED
-            m.nvmlReturn = status
-            m.value = gpu.gpm_values.get(m.metricId, 0.0) if status == real.NVML_SUCCESS else 0.0
+            put(m, "nvmlReturn", status)
+            put(m, "value", gpu.gpm_values.get(metric_id, 0.0) if status == real.NVML_SUCCESS else 0.0)
         return metricsGet
 
 

@@ -80,7 +80,10 @@ def test_each_metric_status_is_checked(install_nvml, clock):
     del gpu.gpm_status[real.NVML_GPM_METRIC_DRAM_BW_UTIL]
     del gpu.gpm_status[real.NVML_GPM_METRIC_SM_OCCUPANCY]
     clock.advance(0.1)
+    fake.gpm_requested.clear()
     v = r.read()
+    assert real.NVML_GPM_METRIC_SM_OCCUPANCY not in fake.gpm_requested
+    assert real.NVML_GPM_METRIC_DRAM_BW_UTIL in fake.gpm_requested
     assert v["gpm_dram_bw_util_ratio"] == pytest.approx(0.7)  # asked again, back
     assert "gpm_sm_occupancy_ratio" not in v  # never asked again
     assert len(v) == 6
