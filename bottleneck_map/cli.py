@@ -79,6 +79,7 @@ def _register_components() -> None:
     __import__("bottleneck_map.collect_cli", fromlist=["register"]).register(app)
     __import__("bottleneck_map.embedded_engine.cli", fromlist=["register"]).register(app)
     __import__("bottleneck_map.embedded_engine.server_cli", fromlist=["register"]).register(app)
+    __import__("bottleneck_map.dashboard.cli", fromlist=["register"]).register(app)
     __import__("bottleneck_map.analyzer.cli", fromlist=["register"]).register(app)
 
 

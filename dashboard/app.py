@@ -1,0 +1,77 @@
+"""The Dash application: ``create_app(bundles, live=False)``.
+
+The app renders the analyzer's BottleneckMap of each bundle (analysed once and
+cached) and reads the bundle itself only for drill-down. Debug mode is never
+turned on here; the CLI binds 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import dash
+from flask import Response
+
+from bottleneck_map.dashboard import callbacks, layout
+from bottleneck_map.dashboard.bundles import BundleRegistry
+from bottleneck_map.dashboard.store import Store
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def create_app(
+    bundles: BundleRegistry | Iterable[str | os.PathLike[str]],
+    live: bool = False,
+    *,
+    runs_dir: str | os.PathLike[str] | None = None,
+    window_s: float = 1.0,
+    slo: Mapping[str, float] | None = None,
+    store: Store | None = None,
+    warm: bool = True,
+) -> dash.Dash:
+    """A Dash app over ``bundles`` (a registry, or bundle paths; runs under ``runs_dir`` are added).
+
+    With ``warm`` the default bundle is analysed before the app is returned, so the first
+    page shows at once. ``live`` polls the open bundle every few seconds and re-renders the
+    current view when it has grown.
+    """
+    registry = bundles if isinstance(bundles, BundleRegistry) else BundleRegistry(bundles, runs_dir=runs_dir)
+    store = store or Store(registry, window_s=window_s, slo=dict(slo or {}), live=live)
+    app = dash.Dash(
+        __name__,
+        title="bottleneck-map",
+        update_title=None,
+        assets_folder=str(ASSETS),
+        suppress_callback_exceptions=True,
+        serve_locally=True,
+        compress=_can_compress(),
+    )
+    app.layout = lambda: layout.page(registry, store, live)
+    callbacks.register(app, store)
+    _harden(app.server)
+    app.server.config["BMAP_STORE"] = store
+    if warm and registry.default is not None:
+        store.get(registry.default.id)
+    return app
+
+
+def _can_compress() -> bool:
+    try:
+        import flask_compress  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _harden(server: Any) -> None:
+    """Conservative response headers; the app serves only its own assets and callbacks."""
+
+    @server.after_request
+    def _headers(resp: Response) -> Response:
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
+        resp.headers.setdefault("Referrer-Policy", "no-referrer")
+        return resp

@@ -1,0 +1,64 @@
+"""``bottleneck-map dashboard [BUNDLE ...] [--host 127.0.0.1] [--port 8050] [--live]``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def dashboard(
+        bundles: list[Path] = typer.Argument(
+            None,
+            help="Bundles to open. Default: the newest run under ./bmap-runs/, else the shipped sample.",
+            show_default=False,
+        ),
+        host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; 127.0.0.1 keeps it on this machine."),
+        port: int = typer.Option(8050, "--port", help="TCP port."),
+        live: bool = typer.Option(False, "--live", help="Refresh every few seconds from a bundle still being written."),
+        window: float = typer.Option(1.0, "--window", help="Analysis window in seconds."),
+        slo: str = typer.Option(None, "--slo", help="SLOs, e.g. ttft=0.5,tpot=0.05,e2e=10 (seconds)."),
+    ) -> None:
+        """Open the bottleneck map in the browser: the map, timeline, latency, requests, roofline, compare."""
+        from rich.console import Console
+
+        from bottleneck_map.bundle import BundleError
+
+        if not 0 < port < 65536:
+            raise typer.BadParameter(f"{port} is not a TCP port (1-65535)", param_hint="--port")
+        if not window > 0:
+            raise typer.BadParameter(f"{window} must be a positive number of seconds", param_hint="--window")
+        slos = _parse_slo(slo)
+        console = Console(stderr=True)
+        from bottleneck_map.dashboard.app import create_app
+        from bottleneck_map.dashboard.bundles import resolve_default
+
+        try:
+            registry = resolve_default(bundles or [])
+            default = registry.default
+            console.print(f"analysing {default.path} ...", highlight=False)
+            app = create_app(registry, live=live, window_s=window, slo=slos)
+        except BundleError as exc:
+            console.print(f"[red]error[/red]: {exc}", highlight=False)
+            raise typer.Exit(1) from None
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            console.print(f"[yellow]warning[/yellow]: serving on {host}: anyone who can reach it sees these traces")
+        console.print(
+            f"dashboard on http://{_url_host(host)}:{port}/  ({len(registry.entries())} bundle(s); Ctrl-C stops)"
+        )
+        app.run(host=host, port=port, debug=False, dev_tools_hot_reload=False, use_reloader=False)
+
+
+def _parse_slo(text: str | None) -> dict[str, float]:
+    from bottleneck_map.analyzer.latency import parse_slo
+
+    try:
+        return parse_slo(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--slo") from None
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

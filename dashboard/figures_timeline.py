@@ -1,0 +1,233 @@
+"""View 2, the timeline: stage shares and verdicts per window, engine and hardware series on one time axis."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from bottleneck_map.dashboard.series import HardwareFrame
+from bottleneck_map.dashboard.style import GROUP_COLORS, base_layout, class_color, class_name
+
+ROW_PX = 150
+THROTTLE_FILL = "rgba(238, 202, 59, 0.35)"
+MAX_SPANS = 200
+
+_ENGINE_ROWS = [
+    ("batch and queue", [("batch_size", "batch size"), ("num_running", "running"), ("num_waiting", "waiting")], None),
+    ("KV-cache usage and preemptions", [("kv_usage", "KV usage")], [("num_preempted", "preemptions")]),
+    ("tokens per step", [("prefill_tokens", "prefill tokens"), ("decode_tokens", "decode tokens (seqs)")], None),
+]
+_ENGINE_COLORS = {
+    "batch_size": "#4C78A8",
+    "num_running": "#2A9D8F",
+    "num_waiting": "#E45756",
+    "kv_usage": "#F58518",
+    "num_preempted": "#B22222",
+    "prefill_tokens": "#4C78A8",
+    "decode_tokens": "#2A9D8F",
+}
+_HW_COLORS = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#9D755D", "#2A9D8F", "#666666"]
+
+
+def timeline_figure(
+    windows: Sequence[Any],
+    window_s: float,
+    engine: pd.DataFrame,
+    hardware: HardwareFrame,
+    *,
+    x_range: tuple[float, float] | None = None,
+) -> go.Figure:
+    """Every panel shares one x axis (seconds since run start): zooming one zooms all.
+
+    ``windows`` are the analyzer's WindowVerdicts; ``engine`` and ``hardware.frame`` are
+    already aggregated (see :func:`bottleneck_map.dashboard.series.bucket`).
+    """
+    rows: list[tuple[str, bool]] = []  # (title, has secondary y)
+    if windows:
+        rows += [("latency share by stage, per window", False), ("verdict per window", False)]
+    if len(engine):
+        rows += [(title, sec is not None) for title, _, sec in _ENGINE_ROWS]
+    hw_panels = [p for p in ("gpu_activity", "pcie", "power", "clock", "cpu") if p in hardware.groups]
+    rows += [(_hw_title(p), False) for p in hw_panels]
+    if not rows:
+        fig = go.Figure()
+        fig.add_annotation(text="This bundle has no windows, steps or samples to plot.", showarrow=False)
+        return base_layout(fig, height=200)
+    heights = [0.55 if t.startswith("verdict") else 1.0 for t, _ in rows]
+    fig = make_subplots(
+        rows=len(rows),
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=min(0.06, 0.35 / len(rows)),
+        subplot_titles=[t for t, _ in rows],
+        row_heights=heights,
+        specs=[[{"secondary_y": sec}] for _, sec in rows],
+    )
+    r = 1
+    if windows:
+        _stage_share_rows(fig, windows, window_s, r)
+        for t in fig.data:
+            t.legend = "legend" if t.legendgroup == "stages" else "legend2"
+        r += 2
+    if len(engine):
+        for _title, primary, secondary in _ENGINE_ROWS:
+            for col, label in primary:
+                if col in engine and engine[col].notna().any():
+                    y = engine[col] * 100 if col == "kv_usage" else engine[col]
+                    fig.add_trace(_line(engine["t_s"], y, label, _ENGINE_COLORS[col], _legend(r)), row=r, col=1)
+            for col, label in secondary or []:
+                if col in engine and engine[col].notna().any():
+                    fig.add_trace(
+                        go.Bar(
+                            x=engine["t_s"],
+                            y=engine[col],
+                            name=label,
+                            marker={"color": _ENGINE_COLORS[col], "line": {"width": 0}},
+                            legend=_legend(r),
+                            opacity=0.45,
+                        ),
+                        row=r,
+                        col=1,
+                        secondary_y=True,
+                    )
+            if secondary:
+                fig.update_yaxes(title_text="KV %", range=[0, 105], row=r, col=1, secondary_y=False)
+                fig.update_yaxes(title_text="preempted", row=r, col=1, secondary_y=True, showgrid=False)
+            r += 1
+    clock_row = r
+    for panel in hw_panels:
+        frame = hardware.frame
+        for i, (label, unit) in enumerate(hardware.groups[panel]):
+            part = frame[["t_s", label]].dropna()  # sources sample at their own instants
+            y = part[label]
+            if unit == "ratio":
+                y = y * 100
+            elif unit == "Hz" or unit == "bytes/s":
+                y = y / 1e9
+            fig.add_trace(_line(part["t_s"], y, label, _HW_COLORS[i % len(_HW_COLORS)], _legend(r)), row=r, col=1)
+        unit = hardware.groups[panel][0][1]
+        fig.update_yaxes(
+            title_text={"ratio": "%", "Hz": "GHz", "bytes/s": "GB/s", "W": "W"}.get(unit, unit), row=r, col=1
+        )
+        if panel == "clock":
+            clock_row = r
+        if panel in ("power", "clock"):
+            for x0, x1 in _merge_spans(hardware.throttle):
+                fig.add_vrect(x0=x0, x1=x1, fillcolor=THROTTLE_FILL, line_width=0, layer="below", row=r, col=1)
+        r += 1
+    if hardware.throttle and "clock" in hardware.groups:
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                marker={"symbol": "square", "size": 12, "color": THROTTLE_FILL},
+                name="throttled (power/thermal)",
+                legend=_legend(clock_row),
+            )
+        )
+    base_layout(fig, height=ROW_PX * len(rows) + 80)
+    fig.update_layout(
+        barmode="stack", bargap=0, hovermode="x unified", uirevision="timeline", margin={"t": 40, "r": 210}
+    )
+    for k in range(1, len(rows) + 1):
+        top = fig.get_subplot(k, 1).yaxis.domain[1]
+        fig.update_layout(
+            {
+                _legend(k): {
+                    "x": 1.01,
+                    "xanchor": "left",
+                    "y": top,
+                    "yanchor": "top",
+                    "orientation": "v",
+                    "font": {"size": 11},
+                    "bgcolor": "rgba(255,255,255,0)",
+                    "tracegroupgap": 2,
+                }
+            }
+        )
+    fig.update_annotations(font_size=12, x=0, xanchor="left")
+    fig.update_xaxes(title_text="seconds since run start", row=len(rows), col=1)
+    if x_range is not None:
+        fig.update_xaxes(range=list(x_range))
+    return fig
+
+
+def _hw_title(panel: str) -> str:
+    return {
+        "gpu_activity": "GPU: DRAM bandwidth, SM occupancy, tensor activity (%)",
+        "pcie": "PCIe TX / RX (GB/s)",
+        "power": "power (W), throttling shaded",
+        "clock": "SM clock (GHz), throttling shaded",
+        "cpu": "host and engine-process CPU (%)",
+    }[panel]
+
+
+def _legend(row: int) -> str:
+    """Each panel has its own legend beside it."""
+    return "legend" if row == 1 else f"legend{row}"
+
+
+def _line(x: Any, y: Any, name: str, color: str, legend: str) -> go.Scattergl:
+    return go.Scattergl(x=x, y=y, name=name, mode="lines", line={"color": color, "width": 1.4}, legend=legend)
+
+
+def _stage_share_rows(fig: go.Figure, windows: Sequence[Any], window_s: float, r: int) -> None:
+    mids = [(w.start_s + w.end_s) / 2 for w in windows]
+    groups = [g for g in GROUP_COLORS if any(w.stage_share.get(g) for w in windows)]
+    for g in groups:
+        fig.add_trace(
+            go.Scatter(
+                x=mids,
+                y=[100 * (w.stage_share.get(g) or 0.0) for w in windows],
+                name=g,
+                mode="lines",
+                stackgroup="share",
+                line={"width": 0.5, "color": GROUP_COLORS[g]},
+                legendgroup="stages",
+                hovertemplate=f"{g}: %{{y:.0f}}%<extra></extra>",
+            ),
+            row=r,
+            col=1,
+        )
+    fig.update_yaxes(title_text="% of latency", range=[0, 100], row=r, col=1)
+    seen: set[str] = set()
+    for cls in dict.fromkeys(w.cls for w in windows):
+        ws = [w for w in windows if w.cls == cls]
+        fig.add_trace(
+            go.Bar(
+                x=[(w.start_s + w.end_s) / 2 for w in ws],
+                y=[1] * len(ws),
+                width=[max(w.end_s - w.start_s, 1e-9) for w in ws],
+                name=class_name(cls),
+                marker={"color": class_color(cls), "line": {"width": 0}},
+                legendgroup="verdicts",
+                customdata=[[w.confidence, w.index] for w in ws],
+                hovertemplate=f"window %{{customdata[1]}}: {class_name(cls)} (confidence %{{customdata[0]:.2f}})<extra></extra>",
+                showlegend=cls not in seen,
+            ),
+            row=r + 1,
+            col=1,
+        )
+        seen.add(cls)
+    fig.update_yaxes(visible=False, range=[0, 1], row=r + 1, col=1)
+
+
+def _merge_spans(spans: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """At most MAX_SPANS shaded spans: neighbours closer than the gap are merged."""
+    spans = sorted(spans)
+    if len(spans) <= MAX_SPANS:
+        return list(spans)
+    total = spans[-1][1] - spans[0][0]
+    gap = total / MAX_SPANS
+    merged = [spans[0]]
+    for a, b in spans[1:]:
+        if a - merged[-1][1] <= gap:
+            merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+        else:
+            merged.append((a, b))
+    return merged

@@ -1,0 +1,173 @@
+"""The dashboard in a real headless Chromium: every view renders with data, no console errors.
+
+One app and one browser for the module; a screenshot of each view goes to
+test-artifacts/dashboard/.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ServerThread
+
+pytestmark = pytest.mark.browser
+
+SLO = {"ttft": 0.05, "tpot": 0.01, "e2e": 0.5}
+
+
+@pytest.fixture(scope="module")
+def url(bundles: dict[str, Path]) -> Iterator[str]:
+    from bottleneck_map.dashboard.app import create_app
+
+    app = create_app([bundles["busy"], bundles["light"]], slo=SLO)
+    with ServerThread(app) as server:
+        yield server.url
+
+
+def wait_js(driver, script: str, timeout: float = 20.0):  # noqa: ANN001, ANN201
+    """Poll a JS expression until it returns something truthy; return that value."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = driver.execute_script(script)
+        except Exception as exc:  # element not there yet
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for: {script} (last: {last!r})")
+
+
+def graph_data(driver, graph_id: str):  # noqa: ANN001, ANN201
+    """The traces plotly actually drew in a dcc.Graph: [{type, name, n}] once it has data."""
+    return wait_js(
+        driver,
+        f"""const gd = document.querySelector('#{graph_id} .js-plotly-plot');
+        if (!gd || !gd._fullData || !gd._fullData.length) return null;
+        return gd._fullData.map(t => ({{type: t.type, name: t.name,
+            n: (t.x && t.x.length) || (t.labels && t.labels.length) || (t.y && t.y.length) || 0}}));""",
+    )
+
+
+def open_tab(driver, url: str, tab: str) -> None:  # noqa: ANN001
+    if not driver.current_url.startswith(url):
+        driver.get(url)
+    wait_js(driver, f"return document.getElementById('tab-{tab}')").click()
+
+
+def shot(driver, artifacts: Path, name: str) -> None:  # noqa: ANN001
+    time.sleep(0.4)  # let plotly finish its transitions
+    height = driver.execute_script("return document.body.scrollHeight")
+    driver.set_window_size(1500, min(max(height + 40, 900), 4000))
+    driver.save_screenshot(str(artifacts / f"{name}.png"))
+    driver.set_window_size(1500, 1100)
+
+
+def severe_console(driver) -> list[str]:  # noqa: ANN001
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def test_map_shows_stages_and_top_verdict(driver, url, artifacts) -> None:  # noqa: ANN001
+    t0 = time.monotonic()
+    driver.get(url)
+    traces = graph_data(driver, "map-graph")
+    elapsed = time.monotonic() - t0
+    assert traces[0]["type"] == "icicle"
+    labels = driver.execute_script("return document.querySelector('#map-graph .js-plotly-plot')._fullData[0].labels")
+    assert labels[0].startswith("query")
+    assert {"2. queue", "4. decode"} <= set(labels) or any("queue" in x for x in labels)
+    assert len(labels) >= 6, labels
+    verdict = driver.find_element("id", "top-verdict").text
+    assert verdict, "the top verdict is shown beside the map"
+    assert driver.find_elements("css selector", "#stage-table tbody tr"), "stage table has rows"
+    assert elapsed < 10, f"first view took {elapsed:.1f} s"
+    shot(driver, artifacts, "1-map")
+    assert severe_console(driver) == []
+
+
+def test_timeline_shares_one_axis_and_zooms_together(driver, url, artifacts) -> None:  # noqa: ANN001
+    open_tab(driver, url, "timeline")
+    traces = graph_data(driver, "timeline-graph")
+    names = {t["name"] for t in traces if t["n"] > 0}
+    assert {"batch size", "waiting", "KV usage", "queue"} <= names, names
+    assert any(n.startswith("DRAM bandwidth") for n in names)
+    assert any(t["type"] == "scattergl" and t["n"] > 100 for t in traces)
+    # zooming one panel zooms all: every x axis matches the first, and a relayout moves them together
+    driver.execute_script(
+        "const gd = document.querySelector('#timeline-graph .js-plotly-plot');"
+        "Plotly.relayout(gd, {'xaxis3.range': [1.0, 2.0]});"
+    )
+    ranges = wait_js(
+        driver,
+        """const gd = document.querySelector('#timeline-graph .js-plotly-plot');
+        const axes = Object.keys(gd._fullLayout).filter(k => /^xaxis\\d*$/.test(k));
+        const r = axes.map(k => gd._fullLayout[k].range.map(v => Math.round(v * 100) / 100));
+        return r.every(x => x[0] === 1 && x[1] === 2) ? r : null;""",
+    )
+    assert len(ranges) >= 6
+    shot(driver, artifacts, "2-timeline")
+    assert severe_console(driver) == []
+
+
+def test_latency_cdfs_with_slo_lines(driver, url, artifacts) -> None:  # noqa: ANN001
+    open_tab(driver, url, "latency")
+    traces = graph_data(driver, "latency-graph")
+    assert {t["name"] for t in traces} >= {"all", "chat", "rag"}
+    assert all(t["n"] > 1 for t in traces)
+    shapes = driver.execute_script(
+        "return document.querySelector('#latency-graph .js-plotly-plot')._fullLayout.shapes.length"
+    )
+    assert shapes == 3, "one SLO line each for TTFT, TPOT and E2E"
+    assert "goodput" in driver.find_element("id", "goodput-table").text
+    shot(driver, artifacts, "3-latency")
+    assert severe_console(driver) == []
+
+
+def test_request_explorer_selects_a_request_and_shows_its_waterfall(driver, url, artifacts) -> None:  # noqa: ANN001
+    open_tab(driver, url, "requests")
+    first = wait_js(
+        driver, "const r = document.querySelector('#req-grid .ag-row .ag-cell'); return r && r.textContent ? r : null"
+    )
+    count = driver.execute_script(
+        "return document.querySelectorAll('#req-grid .ag-center-cols-container .ag-row').length"
+    )
+    assert count >= 10
+    rid = first.text
+    assert rid.startswith("req-")
+    first.click()
+    traces = graph_data(driver, "waterfall-graph")
+    names = [t["name"] for t in traces]
+    assert "queue" in names and any(n.startswith("decode steps") for n in names)
+    steps = next(t for t in traces if t["name"].startswith("decode steps"))
+    assert steps["n"] >= 1
+    title = driver.execute_script(
+        "return document.querySelector('#waterfall-graph .js-plotly-plot')._fullLayout.title.text"
+    )
+    assert rid in title
+    shot(driver, artifacts, "4-requests")
+    assert severe_console(driver) == []
+
+
+def test_roofline_points_by_phase(driver, url, artifacts) -> None:  # noqa: ANN001
+    open_tab(driver, url, "roofline")
+    traces = graph_data(driver, "roofline-graph")
+    by_name = {t["name"]: t for t in traces}
+    assert any(n.startswith("decode steps") and t["n"] > 10 for n, t in by_name.items())
+    assert any(n.startswith("prefill steps") or n.startswith("mixed steps") for n in by_name)
+    assert any(n.startswith("roof:") for n in by_name)
+    shot(driver, artifacts, "5-roofline")
+    assert severe_console(driver) == []
+
+
+def test_compare_two_bundles_with_the_analyzers_diff(driver, url, artifacts) -> None:  # noqa: ANN001
+    open_tab(driver, url, "compare")
+    traces = graph_data(driver, "compare-graph")
+    assert len(traces) == 4 and all(t["n"] > 0 for t in traces)
+    diff = wait_js(driver, "const d = document.getElementById('diff-table'); return d && d.innerText")
+    assert "Top verdict" in diff and ("better" in diff or "worse" in diff)
+    shot(driver, artifacts, "6-compare")
+    assert severe_console(driver) == []
