@@ -42,7 +42,7 @@ def test_ticks_stay_on_a_fixed_grid_without_drift():
     time.sleep(0.6)
     s.stop()
     ts = [x.ts_ns for x in s.samples()]
-    assert len(ts) >= 20
+    assert len(ts) >= 10
     t0 = ts[0]
     # every tick is close to its grid point t0 + k*interval: lateness does not accumulate
     k_last = round((ts[-1] - t0) / (interval * 1e9))
