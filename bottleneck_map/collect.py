@@ -26,8 +26,10 @@ from bottleneck_map.ingest_otlp import (
     INSTANCE_KEYS,
     JSON,
     PROTOBUF,
+    STAGE_SPANS,
     OtlpError,
     Span,
+    apply_stage_spans,
     decode,
     decompress,
     request_row,
@@ -36,6 +38,7 @@ from bottleneck_map.ingest_otlp import (
 
 PRODUCER = "bottleneck-map collect"
 MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_PENDING_CHILDREN = 100_000  # stage spans kept while waiting for their llm_request parent
 
 
 def unix_clock() -> dict[str, Any]:
@@ -75,6 +78,8 @@ class TraceSink:
     model: str | None = None
     _seen_spans: set[tuple[str, str]] = field(default_factory=set)
     _ids: set[str] = field(default_factory=set)
+    _children: dict[tuple[str, str], list[Span]] = field(default_factory=dict)
+    _n_children: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, spans: Iterable[Span]) -> int:
@@ -82,6 +87,9 @@ class TraceSink:
         rows = []
         with self._lock:
             self.spans_received += len(spans)
+            for span in spans:
+                if span.name in STAGE_SPANS and span.parent_span_id:
+                    self._keep_child(span)
             for span in spans:
                 row = request_row(span, self.instance_keys)
                 if row is None:
@@ -91,6 +99,9 @@ class TraceSink:
                 if key in self._seen_spans:
                     continue
                 self._seen_spans.add(key)
+                children = self._children.pop(key, [])
+                self._n_children -= len(children)
+                row = apply_stage_spans(row, children)
                 row["request_id"] = self._unique(row["request_id"], row["instance"], span.span_id)
                 rows.append(row)
                 end = row["finished_ns"] or row["arrival_ns"]
@@ -104,6 +115,13 @@ class TraceSink:
             self.model = model
             self.writer.update_meta(model={**self.writer.meta.get("model", {}), "name": model})
         return len(rows)
+
+    def _keep_child(self, span: Span) -> None:
+        if self._n_children >= MAX_PENDING_CHILDREN:  # drop the oldest parent's children
+            oldest = next(iter(self._children))
+            self._n_children -= len(self._children.pop(oldest))
+        self._children.setdefault((span.trace_id, span.parent_span_id or ""), []).append(span)
+        self._n_children += 1
 
     def _unique(self, rid: str, instance: str | None, span_id: str) -> str:
         for candidate in (rid, f"{rid}@{instance}" if instance else None, f"{rid}@{span_id}"):

@@ -348,6 +348,38 @@ def request_row(span: Span, instance_keys: tuple[str, ...] = INSTANCE_KEYS) -> d
     }
 
 
+# Child spans bottleneck-map's own engine emits under ``llm_request`` (vLLM emits none of these):
+# their start and end are exact lifecycle stamps the latency attributes cannot carry.
+STAGE_SPANS: dict[str, tuple[str, str | None]] = {
+    "tokenize": ("tokenize_start_ns", "tokenize_end_ns"),
+    "queue": ("queued_ns", None),
+    "stream": ("first_byte_ns", "last_byte_ns"),
+}
+_BEFORE_SCHEDULED = ("arrival_ns", "tokenize_start_ns", "tokenize_end_ns", "queued_ns", "first_scheduled_ns")
+
+
+def apply_stage_spans(row: dict[str, Any], children: list[Span]) -> dict[str, Any]:
+    """Fill lifecycle stamps from stage child spans; a stage whose times would break the
+    lifecycle order is left out."""
+    order = {name: i for i, name in enumerate(("queue", "tokenize", "stream"))}  # the queue stamp bounds tokenize
+    for child in sorted(children, key=lambda c: order.get(c.name, len(order))):
+        fields = STAGE_SPANS.get(child.name)
+        if fields is None or child.end_ns < child.start_ns:
+            continue
+        trial = dict(row)
+        trial[fields[0]] = child.start_ns
+        if fields[1] is not None:
+            trial[fields[1]] = child.end_ns
+        if child.name == "stream":
+            ok = trial.get("first_token_ns") is not None and child.start_ns >= trial["first_token_ns"]
+        else:
+            stamps = [trial[k] for k in _BEFORE_SCHEDULED if trial.get(k) is not None]
+            ok = stamps == sorted(stamps)
+        if ok:
+            row = trial
+    return row
+
+
 def response_model(spans: list[Span]) -> str | None:
     for s in spans:
         if s.name == SPAN_NAME and s.attributes.get(RESPONSE_MODEL):

@@ -241,3 +241,23 @@ def test_ingested_bundle_is_analysed_and_says_what_it_cannot_tell(tmp_path):
     finish(writer, sink, time.time_ns(), prometheus=None, instances=None, step_s=None)
     result = analyzer.analyze(tmp_path / "b")
     assert {"prefill_compute", "decode_memory_bandwidth", "host_overhead"} <= {u.cls for u in result.unreachable}
+
+
+def test_stage_child_spans_fill_exact_stamps_and_inconsistent_ones_are_left_out():
+    from bottleneck_map.ingest_otlp import Span, apply_stage_spans
+
+    (root,) = spans_from_json(json_body(1))
+    row = request_row(root)
+    ms = 1_000_000
+
+    def child(name, a, b):
+        return Span(root.trace_id, f"{len(name):016x}", root.span_id, name, T0 + a * ms, T0 + b * ms)
+
+    out = apply_stage_spans(row, [child("tokenize", 1, 3), child("queue", 5, 90), child("stream", 260, 1600)])
+    assert (out["tokenize_start_ns"], out["tokenize_end_ns"]) == (T0 + ms, T0 + 3 * ms)
+    assert out["queued_ns"] == T0 + 5 * ms
+    assert (out["first_byte_ns"], out["last_byte_ns"]) == (T0 + 260 * ms, T0 + 1600 * ms)
+    # a tokenize span ending after the first schedule, or a stream before the first token, is ignored
+    bad = apply_stage_spans(row, [child("tokenize", 1, 250), child("stream", 10, 20)])
+    assert bad.get("tokenize_start_ns") is None
+    assert bad.get("first_byte_ns") is None
