@@ -112,6 +112,10 @@ def _load_checkpoint(path: Path, dev: torch.device, dtype: str) -> LoadedModel:
         what = f"missing key {e}" if isinstance(e, KeyError) else str(e)
         raise CheckpointError(f"{path / 'config.json'}: {what}") from e
     tokenizer = Tokenizer.from_dir(path, cfg.eos_token_ids)
+    eos_id = tokenizer.backend.token_to_id(tokenizer.special_tokens.get("eos_token", ""))
+    if not cfg.eos_token_ids and eos_id is not None and eos_id < cfg.vocab_size:
+        cfg = cfg.with_eos((eos_id,))  # neither config nor generation_config names one
+        tokenizer.eos_token_ids = cfg.eos_token_ids
     if tokenizer.vocab_size > cfg.vocab_size:
         raise CheckpointError(
             f"tokenizer.json has {tokenizer.vocab_size} tokens but the model's vocab_size is {cfg.vocab_size}"

@@ -65,7 +65,12 @@ class Tokenizer:
         template = config.get("chat_template")
         if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
-        specials = {k: v for k, v in config.items() if k.endswith("_token") and isinstance(v, str)}
+        specials = {}
+        for key, value in config.items():
+            if key.endswith("_token") and isinstance(value, dict):  # older AddedToken form
+                value = value.get("content")
+            if key.endswith("_token") and isinstance(value, str):
+                specials[key] = value
         return cls(backend, eos_token_ids, template, specials)
 
     @property

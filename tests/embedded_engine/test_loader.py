@@ -85,6 +85,13 @@ def test_generation_config_adds_eos_ids(tmp_path):
     assert loaded.generation_config["temperature"] == 0.6
 
 
+def test_eos_falls_back_to_the_tokenizer_config(tmp_path):
+    _write_checkpoint(tmp_path, config={k: v for k, v in CONFIG.items() if k != "eos_token_id"})
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": {"content": "<|im_end|>"}}))
+    loaded = load_model(str(tmp_path), device="cpu")
+    assert loaded.config.eos_token_ids == loaded.tokenizer.eos_token_ids == (2,)
+
+
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [
