@@ -10,7 +10,6 @@ tokens agree exactly.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 
 import pytest
@@ -108,7 +107,10 @@ def _checkpoint(tmp_path, config) -> tuple:
     _randomize(hf, seed=1)
     hf.eval()
     hf.save_pretrained(tmp_path)
-    shutil.copy(PRESETS_DIR / "tokenizer.json", tmp_path / "tokenizer.json")
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(PRESETS_DIR / "tokenizer.json"), eos_token="<|im_end|>", bos_token="<|endoftext|>"
+    )
+    fast.save_pretrained(tmp_path)  # tokenizer.json + tokenizer_config.json as transformers writes them
     return hf, load_model(str(tmp_path), device="cpu", dtype="float32")
 
 
@@ -206,3 +208,11 @@ def test_prefix_shared_through_same_blocks(gqa_model):
     shared = driver.step([(a, 1), (b, len(b_tail))])
     torch.testing.assert_close(shared[1:], alone, atol=1e-5, rtol=0)
     assert b.blocks[:2] == a.blocks[:2]
+
+
+def test_tokenizer_saved_by_transformers_encodes_the_same(gqa_model):
+    theirs = transformers.AutoTokenizer.from_pretrained(gqa_model.path)
+    text = "Blocks of 4 tokens: naïve café, 東京\n    return x"
+    ids = gqa_model.tokenizer.encode(text)
+    assert ids == theirs.encode(text)
+    assert gqa_model.tokenizer.decode(ids + [2]) == theirs.decode(ids + [2], skip_special_tokens=True) == text
