@@ -76,3 +76,49 @@ def test_unreachable_prometheus_is_a_clear_error():
 def test_step_keeps_series_under_the_point_limit():
     assert step_for(0, 60) == 1
     assert (86_400 * 7) / step_for(0, 86_400 * 7) <= 11_000
+
+
+def test_collect_cli_pulls_prometheus_without_a_receiver(tmp_path):
+    import time
+
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from typer.testing import CliRunner
+
+    from bottleneck_map.bundle import read_bundle
+    from bottleneck_map.cli import app
+    from bottleneck_map.http_server import UvicornServer
+    from bottleneck_map.validate import validate_bundle
+
+    now = time.time()
+
+    async def query_range(request):
+        q = request.query_params["query"]
+        start, end = float(request.query_params["start"]), float(request.query_params["end"])
+        result = []
+        if "vllm:num_requests_waiting" in q:
+            values = [[t, "2"] for t in range(int(start) + 1, int(end) + 1)]
+            result = [{"metric": {"instance": "10.0.0.1:8000"}, "values": values}]
+        return JSONResponse({"status": "success", "data": {"resultType": "matrix", "result": result}})
+
+    with UvicornServer(Starlette(routes=[Route("/api/v1/query_range", query_range)])) as prom:
+        out = tmp_path / "b"
+        r = CliRunner().invoke(
+            app,
+            ["collect", "--out", str(out), "--no-receive", "--prometheus", prom.url, "--lookback", "10", "--step", "1"],
+        )
+    assert r.exit_code == 0, r.output
+    assert validate_bundle(out).valid
+    b = read_bundle(out)
+    s = b.samples
+    assert len(s) >= 9 and (s["num_requests_waiting"] == 2.0).all() and set(s["instance"]) == {"10.0.0.1:8000"}
+    assert (s["ts_ns"] >= int((now - 11) * 1e9)).all()
+    assert b.meta["capabilities"]["samples"] is True and b.meta["ingest"]["prometheus"]["points"]
+
+    gone = CliRunner().invoke(
+        app, ["collect", "--out", str(tmp_path / "c"), "--no-receive", "--prometheus", "http://127.0.0.1:9"]
+    )
+    assert gone.exit_code == 1 and "cannot reach Prometheus" in gone.output
+    bad = CliRunner().invoke(app, ["collect", "--out", str(tmp_path / "d"), "--no-receive"])
+    assert bad.exit_code == 2 and "--prometheus" in bad.output

@@ -289,3 +289,26 @@ def test_traceparent_becomes_the_parent_of_the_request_span(server, client):
     assert format(span.context.trace_id, "032x") == trace_id
     assert format(span.parent.span_id, "016x") == parent
     assert span.attributes["gen_ai.usage.completion_tokens"] == 3
+
+
+def test_metrics_include_the_agent_when_it_samples_in_process(tiny, tmp_path):
+    served = build_server(
+        model="tiny",
+        loaded=tiny,
+        engine_config=EngineConfig(device="cpu", max_num_seqs=4, num_kv_blocks=64, max_model_len=256),
+        instance="agent-0",
+        bundle=tmp_path / "bundle",
+        agent=True,
+        agent_interval=0.1,
+        measure_device=False,
+    )
+    try:
+        with UvicornServer(served.app) as http:
+            time.sleep(0.5)
+            text = httpx.get(http.url + "/metrics").text
+    finally:
+        served.close()
+    names = {fam.name for fam in text_string_to_metric_families(text)}
+    assert {"vllm:num_requests_running", "bmap_host_cpu_utilization_ratio", "bmap_process_cpu_ratio"} <= names
+    samples = read_bundle(tmp_path / "bundle").samples
+    assert len(samples) >= 2 and (samples["instance"] == "agent-0").all()
