@@ -5,6 +5,9 @@ of the batch's tokens) plus the KV cache of every sequence in the batch. The roo
 time of a step is those bytes over the copy bandwidth measured in this same script;
 the fraction reached is roofline time / measured step time (forward pass only, and
 the whole engine step including scheduling, input preparation and sampling).
+Large batches on a CPU cross the ridge point and become compute-bound, so the script
+also measures matmul FLOP/s and prints the full roofline bound,
+max(bytes / bandwidth, FLOPs / matmul peak), and the fraction of it reached.
 
     python benchmarks/bench_decode_roofline.py
     python benchmarks/bench_decode_roofline.py --model small-150m --batch 1 --batch 32
@@ -26,6 +29,13 @@ def decode_bytes(cfg, dtype_bytes: int, context_lens: list[int]) -> int:
     weights = cfg.num_parameters - cfg.vocab_size * cfg.hidden_size * (0 if cfg.tie_word_embeddings else 1)
     kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
     return (weights + kv_per_token * sum(context_lens)) * dtype_bytes
+
+
+def decode_flops(cfg, context_lens: list[int]) -> int:
+    """FLOPs of one decode step: 2 per weight per sequence (embedding lookup aside) + attention."""
+    weights = cfg.num_parameters - cfg.vocab_size * cfg.hidden_size * (0 if cfg.tie_word_embeddings else 1)
+    attn = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim
+    return 2 * weights * len(context_lens) + attn * sum(context_lens)
 
 
 def measure(loaded, batch: int, prompt_len: int, steps: int) -> dict:
@@ -65,9 +75,11 @@ def measure(loaded, batch: int, prompt_len: int, steps: int) -> dict:
         fwd.append(engine.stats.forward_ns - before)
     dtype_bytes = torch.empty((), dtype=engine.dtype).element_size()
     nbytes = statistics.mean(decode_bytes(loaded.config, dtype_bytes, c) for c in ctx)
+    flops = statistics.mean(decode_flops(loaded.config, c) for c in ctx)
     return {
         "batch": batch,
         "bytes": nbytes,
+        "flops": flops,
         "forward_s": statistics.median(fwd) / 1e9,
         "step_s": statistics.median(whole) / 1e9,
     }
@@ -84,25 +96,28 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from bottleneck_map.embedded_engine.loader import load_model
-    from bottleneck_map.embedded_engine.peaks import copy_bandwidth
+    from bottleneck_map.embedded_engine.peaks import copy_bandwidth, matmul_flops
 
     loaded = load_model(args.model, device="cpu", dtype="float32")
     bw = copy_bandwidth(torch.device("cpu"), 1.0)
+    peak = matmul_flops(torch.device("cpu"), torch.float32, 1.0)
     print(
         f"model {args.model} ({loaded.config.num_parameters / 1e6:.1f} M params, float32), {args.threads} threads, "
-        f"context {args.prompt_len} tokens; measured copy bandwidth {bw / 1e9:.2f} GB/s"
+        f"context {args.prompt_len} tokens; measured copy bandwidth {bw / 1e9:.2f} GB/s, matmul {peak / 1e9:.1f} GFLOP/s"
     )
     print(
-        f"{'batch':>5} {'MB/step':>8} {'roofline ms':>11} {'forward ms':>10} {'step ms':>8} {'tok/s':>8} "
-        f"{'fwd % of roofline':>17} {'step % of roofline':>18}"
+        f"{'batch':>5} {'MB/step':>8} {'GFLOP/step':>10} {'bw roof ms':>10} {'full roof ms':>12} {'forward ms':>10} "
+        f"{'step ms':>8} {'tok/s':>7} {'fwd % bw roof':>13} {'step % bw roof':>14} {'step % full roof':>16}"
     )
     for batch in args.batch or [1, 32]:
         r = measure(loaded, batch, args.prompt_len, args.steps)
-        roof = r["bytes"] / bw
+        bw_roof = r["bytes"] / bw
+        full_roof = max(bw_roof, r["flops"] / peak)
         print(
-            f"{batch:>5} {r['bytes'] / 1e6:>8.1f} {roof * 1e3:>11.2f} {r['forward_s'] * 1e3:>10.2f} "
-            f"{r['step_s'] * 1e3:>8.2f} {batch / r['step_s']:>8.1f} {100 * roof / r['forward_s']:>16.1f}% "
-            f"{100 * roof / r['step_s']:>17.1f}%"
+            f"{batch:>5} {r['bytes'] / 1e6:>8.1f} {r['flops'] / 1e9:>10.2f} {bw_roof * 1e3:>10.2f} "
+            f"{full_roof * 1e3:>12.2f} {r['forward_s'] * 1e3:>10.2f} {r['step_s'] * 1e3:>8.2f} "
+            f"{batch / r['step_s']:>7.1f} {100 * bw_roof / r['forward_s']:>12.1f}% {100 * bw_roof / r['step_s']:>13.1f}% "
+            f"{100 * full_roof / r['step_s']:>15.1f}%"
         )
     return 0
 
