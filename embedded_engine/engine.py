@@ -23,7 +23,7 @@ from bottleneck_map.embedded_engine.block_manager import BlockManager
 from bottleneck_map.embedded_engine.engine_config import GIB, EngineConfig
 from bottleneck_map.embedded_engine.inject import Injection, spin
 from bottleneck_map.embedded_engine.kv_cache import allocate_kv_cache, block_bytes
-from bottleneck_map.embedded_engine.model_runner import ModelRunner
+from bottleneck_map.embedded_engine.model_runner import ModelRunner, StepResult
 from bottleneck_map.embedded_engine.sampler import stop_status
 from bottleneck_map.embedded_engine.scheduler import Scheduler
 from bottleneck_map.embedded_engine.sequence import RequestTrace, SamplingParams, Sequence, SequenceStatus
@@ -110,7 +110,7 @@ class LLMEngine:
         self.eos_token_ids = tuple(self.model_config.eos_token_ids) or tuple(self.tokenizer.eos_token_ids)
         self.stats = EngineStats()
         self._lock = threading.Lock()
-        self._inbox: deque[_Submission | str] = deque()
+        self._inbox: deque[_Submission | str | tuple[str, str]] = deque()
         self._work = threading.Event()
         self._order = itertools.count()
         self._callbacks: dict[str, Callable[[RequestOutput], Any]] = {}
@@ -163,9 +163,11 @@ class LLMEngine:
             self._inbox.append(sub)
         self._work.set()
 
-    def abort(self, request_id: str) -> None:
+    def abort(self, request_id: str, *, stopped: bool = False) -> None:
+        """End a request at the next step: aborted, or with ``stopped=True`` finished as ``stop``
+        (a stop string matched in the detokenized text, which the server checks)."""
         with self._lock:
-            self._inbox.append(request_id)
+            self._inbox.append(("stop", request_id) if stopped else request_id)
         self._work.set()
 
     def wait_for_work(self, timeout: float | None = None) -> bool:
@@ -194,6 +196,12 @@ class LLMEngine:
             items, self._inbox = list(self._inbox), deque()
             self._work.clear()
         for item in items:
+            if isinstance(item, tuple):  # ("stop", request_id): finished by a stop string
+                seq = self.scheduler.abort(item[1])
+                if seq is not None:
+                    seq.status = SequenceStatus.FINISHED_STOPPED
+                    self._finish(seq, outputs, [], [])
+                continue
             if isinstance(item, str):
                 seq = self.scheduler.abort(item)
                 if seq is not None:
@@ -233,14 +241,14 @@ class LLMEngine:
         self._drain_inbox(outputs)
         sched = self.scheduler.schedule()
         t_sched = now_ns()
-        if sched.is_empty and not sched.swap:
+        if sched.is_empty and not sched.swap and not sched.preempted:
             return outputs
-        res = self.runner.run(sched.scheduled, sched.swap) if sched.scheduled else None
-        if res is None:
-            from bottleneck_map.embedded_engine.model_runner import StepResult
-
+        if sched.scheduled:
+            res = self.runner.run(sched.scheduled, sched.swap)
+        else:  # only preemptions (and their swap copies) happened
             res = StepResult()
-            res.swap_ns, res.swap_out_bytes, res.swap_in_bytes = self.runner.swap(sched.swap)
+            if sched.swap:
+                res.swap_ns, res.swap_out_bytes, res.swap_in_bytes = self.runner.swap(sched.swap)
         t_post = now_ns()
         for item in sched.scheduled:
             seq = item.seq
