@@ -322,6 +322,8 @@ async def _full_body(
                 return _error(oai.ApiError(out.error or "request rejected"))
             n_out += len(out.new_token_ids)
             text += stop.push("".join(detok.push(t) for t in out.new_token_ids), final=out.finished)
+            if stop.stopped and not out.finished:
+                state.engine.abort(st.request_id, stopped=True)
             if stop.stopped or out.finished:
                 reason = _finish_reason(out, stop.stopped)
                 break
@@ -359,6 +361,8 @@ async def _stream_body(
             n_out += len(out.new_token_ids)
             piece = stop.push("".join(detok.push(t) for t in out.new_token_ids), final=out.finished)
             done = stop.stopped or out.finished
+            if stop.stopped and not out.finished:
+                engine.abort(rid, stopped=True)
             reason = _finish_reason(out, stop.stopped) if done else None
             if piece or done:
                 if chat:

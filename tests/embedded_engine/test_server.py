@@ -125,7 +125,7 @@ def test_seeded_sampling_is_reproducible(client):
     assert a == b
 
 
-def test_stop_string_ends_the_output_before_it(client):
+def test_stop_string_ends_the_output_before_it(server, client):
     base = client.completions.create(
         model="tiny", prompt="stop here", max_tokens=20, temperature=0, extra_body={"ignore_eos": True}
     )
@@ -144,6 +144,9 @@ def test_stop_string_ends_the_output_before_it(client):
     chunks = list(streamed)
     assert "".join(c.choices[0].text for c in chunks) == text[: text.index(stop)]
     assert chunks[-1].choices[0].finish_reason == "stop"
+    req = records(server[1], server[3])
+    assert req.loc[r.id, "finish_reason"] == "stop" and req.loc[chunks[-1].id, "finish_reason"] == "stop"
+    assert req.loc[r.id, "output_tokens"] < 20
 
 
 @pytest.mark.parametrize(
