@@ -28,6 +28,8 @@ from bottleneck_map.analyzer.result import (
 from bottleneck_map.bundle import Bundle, BundleError
 
 WORST_REQUESTS = 5
+# Up to this many (step, sequence) rows the own-step class make-up is computed exactly.
+EXACT_OWN_ROWS = 2_000_000
 MAX_WINDOWS = 100_000
 
 
@@ -109,7 +111,9 @@ def analyze_full(
     st = stages.request_stages(t.requests, t.steps if has_steps else None, membership)
     metrics = latency.request_metrics(t.requests)
     itl = latency.inter_token_latencies(t.requests)
-    own = attribution.own_step_time(membership, sb, len(st), st["first_token_ns"].to_numpy()) if has_steps else None
+    # Exact own-step make-up when the exploded steps are small; the interval make-up otherwise.
+    exact = has_steps and len(membership.req) <= EXACT_OWN_ROWS
+    own = attribution.own_step_time(membership, sb, len(st), st["first_token_ns"].to_numpy()) if exact else None
     attr = attribution.attribute(st, own, sb)
 
     done = st["complete"].to_numpy()

@@ -169,11 +169,14 @@ class Timeline:
         return np.clip(self.at(b)[col] - self.at(a)[col], 0, None)
 
 
-def attribute(stages: pd.DataFrame, own: pd.DataFrame | None, sb: pd.DataFrame | None) -> pd.DataFrame:
+def attribute(stages: pd.DataFrame, own: pd.DataFrame | None, sb: pd.DataFrame | None) -> pd.DataFrame:  # noqa: C901
     """Per request ns per class (columns = CLASSES without balanced, plus ``unattributed``).
 
-    ``own`` holds the per-request own-step time per step class (from :func:`own_step_time`);
-    ``sb`` is :func:`step_breakdown`. Without steps, prefill and decode time is unattributed.
+    ``own`` optionally holds the exact per-request own-step time per step class (from
+    :func:`own_step_time`, one pass over the exploded steps); without it the class make-up of the
+    steps in the request's prefill and decode intervals is used (a running sequence is in every
+    step of its interval). ``sb`` is :func:`step_breakdown`. Without steps, prefill and decode
+    time is unattributed.
     """
     n = len(stages)
     out = pd.DataFrame(0.0, index=stages.index, columns=[c for c in CLASSES if c != "balanced"] + [UNATTRIBUTED])
@@ -203,15 +206,29 @@ def attribute(stages: pd.DataFrame, own: pd.DataFrame | None, sb: pd.DataFrame |
     kv_frac = np.where(busy_q > 0, kvb / np.where(busy_q > 0, busy_q, 1), 0.0)
     out["kv_cache_capacity"] += queue * kv_frac
     out["queueing"] = queue * (1 - kv_frac)
-    # Own steps: split the stage's own compute by the per-class make-up of those steps.
-    own_cols = [c for c in _STEP_CLASSES if c != "pcie_transfer"]
-    own_total = own[own_cols].sum(axis=1).to_numpy() if own is not None else np.zeros(n)
-    own_stage = (stages["prefill_compute"] + stages["decode_compute"]).to_numpy().astype(float)
-    scale = np.where(own_total > 0, own_stage / np.where(own_total > 0, own_total, 1), 0.0)
-    for c in _STEP_CLASSES:
-        if c == "pcie_transfer":
-            continue  # swap time is its own stage already
-        out[c] += own[c].to_numpy() * scale if own is not None else 0.0
+    # Own steps: split the stage's own compute by the class make-up of the steps in its interval
+    # (a running sequence is in every step of its interval; swap is its own stage already).
+    if own is not None:
+        own_cols = [c for c in _STEP_CLASSES if c != "pcie_transfer"]
+        own_total = own[own_cols].sum(axis=1).to_numpy()
+        own_stage = (stages["prefill_compute"] + stages["decode_compute"]).to_numpy().astype(float)
+        scale = np.where(own_total > 0, own_stage / np.where(own_total > 0, own_total, 1), 0.0)
+        for c in own_cols:
+            out[c] += own[c].to_numpy() * scale
+    else:
+        for (a, b), own_t, phase in (
+            (("t3", "t4"), stages["prefill_compute"], "prefill"),
+            (("t4", "t5"), stages["decode_compute"], "decode"),
+        ):
+            own_t = own_t.to_numpy().astype(float)
+            parts = {c: between(c, a, b) for c in _STEP_CLASSES if c != "pcie_transfer"}
+            if phase == "prefill":  # in its own prefill steps a request's forward time is prefill compute
+                parts["prefill_compute"] = parts["prefill_compute"] + parts.pop("decode_memory_bandwidth")
+            tot = sum(parts.values())
+            for c, v in parts.items():
+                out[c] += np.where(tot > 0, own_t * v / np.where(tot > 0, tot, 1), 0.0)
+            fallback = "prefill_compute" if phase == "prefill" else "decode_memory_bandwidth"
+            out[fallback] += np.where(tot > 0, 0.0, own_t)
     # Waiting: idle gaps -> host overhead; other sequences' steps -> their classes.
     for (a, b), wait in ((("t3", "t4"), stages["prefill_wait"]), (("t4", "t5"), stages["decode_wait"])):
         wait = wait.to_numpy().astype(float)
