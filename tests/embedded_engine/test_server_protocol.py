@@ -111,3 +111,23 @@ def test_request_and_step_observations():
     assert got[("vllm:prompt_tokens_total", None, None)] == 6
     assert got[("vllm:iteration_tokens_total_count", None, None)] == 1
     assert got[("vllm:num_preemptions_total", None, None)] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (["--port", "70000"], 2, "--port"),
+        (["--max-num-seqs", "0"], 2, "--max-num-seqs"),
+        (["--preemption-mode", "fast"], 2, "--preemption-mode"),
+        (["--agent-interval", "0"], 2, "--agent-interval"),
+        (["--model", "/nonexistent/checkpoint", "--port", "0"], 1, "neither a built-in preset"),
+    ],
+)
+def test_serve_cli_rejects_bad_settings_before_serving(args, code, words):
+    from typer.testing import CliRunner
+
+    from bottleneck_map.cli import app
+
+    r = CliRunner().invoke(app, ["serve", *args])
+    assert r.exit_code == code, r.output
+    assert words in r.output
