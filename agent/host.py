@@ -41,6 +41,27 @@ SLOW_HOST_FIELDS = frozenset(
 SLOW_PROC_FIELDS = frozenset({"num_threads", "rss_bytes", "ctx_switches_voluntary", "ctx_switches_involuntary"})
 
 
+def _busy_total(t: Any) -> tuple[float, float]:
+    """Busy and total CPU seconds of one core (guest time is already counted in user time on Linux)."""
+    total = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+    idle = t.idle + getattr(t, "iowait", 0.0)
+    return total - idle, total
+
+
+def cpu_busy_ratios(before: list[Any], after: list[Any]) -> list[float]:
+    """Per-core busy fraction between two ``psutil.cpu_times(percpu=True)`` readings.
+
+    Kept here rather than ``psutil.cpu_percent`` so that several samplers in one
+    process do not reset each other's baseline (psutil keeps one, module-wide)."""
+    out = []
+    for b, a in zip(before, after, strict=False):
+        busy_b, total_b = _busy_total(b)
+        busy_a, total_a = _busy_total(a)
+        dt = total_a - total_b
+        out.append(min(1.0, max(0.0, (busy_a - busy_b) / dt)) if dt > 0 else 0.0)
+    return out
+
+
 class HostSource:
     """Samples the host and, when ``watch_pid`` is given, that process."""
 
@@ -58,13 +79,14 @@ class HostSource:
         self._clock = clock
         self._proc: psutil.Process | None = None
         self._proc_gone = False
+        self._last_cpu: list[Any] = []
         self._slow: HostSample | None = None
         self._proc_slow: tuple[float, float, Any] | None = None
         self._proc_slow_due = 0.0
         self._slow_due = 0.0
 
     def start(self) -> bool:
-        psutil.cpu_percent(percpu=True)  # prime the per-core deltas
+        self._last_cpu = psutil.cpu_times(percpu=True)  # the per-core baseline
         if self.watch_pid is not None:
             try:
                 self._proc = psutil.Process(self.watch_pid)
@@ -86,9 +108,11 @@ class HostSource:
         """CPU every call; load, memory, swap, network and disk every ``slow_interval_s``
         (carried over in between and listed in ``stale``)."""
         h = HostSample()
-        per_core = psutil.cpu_percent(percpu=True)
+        now_cpu = psutil.cpu_times(percpu=True)
+        per_core = cpu_busy_ratios(self._last_cpu, now_cpu) if self._last_cpu else []
+        self._last_cpu = now_cpu
         if per_core:
-            h.cpu_util_per_core = [c / 100.0 for c in per_core]
+            h.cpu_util_per_core = per_core
             h.cpu_util_ratio = sum(h.cpu_util_per_core) / len(h.cpu_util_per_core)
             h.cpu_util_max_core_ratio = max(h.cpu_util_per_core)
         now = self._clock()

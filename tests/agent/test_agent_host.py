@@ -67,3 +67,30 @@ def test_slow_host_fields_once_per_interval(clock):
     assert {"load1", "host_mem_used_bytes", "net", "disk"} <= second.stale
     assert second.host_mem_total_bytes == first.host_mem_total_bytes  # carried over
     assert second.cpu_util_per_core  # CPU is read every tick
+
+
+def test_per_core_ratios_from_cpu_times():
+    from collections import namedtuple
+
+    from bottleneck_map.agent.host import cpu_busy_ratios
+
+    T = namedtuple("T", "user nice system idle iowait irq softirq steal guest guest_nice")
+    before = [T(10, 0, 5, 85, 0, 0, 0, 0, 0, 0), T(0, 0, 0, 100, 0, 0, 0, 0, 0, 0)]
+    after = [T(40, 0, 15, 135, 10, 0, 0, 0, 5, 0), T(0, 0, 0, 200, 0, 0, 0, 0, 0, 0)]
+    # core 0: busy +40 (user 30 incl. 5 guest counted once, system 10), idle+iowait +60 -> 0.4
+    assert cpu_busy_ratios(before, after) == [0.4, 0.0]
+
+
+def test_two_host_sources_do_not_reset_each_other(monkeypatch):
+    from collections import namedtuple
+
+    import bottleneck_map.agent.host as host_mod
+
+    T = namedtuple("T", "user idle")
+    readings = iter([[T(0, 0)], [T(0, 0)], [T(50, 50)], [T(50, 150)]])
+    monkeypatch.setattr(host_mod.psutil, "cpu_times", lambda percpu: next(readings))
+    a, b = HostSource(), HostSource()
+    a.start()  # baseline (0, 0)
+    b.start()  # baseline (0, 0)
+    assert b.sample_host().cpu_util_per_core == [0.5]  # (50 busy of 100)
+    assert a.sample_host().cpu_util_per_core == [0.25]  # a's own window: 50 busy of 200, not b's last 100
