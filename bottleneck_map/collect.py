@@ -10,10 +10,12 @@ Unix time.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -137,6 +139,30 @@ class TraceSink:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {"spans_received": self.spans_received, "requests": self.requests, "other_spans": self.other_spans}
+
+
+def add_otlp_file(sink: TraceSink, path: str | Path) -> int:
+    """Ingest an OTLP/JSON file: one export request per line (the OpenTelemetry Collector's
+    ``file`` exporter) or one JSON document. Raises OtlpError naming the file and line."""
+    text = Path(path).read_text()
+    stripped = text.strip()
+    if not stripped:
+        return 0
+    try:
+        json.loads(stripped)
+        chunks = [stripped]  # one document
+    except json.JSONDecodeError:
+        chunks = stripped.splitlines()  # JSON lines
+    spans: list[Span] = []
+    for lineno, chunk in enumerate(chunks, 1):
+        if not chunk.strip():
+            continue
+        try:
+            spans.extend(decode(chunk.encode(), JSON))
+        except OtlpError as exc:
+            where = f"{path}" if len(chunks) == 1 else f"{path}:{lineno}"
+            raise OtlpError(f"{where}: {exc}") from None
+    return sink.add(spans)
 
 
 def otlp_app(sink: TraceSink) -> Starlette:

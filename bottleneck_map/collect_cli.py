@@ -29,11 +29,15 @@ def register(app: typer.Typer) -> None:
             0.0, "--lookback", help="Also query Prometheus this many seconds before the start."
         ),
         step: float | None = typer.Option(None, "--step", help="Prometheus query step in seconds (default: auto)."),
+        otlp_file: list[Path] = typer.Option(
+            [], "--otlp-file", help="Also ingest OTLP/JSON span files (the Collector's file exporter; repeatable)."
+        ),
     ) -> None:
         """Receive vLLM OTLP traces and pull Prometheus series into a bundle."""
         from bottleneck_map.bundle import BundleWriter
-        from bottleneck_map.collect import TraceSink, collect_meta, finish, otlp_app
+        from bottleneck_map.collect import TraceSink, add_otlp_file, collect_meta, finish, otlp_app
         from bottleneck_map.http_server import UvicornServer
+        from bottleneck_map.ingest_otlp import OtlpError
         from bottleneck_map.ingest_prometheus import PrometheusError
 
         if not 0 <= port <= 65535:
@@ -44,13 +48,23 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("must be >= 0", param_hint="--lookback")
         if step is not None and step <= 0:
             raise typer.BadParameter("must be > 0", param_hint="--step")
-        if not receive and not prometheus:
-            raise typer.BadParameter("--no-receive needs --prometheus", param_hint="--no-receive")
+        if not receive and not prometheus and not otlp_file:
+            raise typer.BadParameter("--no-receive needs --prometheus or --otlp-file", param_hint="--no-receive")
+        for f in otlp_file:
+            if not f.is_file():
+                raise typer.BadParameter(f"{f} is not a file", param_hint="--otlp-file")
         if prometheus and not prometheus.startswith(("http://", "https://")):
             raise typer.BadParameter(f"{prometheus!r} is not an http(s) URL", param_hint="--prometheus")
         writer = BundleWriter(out, collect_meta())
         sink = TraceSink(writer)
         started = time.time_ns()
+        for f in otlp_file:
+            try:
+                add_otlp_file(sink, f)
+            except (OtlpError, UnicodeDecodeError) as exc:
+                writer.close()
+                typer.echo(f"collect: {exc}", err=True)
+                raise typer.Exit(1) from None
         if receive:
             try:
                 server = UvicornServer(otlp_app(sink), host, port)

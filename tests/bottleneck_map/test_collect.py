@@ -261,3 +261,23 @@ def test_stage_child_spans_fill_exact_stamps_and_inconsistent_ones_are_left_out(
     bad = apply_stage_spans(row, [child("tokenize", 1, 250), child("stream", 10, 20)])
     assert bad.get("tokenize_start_ns") is None
     assert bad.get("first_byte_ns") is None
+
+
+def test_collect_cli_ingests_otlp_json_files(tmp_path):
+    from typer.testing import CliRunner
+
+    from bottleneck_map.cli import app
+
+    lines = tmp_path / "spans.jsonl"  # the OpenTelemetry Collector's file exporter: one request per line
+    lines.write_text(json_body(3, start=0).decode() + "\n" + json_body(2, start=3).decode() + "\n")
+    doc = tmp_path / "spans.json"
+    doc.write_text(json.dumps(json.loads(json_body(1, start=5)), indent=2))
+    out = tmp_path / "b"
+    r = CliRunner().invoke(app, ["collect", "--out", str(out), "--no-receive", "--otlp-file", str(lines),
+                                 "--otlp-file", str(doc)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert validate_bundle(out).valid and len(read_bundle(out).requests) == 6
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json_body(1).decode() + "\n{broken\n")
+    r = CliRunner().invoke(app, ["collect", "--out", str(tmp_path / "c"), "--no-receive", "--otlp-file", str(bad)])
+    assert r.exit_code == 1 and "bad.jsonl:2" in r.output
