@@ -301,6 +301,7 @@ def _signals(t, st, attr, share, sb, roof, points, lat_all, hw, samples, peaks, 
     for k in ("power_w", "power_limit_w", "temperature_c"):
         v[k] = hw.get(k)
     v["token_to_byte_s"] = _token_to_byte(t)
+    v["unattributed_share"] = share.get(attribution.UNATTRIBUTED, 0.0)
     return classify.Signals(share={c: share.get(c, 0.0) for c in CLASSES if c != "balanced"}, values=v, engine=engine)
 
 

@@ -440,13 +440,28 @@ def verdicts(sig: Signals) -> list[Verdict]:
             )
             for v in top
         ]
+        unknown = float(sig.get("unattributed_share") or 0.0)
+        if unknown > 0:
+            ev.append(
+                Evidence(
+                    "unattributed_share",
+                    unknown,
+                    "ratio",
+                    f"{_pct(unknown)} of latency (prefill and decode) cannot be attributed without step records",
+                )
+            )
+        conf = round((1 - best) * (1 - unknown), 3)
         bal = Verdict(
             cls="balanced",
-            score=round(1 - best, 3),
+            score=conf,
             share_of_latency=0.0,
-            confidence=round(1 - best, 3),
+            confidence=conf,
             evidence=ev,
-            recommendation="no single constraint dominates; scale out for more throughput, or tune for the largest share above",
+            recommendation=(
+                "collect step records (engine step tracing) to tell compute, bandwidth and host overhead apart"
+                if unknown >= 0.5
+                else "no single constraint dominates; scale out for more throughput, or tune for the largest share above"
+            ),
             knobs=[],
         )
         out.insert(0, bal)

@@ -30,7 +30,10 @@ def _headline(m: BottleneckMap) -> Text:
         return Text("no verdict: the bundle has no finished requests", style="bold yellow")
     label = top.cls.replace("_", " ")
     t = Text()
-    if top.cls == "balanced":
+    if top.cls == "balanced" and top.confidence < 0.5:
+        t.append("No confident verdict", style="bold yellow")
+        t.append(f": no class reaches its threshold and the evidence is incomplete (confidence {top.confidence:.2f})")
+    elif top.cls == "balanced":
         t.append("Balanced", style="bold green")
         t.append(f": no single constraint dominates (confidence {top.confidence:.2f})")
     else:
