@@ -116,6 +116,7 @@ class NvmlSource:
         self._next_retry = 0.0
         self._backoff = backoff_initial_s
         self._lost_indices: set[int] = set()
+        self._reported: set[tuple[int, str]] = set()  # (GPU, field or error) already logged
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> bool:
@@ -261,6 +262,11 @@ class NvmlSource:
         except self._nvml.NVMLError as exc:
             log.debug("GPU %d: %s failed this tick (%s)", dev.index, key, exc)
             return None
+        except Exception as exc:  # not an NVML error (a binding bug): this field only, logged once
+            if (dev.index, key) not in self._reported:
+                self._reported.add((dev.index, key))
+                log.exception("GPU %d: %s raised %s; not logged again", dev.index, key, type(exc).__name__)
+            return None
 
     def _scaled(self, dev: _Device, key: str, fn: Callable[..., Any], scale: float, *args: Any) -> float | None:
         value = self._query(dev, key, fn, *args)
@@ -290,7 +296,10 @@ class NvmlSource:
                 self._lost_indices.add(dev.index)
                 newly_lost = True
             except Exception as exc:  # a bug or a double misbehaving: never kill the agent
-                log.exception("GPU %d: sampling failed (%s)", dev.index, exc)
+                key = (dev.index, type(exc).__name__)
+                if key not in self._reported:
+                    self._reported.add(key)
+                    log.exception("GPU %d: sampling failed (%s); not logged again", dev.index, exc)
         if newly_lost:
             self.status.lost = True
             self._backoff = self.backoff_initial_s

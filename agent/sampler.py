@@ -27,6 +27,7 @@ log = logging.getLogger("bottleneck_map.agent")
 
 DEFAULT_INTERVAL_S = 0.1
 DEFAULT_BUFFER = 3000  # five minutes at 10 Hz
+ERROR_LOG_EVERY_S = 60.0
 
 
 class Source(Protocol):
@@ -88,6 +89,7 @@ class Sampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = False
+        self._logged: dict[str, float] = {}
 
     # -- lifecycle ------------------------------------------------------------
     def open(self) -> None:
@@ -162,7 +164,7 @@ class Sampler:
                 src.collect(sample)
             except Exception:
                 self.stats.source_errors += 1
-                log.exception("source %s failed this tick", getattr(src, "name", src))
+                self._log_error(f"source {getattr(src, 'name', src)} failed this tick")
         sample.duration_ns = now_ns() - t0
         self.stats.ticks += 1
         self.stats.last_duration_ns = sample.duration_ns
@@ -174,8 +176,15 @@ class Sampler:
                 self.writer.extend("samples", rows)
                 self.stats.rows_written += len(rows)
             except Exception:
-                log.exception("writing samples to the bundle failed")
+                self._log_error("writing samples to the bundle failed")
         return sample
+
+    def _log_error(self, message: str) -> None:
+        """Log with the traceback, at most once a minute per message (the loop runs at 10 Hz)."""
+        now = time.monotonic()
+        if now - self._logged.get(message, float("-inf")) >= ERROR_LOG_EVERY_S:
+            self._logged[message] = now
+            log.exception("%s (repeats are logged at most once a minute)", message)
 
     def _run(self) -> None:
         interval = self.interval_s

@@ -226,3 +226,20 @@ def test_close_shuts_nvml_down_and_frees_gpm_buffers(install_nvml):
     src.close()
     assert fake.calls["nvmlShutdown"] == 1
     assert len(fake.gpm_freed) == 4  # two buffers per GPU
+
+
+def test_a_non_nvml_exception_costs_one_field_and_one_log_line(install_nvml, caplog, monkeypatch):
+    fake = install_nvml(2)
+
+    def broken(handle):
+        raise ZeroDivisionError("binding bug")
+
+    monkeypatch.setattr(fake.module, "nvmlDeviceGetPowerUsage", broken)
+    caplog.set_level(logging.ERROR, "bottleneck_map.agent")
+    src = NvmlSource(gpm=False)
+    src.start()
+    for t in range(3):
+        out = src.sample(t)
+        assert [g.index for g in out] == [0, 1]
+        assert all(g.power_w is None and g.energy_j is not None for g in out)
+    assert caplog.text.count("raised ZeroDivisionError") == 2  # once per GPU

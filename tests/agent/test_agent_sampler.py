@@ -117,3 +117,14 @@ def test_importing_the_agent_has_no_side_effects():
         "assert threading.active_count() == 1, threading.enumerate()\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_failing_source_is_logged_once_not_every_tick(caplog):
+    import logging
+
+    caplog.set_level(logging.ERROR, "bottleneck_map.agent")
+    s = Sampler(interval_s=1, sources=[TickSource(fail_on={1, 2, 3, 4})])
+    for _ in range(4):
+        s.sample_once()
+    assert s.stats.source_errors == 4
+    assert caplog.text.count("source tick failed this tick") == 1
