@@ -67,6 +67,7 @@ class GenerationRequest:
     ignore_eos: bool = False
     stream: bool = False
     include_usage: bool = False
+    continuous_usage: bool = False  # vLLM's stream_options.continuous_usage_stats: usage in every chunk
     echo: bool = False
 
 
@@ -166,6 +167,7 @@ def _common(doc: Mapping[str, Any], kind: str, served_model: str) -> GenerationR
         ignore_eos=_bool(doc, "ignore_eos"),
         stream=stream,
         include_usage=bool(opts and _bool(opts, "include_usage")),
+        continuous_usage=bool(opts and _bool(opts, "continuous_usage_stats")),
     )
 
 

@@ -366,10 +366,12 @@ async def _stream_body(
             reason = _finish_reason(out, stop.stopped) if done else None
             if piece or done:
                 if chat:
-                    delta = {"content": piece} if piece else {}
-                    yield oai.sse(oai.chat_chunk(rid, model, created, delta, reason))
+                    chunk = oai.chat_chunk(rid, model, created, {"content": piece} if piece else {}, reason)
                 else:
-                    yield oai.sse(oai.completion_chunk(rid, model, created, piece, reason))
+                    chunk = oai.completion_chunk(rid, model, created, piece, reason)
+                if req.continuous_usage:
+                    chunk["usage"] = oai.usage(n_prompt, n_out)
+                yield oai.sse(chunk)
                 engine.record_delivery(rid)
                 sent.append(piece)
             if done:

@@ -103,6 +103,15 @@ def test_streaming_matches_non_streaming_and_reports_usage(client):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 12
 
 
+def test_continuous_usage_stats_put_running_usage_in_every_chunk(server):
+    body = {"model": "tiny", "prompt": "usage", "max_tokens": 4, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True}}  # fmt: skip
+    with httpx.stream("POST", server[0].url + "/v1/completions", json=body) as r:
+        docs = [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: {")]
+    counts = [d["usage"]["completion_tokens"] for d in docs]
+    assert counts == sorted(counts) and counts[-1] == 4 and all("usage" in d for d in docs)
+
+
 def test_chat_streaming(client):
     stream = client.chat.completions.create(
         model="tiny",
