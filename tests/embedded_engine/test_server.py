@@ -214,9 +214,13 @@ def test_client_disconnect_aborts_and_frees_kv_blocks(server):
     assert bm.num_used == 0 and bm.num_free == bm.num_blocks
 
 
-def test_client_leaving_a_non_streaming_request_aborts_it(server):
+def test_client_leaving_a_non_streaming_request_aborts_it(server, monkeypatch):
+    from bottleneck_map.embedded_engine.inject import Injection
+
     http, served, _, bundle = server
     before = set(records(served, bundle).index)
+    # at least 2 ms per step, so 450 tokens take far longer than the client waits
+    monkeypatch.setattr(served.state.engine, "injection", Injection(step_host_ms=2.0))
     body = {"model": "tiny", "prompt": "a long answer please", "max_tokens": 450, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(http.url + "/v1/completions", json=body, timeout=httpx.Timeout(5, read=0.3))
