@@ -43,18 +43,48 @@ class _Prefill:
 
 
 @dataclass
+class _DecodeGroup:
+    rows: torch.Tensor  # token rows of these decoding sequences (input order within the group)
+    blocks: torch.Tensor  # [n * nb] their block tables, flattened
+    length: int  # keys attended: the longest context in the group
+    mask: torch.Tensor | None  # [n, 1, 1, length] bool, True = attend; None when all lengths are equal
+
+
+@dataclass
 class AttentionPlan:
     """Per-step indexing derived once from the metadata and shared by every layer."""
 
     num_tokens: int
     slot_mapping: torch.Tensor
     block_size: int
-    decode_rows: torch.Tensor | None = None  # token rows of the decoding sequences
-    decode_tables: torch.Tensor | None = None  # [B, nb] block ids
-    decode_mask: torch.Tensor | None = None  # [B, 1, 1, nb*block_size] bool, True = attend
-    all_decode: bool = False
+    decode_groups: list[_DecodeGroup] = field(default_factory=list)
+    all_decode: bool = False  # one decode group holding every sequence, in input order
     prefills: list[_Prefill] = field(default_factory=list)
     last_rows: torch.Tensor | None = None  # row of each sequence's last token, input order
+
+
+# Decodes are padded to the longest context of their group; a new group starts when padding
+# would exceed this share of the real context blocks (at most MAX_DECODE_GROUPS groups).
+PADDING_SLACK = 1.1
+MAX_DECODE_GROUPS = 8
+
+
+def group_decodes(blocks_needed: list[int]) -> list[list[int]]:
+    """Split decode sequences (by index) into groups of similar context length."""
+    order = sorted(range(len(blocks_needed)), key=lambda i: -blocks_needed[i])
+    groups: list[list[int]] = []
+    total = 0
+    for i in order:
+        if groups and len(groups) < MAX_DECODE_GROUPS:
+            width = blocks_needed[groups[-1][0]]
+            if (len(groups[-1]) + 1) * width > PADDING_SLACK * (total + blocks_needed[i]):
+                groups.append([])
+                total = 0
+        elif not groups:
+            groups.append([])
+        groups[-1].append(i)
+        total += blocks_needed[i]
+    return [sorted(g) for g in groups]
 
 
 def plan_attention(meta: AttentionMetadata, device: torch.device) -> AttentionPlan:
@@ -67,15 +97,19 @@ def plan_attention(meta: AttentionMetadata, device: torch.device) -> AttentionPl
     plan = AttentionPlan(num_tokens=pos, slot_mapping=meta.slot_mapping.to(device), block_size=bs)
     plan.last_rows = torch.tensor([s + q - 1 for s, q in zip(starts, meta.query_lens, strict=True)], device=device)
     dec = [i for i, q in enumerate(meta.query_lens) if q == 1]
-    if dec:
-        dec_ctx = [meta.context_lens[i] for i in dec]
-        ctx = torch.tensor(dec_ctx, device=device)
-        nb = -(-max(dec_ctx) // bs)  # from the Python list: no device sync
-        plan.decode_rows = torch.tensor([starts[i] for i in dec], device=device)
-        plan.decode_tables = tables[dec, :nb] if len(dec) < len(meta.query_lens) else tables[:, :nb]
-        keys = torch.arange(nb * bs, device=device)
-        plan.decode_mask = (keys[None, :] < ctx[:, None])[:, None, None, :]
-        plan.all_decode = len(dec) == len(meta.query_lens)
+    for members in group_decodes([-(-meta.context_lens[i] // bs) for i in dec]) if dec else []:
+        seqs = [dec[m] for m in members]
+        ctx = [meta.context_lens[i] for i in seqs]
+        length = max(ctx)
+        nb = -(-length // bs)
+        mask = None
+        if min(ctx) != length:
+            mask = torch.arange(length, device=device)[None, :] < torch.tensor(ctx, device=device)[:, None]
+            mask = mask[:, None, None, :]
+        blocks = tables[seqs, :nb] if len(seqs) < len(meta.query_lens) else tables[:, :nb]
+        rows = torch.tensor([starts[i] for i in seqs], device=device)
+        plan.decode_groups.append(_DecodeGroup(rows, blocks.flatten(), length, mask))
+    plan.all_decode = len(plan.decode_groups) == 1 and len(dec) == len(meta.query_lens)
     for i, (q, c) in enumerate(zip(meta.query_lens, meta.context_lens, strict=True)):
         if q == 1:
             continue
@@ -107,10 +141,10 @@ def paged_attention(
     k_cache.view(-1, n_kv, d).index_copy_(0, plan.slot_mapping, k)
     v_cache.view(-1, n_kv, d).index_copy_(0, plan.slot_mapping, v)
     if plan.all_decode:
-        return _decode(q, k_cache, v_cache, plan, scale, n_kv, group)
+        return _decode(q, k_cache, v_cache, plan.decode_groups[0], scale)
     out = torch.empty_like(q)
-    if plan.decode_rows is not None:
-        out[plan.decode_rows] = _decode(q[plan.decode_rows], k_cache, v_cache, plan, scale, n_kv, group)
+    for g in plan.decode_groups:
+        out[g.rows] = _decode(q[g.rows], k_cache, v_cache, g, scale)
     for p in plan.prefills:
         kp = k_cache.index_select(0, p.blocks).view(-1, n_kv, d)[: p.context_len].transpose(0, 1)
         vp = v_cache.index_select(0, p.blocks).view(-1, n_kv, d)[: p.context_len].transpose(0, 1)
@@ -122,13 +156,12 @@ def paged_attention(
     return out
 
 
-def _decode(q, k_cache, v_cache, plan: AttentionPlan, scale: float, n_kv: int, group: int) -> torch.Tensor:
+def _decode(q, k_cache, v_cache, g: _DecodeGroup, scale: float) -> torch.Tensor:
     # One query per sequence: the query heads sharing a KV head become that head's "query rows",
     # so grouped-query attention needs no repeated keys or values.
-    b, d = q.shape[0], q.shape[2]
-    blocks = plan.decode_tables.flatten()  # gather each sequence's blocks, in block-table order
-    kd = k_cache.index_select(0, blocks).view(b, -1, n_kv, d).transpose(1, 2)
-    vd = v_cache.index_select(0, blocks).view(b, -1, n_kv, d).transpose(1, 2)
-    qd = q.view(b, n_kv, group, d)
-    o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=plan.decode_mask, scale=scale)
-    return o.reshape(b, n_kv * group, d)
+    b, heads, d = q.shape
+    n_kv = k_cache.shape[2]
+    kd = k_cache.index_select(0, g.blocks).view(b, -1, n_kv, d)[:, : g.length].transpose(1, 2)
+    vd = v_cache.index_select(0, g.blocks).view(b, -1, n_kv, d)[:, : g.length].transpose(1, 2)
+    o = F.scaled_dot_product_attention(q.view(b, n_kv, heads // n_kv, d), kd, vd, attn_mask=g.mask, scale=scale)
+    return o.reshape(b, heads, d)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bottleneck_map.embedded_engine.attention import AttentionMetadata, paged_attention, plan_attention
+from bottleneck_map.embedded_engine.attention import (
+    MAX_DECODE_GROUPS,
+    AttentionMetadata,
+    group_decodes,
+    paged_attention,
+    plan_attention,
+)
 
 H, KV, D, BS, NUM_BLOCKS = 4, 2, 8, 4, 64
 
@@ -64,6 +70,7 @@ def _run(query_lens, context_lens, seed=0):
         ([7], [7]),  # fresh prefill
         ([5], [18]),  # prefill chunk after a cached prefix
         ([1, 6, 1, 3], [13, 6, 4, 11]),  # mixed batch: decodes between prefill chunks
+        ([1] * 7, [8, 8, 8, 30, 31, 2, 29]),  # decodes in several length groups, one without padding
     ],
 )
 def test_matches_dense_reference(query_lens, context_lens):
@@ -81,3 +88,14 @@ def test_metadata_rejects_inconsistent_lengths():
         AttentionMetadata(torch.zeros(3, dtype=torch.long), [2], [2], torch.zeros(1, 1, dtype=torch.int32), 4)
     with pytest.raises(ValueError, match="query_len"):
         AttentionMetadata(torch.zeros(3, dtype=torch.long), [3], [2], torch.zeros(1, 1, dtype=torch.int32), 4)
+
+
+def test_decodes_are_grouped_by_context_length():
+    assert group_decodes([5, 5, 5]) == [[0, 1, 2]]  # equal lengths: one batched call
+    assert group_decodes([40, 2, 39, 2, 38]) == [[0, 2, 4], [1, 3]]  # long ones apart from short ones
+    lengths = [1 + (i * 37) % 64 for i in range(50)]
+    groups = group_decodes(lengths)
+    assert len(groups) <= MAX_DECODE_GROUPS
+    assert sorted(i for g in groups for i in g) == list(range(50))
+    padded = sum(len(g) * max(lengths[i] for i in g) for g in groups)
+    assert padded < 1.3 * sum(lengths)  # one group would pad to 64 * 50 = 1.97x
