@@ -103,8 +103,26 @@ def agent(
     logging.basicConfig(level=logging.WARNING, format="bottleneck-map agent: %(message)s")
     hostname = socket.gethostname()
     sampler = Sampler(interval_s=interval, watch_pid=watch_pid, instance=hostname)
-    sampler.open()
 
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AgentCollector(sampler, metric_names.value, hostname=hostname))
+    try:  # bind first: a busy port or a bad certificate is reported before NVML is touched
+        server = MetricsServer(
+            registry,
+            host,
+            port,
+            tls_cert=str(tls_cert) if tls_cert else None,
+            tls_key=str(tls_key) if tls_key else None,
+            basic_auth=auth,
+        )
+    except ssl.SSLError as exc:
+        raise typer.BadParameter(f"cannot load {tls_cert} with {tls_key}: {exc}", param_hint="--tls-cert") from None
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot listen on {host}:{port}: {exc}", param_hint="--port") from None
+
+    sampler.open()
     writer = None
     created = False
     if out is not None:
@@ -121,29 +139,10 @@ def agent(
                 created = True
         except (BundleError, OSError) as exc:
             sampler.stop()
+            server.stop()
             typer.echo(f"error: --out {out}: {exc}", err=True)
             raise typer.Exit(1) from None
         sampler.writer = writer
-
-    from prometheus_client import CollectorRegistry
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(AgentCollector(sampler, metric_names.value, hostname=hostname))
-    try:
-        server = MetricsServer(
-            registry,
-            host,
-            port,
-            tls_cert=str(tls_cert) if tls_cert else None,
-            tls_key=str(tls_key) if tls_key else None,
-            basic_auth=auth,
-        )
-    except OSError as exc:
-        sampler.stop()
-        if writer is not None:
-            writer.close(end_meta=created)
-        flag = "--tls-cert" if isinstance(exc, ssl.SSLError) else "--port"
-        raise typer.BadParameter(f"cannot serve on {host}:{port}: {exc}", param_hint=flag) from None
 
     stop = threading.Event()
 

@@ -143,6 +143,8 @@ class MetricsServer:
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
+        """Stop serving and close the socket (safe before ``start()``)."""
+        if self._thread.is_alive():
+            self._httpd.shutdown()
+            self._thread.join(5)
         self._httpd.server_close()
-        self._thread.join(5)

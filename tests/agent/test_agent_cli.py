@@ -126,3 +126,27 @@ def test_sigterm_stops_cleanly_and_serves_until_then(tmp_path):
             proc.kill()
         proc.wait()
     assert read_bundle(out).closed
+
+
+def test_unloadable_certificate_and_busy_port_are_usage_errors(tmp_path):
+    import socket
+
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    result = CliRunner().invoke(app, ["agent", "--port", "0", "--tls-cert", str(junk), "--tls-key", str(junk)])
+    assert result.exit_code == 2 and "--tls-cert" in result.output
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = CliRunner().invoke(app, ["agent", "--port", str(busy.getsockname()[1])])
+    assert result.exit_code == 2 and "--port" in result.output
+
+
+def test_out_with_a_corrupt_meta_json_exits_1(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "bundle").mkdir()
+    (ro / "bundle" / "meta.json").write_text("{not json")
+    result = CliRunner().invoke(app, ["agent", "--port", "0", "--out", str(ro / "bundle"), "--duration", "0.2"])
+    assert result.exit_code == 1, result.output
+    assert "--out" in result.output

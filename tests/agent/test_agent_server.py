@@ -88,3 +88,7 @@ def test_tls_serves_https_only(registry, tls_files):
 def test_tls_needs_both_files(registry, tls_files):
     with pytest.raises(ValueError):
         MetricsServer(registry, port=0, tls_cert=str(tls_files[0]))
+
+
+def test_stop_before_start_does_not_hang(registry):
+    MetricsServer(registry, port=0).stop()
