@@ -6,7 +6,6 @@ looks it up in the server's registry; an unknown id renders nothing.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from dash import Dash, Input, Output, State, dcc, html, no_update
@@ -14,8 +13,6 @@ from dash import Dash, Input, Output, State, dcc, html, no_update
 from bottleneck_map.dashboard import drilldown, layout
 from bottleneck_map.dashboard.figures_requests import waterfall_figure
 from bottleneck_map.dashboard.store import Store
-
-_RANGE_KEY = re.compile(r"^xaxis\d*\.range\[(0|1)\]$")
 
 
 def register(app: Dash, store: Store) -> None:
@@ -77,33 +74,49 @@ def register(app: Dash, store: Store) -> None:
             return html.P("That request is not in this bundle.", className="bm-empty")
         return dcc.Graph(id="waterfall-graph", figure=waterfall_figure(timeline), config=layout.GRAPH_CONFIG)
 
+    # Zoom events become a range in a store on the client; resize and hover events do not, so they
+    # never cancel a pending re-aggregation.
+    app.clientside_callback(
+        """
+        function(relayout) {
+            const nu = window.dash_clientside.no_update;
+            if (!relayout) { return nu; }
+            let lo = null, hi = null;
+            for (const [k, v] of Object.entries(relayout)) {
+                if (/^xaxis\\d*\\.autorange$/.test(k)) { return "full"; }
+                if (/^xaxis\\d*\\.range\\[0\\]$/.test(k)) { lo = v; }
+                if (/^xaxis\\d*\\.range\\[1\\]$/.test(k)) { hi = v; }
+                if (/^xaxis\\d*\\.range$/.test(k) && Array.isArray(v)) { lo = v[0]; hi = v[1]; }
+            }
+            return (typeof lo === "number" && typeof hi === "number" && hi > lo) ? [lo, hi] : nu;
+        }
+        """,
+        Output("timeline-range", "data"),
+        Input("timeline-graph", "relayoutData"),
+        prevent_initial_call=True,
+    )
+
     @app.callback(
         Output("timeline-graph", "figure"),
-        Input("timeline-graph", "relayoutData"),
+        Input("timeline-range", "data"),
         State("bundle", "value"),
         prevent_initial_call=True,
     )
-    def zoom_timeline(relayout: dict[str, Any] | None, bid: str) -> Any:
+    def zoom_timeline(x_range: Any, bid: str) -> Any:
         """Re-aggregate the dense series for the range shown (full resolution once zoomed in enough)."""
-        if not relayout:
-            return no_update
         loaded = store.get(bid)
         if loaded is None:
             return no_update
-        if any(k.endswith("autorange") for k in relayout):
+        if x_range == "full":
             return layout.timeline_figure_for(loaded)
-        bounds: dict[str, float] = {}
-        for key, value in relayout.items():
-            m = _RANGE_KEY.match(key)
-            if m and isinstance(value, (int, float)):
-                bounds[m.group(1)] = float(value)
-        if len(bounds) != 2:
-            for key, value in relayout.items():
-                if re.match(r"^xaxis\d*\.range$", key) and isinstance(value, list) and len(value) == 2:
-                    bounds = {"0": float(value[0]), "1": float(value[1])}
-        if len(bounds) != 2 or bounds["1"] <= bounds["0"]:
+        if (
+            not isinstance(x_range, list)
+            or len(x_range) != 2
+            or not all(isinstance(v, (int, float)) for v in x_range)
+            or x_range[1] <= x_range[0]
+        ):
             return no_update
-        return layout.timeline_figure_for(loaded, (bounds["0"], bounds["1"]))
+        return layout.timeline_figure_for(loaded, (float(x_range[0]), float(x_range[1])))
 
     @app.callback(
         Output("bundle-sig", "data", allow_duplicate=True),

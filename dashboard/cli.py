@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         if not window > 0:
             raise typer.BadParameter(f"{window} must be a positive number of seconds", param_hint="--window")
         slos = _parse_slo(slo)
-        console = Console(stderr=True)
+        console = Console(stderr=True, soft_wrap=True)
         from bottleneck_map.dashboard.app import create_app
         from bottleneck_map.dashboard.bundles import resolve_default
 

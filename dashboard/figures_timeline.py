@@ -81,14 +81,20 @@ def timeline_figure(
                     fig.add_trace(_line(engine["t_s"], y, label, _ENGINE_COLORS[col], _legend(r)), row=r, col=1)
             for col, label in secondary or []:
                 if col in engine and engine[col].notna().any():
+                    hit = engine[engine[col] > 0]
                     fig.add_trace(
-                        go.Bar(
-                            x=engine["t_s"],
-                            y=engine[col],
+                        go.Scattergl(
+                            x=hit["t_s"],
+                            y=hit[col],
                             name=label,
-                            marker={"color": _ENGINE_COLORS[col], "line": {"width": 0}},
+                            mode="markers",
+                            marker={
+                                "color": _ENGINE_COLORS[col],
+                                "symbol": "x-thin",
+                                "size": 7,
+                                "line": {"width": 1.5, "color": _ENGINE_COLORS[col]},
+                            },
                             legend=_legend(r),
-                            opacity=0.45,
                         ),
                         row=r,
                         col=1,
@@ -96,7 +102,9 @@ def timeline_figure(
                     )
             if secondary:
                 fig.update_yaxes(title_text="KV %", range=[0, 105], row=r, col=1, secondary_y=False)
-                fig.update_yaxes(title_text="preempted", row=r, col=1, secondary_y=True, showgrid=False)
+                fig.update_yaxes(
+                    title_text="preempted", row=r, col=1, secondary_y=True, showgrid=False, rangemode="tozero"
+                )
             r += 1
     clock_row = r
     for panel in hw_panels:

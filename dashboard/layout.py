@@ -68,6 +68,7 @@ def page(registry: BundleRegistry, store: Store, live: bool) -> html.Div:
             dcc.Loading(
                 type="dot",
                 delay_show=300,
+                target_components={"tab-content": "children"},
                 children=html.Div(id="tab-content", className="bm-content", children=view("map", loaded, store)),
             ),
             dcc.Interval(id="live-tick", interval=LIVE_INTERVAL_MS, disabled=not live),
@@ -283,6 +284,7 @@ def timeline_view(loaded: Loaded) -> html.Div:
             ),
             html.Ul([html.Li(n) for n in notes], className="bm-notes") if notes else None,
             dcc.Graph(id="timeline-graph", figure=timeline_figure_for(loaded), config=GRAPH_CONFIG),
+            dcc.Store(id="timeline-range"),
         ]
     )
 

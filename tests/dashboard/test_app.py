@@ -1,0 +1,161 @@
+"""The app over HTTP (Flask test client) and the dashboard command: security defaults, ids not paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from bottleneck_map.bundle import BundleWriter
+from bottleneck_map.dashboard.app import create_app
+from bottleneck_map.dashboard.bundles import BundleRegistry
+from bottleneck_map.dashboard.store import Store
+
+TAB_OUTPUT = "..tab-content.children...run-summary.children...bundle-sig.data.."
+
+
+@pytest.fixture(scope="module")
+def app(bundles: dict[str, Path]):  # noqa: ANN201
+    return create_app([bundles["busy"], bundles["light"]])
+
+
+def _render_tab(client: Any, tab: str, bundle_value: Any) -> Any:
+    body = {
+        "output": TAB_OUTPUT,
+        "outputs": [
+            {"id": "tab-content", "property": "children"},
+            {"id": "run-summary", "property": "children"},
+            {"id": "bundle-sig", "property": "data"},
+        ],
+        "inputs": [
+            {"id": "tabs", "property": "value", "value": tab},
+            {"id": "bundle", "property": "value", "value": bundle_value},
+            {"id": "bundle-sig", "property": "data", "value": None},
+        ],
+        "state": [{"id": "compare-store", "property": "data", "value": None}],
+        "changedPropIds": ["bundle.value"],
+    }
+    return client.post("/_dash-update-component", json=body)
+
+
+def test_debug_is_off_and_the_page_serves(app) -> None:  # noqa: ANN001
+    assert app.server.debug is False
+    client = app.server.test_client()
+    resp = client.get("/")
+    assert resp.status_code == 200
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_the_browser_sees_ids_never_paths(app, bundles: dict[str, Path]) -> None:  # noqa: ANN001
+    layout = app.server.test_client().get("/_dash-layout").get_data(as_text=True)
+    for p in bundles.values():
+        assert str(p) not in layout and str(p.resolve()) not in layout
+    store: Store = app.server.config["BMAP_STORE"]
+    ids = {e.id for e in store.registry.entries()}
+    assert all(f'"{i}"' in layout for i in ids)
+
+
+@pytest.mark.parametrize("value", ["/etc", "../../etc/passwd", "busy", None, 7])
+def test_a_path_or_unknown_id_from_the_browser_opens_nothing(app, bundles: dict[str, Path], value: Any) -> None:  # noqa: ANN001
+    value = str(bundles["busy"]) if value == "busy" else value
+    resp = _render_tab(app.server.test_client(), "map", value)
+    assert resp.status_code == 200
+    text = resp.get_data(as_text=True)
+    assert "This bundle is not available." in text
+    assert "map-graph" not in text
+
+
+def test_a_known_id_renders_the_view(app) -> None:  # noqa: ANN001
+    store: Store = app.server.config["BMAP_STORE"]
+    bid = store.registry.entries()[1].id
+    resp = _render_tab(app.server.test_client(), "timeline", bid)
+    assert resp.status_code == 200
+    assert "timeline-graph" in resp.get_data(as_text=True)
+
+
+def test_assets_do_not_leave_their_folder(app) -> None:  # noqa: ANN001
+    client = app.server.test_client()
+    assert client.get("/assets/bottleneck-map.css").status_code == 200
+    for url in ("/assets/../app.py", "/assets/..%2fapp.py", "/assets/%2e%2e/%2e%2e/pyproject.toml"):
+        assert client.get(url).status_code == 404, url
+
+
+def test_first_view_is_compressed(app) -> None:  # noqa: ANN001
+    client = app.server.test_client()
+    page = client.get("/")
+    js = [
+        line.split('src="')[1].split('"')[0] for line in page.get_data(as_text=True).split("<script") if 'src="' in line
+    ]
+    resp = client.get(js[0], headers={"Accept-Encoding": "gzip, br"})
+    assert resp.headers.get("Content-Encoding") in ("gzip", "br")
+
+
+def test_live_store_reanalyses_when_the_bundle_grows(bundles: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    path = tmp_path / "growing"
+    shutil.copytree(bundles["light"], path)
+    store = Store(BundleRegistry([path]), live=True)
+    bid = store.registry.default.id
+    first = store.get(bid)
+    assert store.get(bid) is first, "unchanged bundle: cached"
+    row = first.tables.requests.slice(0, 1).to_pylist()[0]
+    row["request_id"] = "req-extra"
+    with BundleWriter(path, None) as w:
+        w.add_request(row)
+    second = store.get(bid)
+    assert second is not first
+    assert second.tables.requests.num_rows == first.tables.requests.num_rows + 1
+    static = Store(BundleRegistry([path]), live=False)
+    assert static.get(bid) is static.get(bid)
+
+
+def _run_cli(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> tuple[Any, dict[str, Any]]:
+    import dash
+
+    from bottleneck_map.cli import app as cli
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(dash.Dash, "run", lambda self, **kw: seen.update(kw))
+    return CliRunner().invoke(cli, ["dashboard", *args]), seen
+
+
+def test_cli_binds_loopback_without_debug_by_default(monkeypatch: pytest.MonkeyPatch, bundles: dict[str, Path]) -> None:
+    result, seen = _run_cli(monkeypatch, [str(bundles["busy"])])
+    assert result.exit_code == 0, result.output
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 8050 and seen["debug"] is False
+
+
+def test_cli_usage_errors_name_the_flag(monkeypatch: pytest.MonkeyPatch, bundles: dict[str, Path]) -> None:
+    for args, flag in (
+        (["--port", "70000"], "--port"),
+        (["--slo", "ttft=fast"], "--slo"),
+        (["--window", "0"], "--window"),
+    ):
+        result, _ = _run_cli(monkeypatch, [str(bundles["busy"]), *args])
+        assert result.exit_code == 2, result.output
+        assert flag in result.output
+
+
+def test_cli_bad_bundle_exits_1_with_a_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    result, seen = _run_cli(monkeypatch, [str(tmp_path)])
+    assert result.exit_code == 1
+    assert "not a bundle" in result.output and not seen
+    assert "Traceback" not in result.output
+
+
+def test_cli_default_opens_the_newest_run(
+    monkeypatch: pytest.MonkeyPatch, bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    runs = tmp_path / "bmap-runs"
+    shutil.copytree(bundles["light"], runs / "r1")
+    monkeypatch.chdir(tmp_path)
+    result, seen = _run_cli(monkeypatch, [])
+    assert result.exit_code == 0, result.output
+    assert "r1" in result.output and seen["host"] == "127.0.0.1"
+    json.loads((runs / "r1" / "meta.json").read_text())

@@ -1,0 +1,136 @@
+"""Figures and drill-down over a real analysis of a synthetic bundle (no browser)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bottleneck_map.dashboard import drilldown, layout
+from bottleneck_map.dashboard.bundles import BundleRegistry
+from bottleneck_map.dashboard.figures_latency import cdf_points
+from bottleneck_map.dashboard.figures_map import map_figure
+from bottleneck_map.dashboard.figures_requests import waterfall_figure
+from bottleneck_map.dashboard.store import Loaded, Store
+
+
+@pytest.fixture(scope="module")
+def store(bundles: dict[str, Path]) -> Store:
+    return Store(BundleRegistry([bundles["busy"], bundles["light"]]), slo={"ttft": 0.05})
+
+
+@pytest.fixture(scope="module")
+def busy(store: Store) -> Loaded:
+    return store.get(store.registry.entries()[0].id)
+
+
+def test_map_follows_the_flow_and_the_analyzers_shares(busy: Loaded) -> None:
+    fig = map_figure(busy.bmap)
+    trace = fig.data[0]
+    groups = [label for label, parent in zip(trace.labels, trace.parents, strict=True) if parent == "root"]
+    order = [g.split(". ")[1] for g in groups]
+    flow = ["tokenize", "queue", "prefill", "decode", "streaming"]
+    assert order == [g for g in flow if g in order], "groups appear in the order a request meets them"
+    shares = {s.stage: s.share for s in busy.bmap.stages}
+    values = dict(zip(trace.ids, trace.values, strict=True))
+    queue_id = next(i for i in trace.ids if i.endswith("/queue"))
+    assert values[queue_id] == pytest.approx(shares["queue"] * 100)
+    assert trace.sort is False
+
+
+def test_requests_table_pages_sorts_and_filters_on_the_server(busy: Loaded) -> None:
+    frame = drilldown.requests_table(busy)
+    assert len(frame) == busy.tables.requests.num_rows
+    stage_cols = [c for c in frame.columns if c.endswith("_s") and c not in ("ttft_s", "tpot_s", "e2e_s", "arrival_s")]
+    ok = frame[frame["ok"]]
+    assert np.allclose(ok[stage_cols].sum(axis=1), ok["e2e_s"], rtol=0.01), "the analyzer's stages add up to E2E"
+    first = drilldown.page(
+        frame,
+        {"startRow": 0, "endRow": 50, "sortModel": [{"colId": "e2e_s", "sort": "desc"}]},
+        drilldown.REQUEST_COLUMNS,
+    )
+    assert len(first["rowData"]) == 50 and first["rowCount"] == len(frame)
+    e2e = [r["e2e_s"] for r in first["rowData"]]
+    assert e2e == sorted(e2e, reverse=True) and e2e[0] == pytest.approx(frame["e2e_s"].max(), abs=1e-6)
+    rag = drilldown.page(
+        frame,
+        {
+            "startRow": 0,
+            "endRow": 1000,
+            "filterModel": {
+                "workload_class": {"filterType": "text", "type": "equals", "filter": "rag"},
+                "prompt_tokens": {"filterType": "number", "type": "greaterThan", "filter": 500},
+            },
+        },
+        drilldown.REQUEST_COLUMNS,
+    )
+    expect = frame[(frame["workload_class"] == "rag") & (frame["prompt_tokens"] > 500)]
+    assert rag["rowCount"] == len(expect) > 0
+    assert {r["request_id"] for r in rag["rowData"]} == set(expect["request_id"])
+    either = drilldown.apply_filter(
+        frame,
+        {
+            "workload_class": {
+                "filterType": "text",
+                "operator": "OR",
+                "conditions": [{"type": "equals", "filter": "rag"}, {"type": "equals", "filter": "agentic"}],
+            }
+        },
+    )
+    assert set(either["workload_class"]) == {"rag", "agentic"}
+    assert drilldown.apply_filter(frame, {"no_such_column": {"type": "equals", "filter": "x"}}).equals(frame)
+
+
+def test_request_timeline_joins_lifecycle_and_steps(busy: Loaded) -> None:
+    frame = drilldown.requests_table(busy)
+    rid = frame.loc[frame["preemptions"].idxmax(), "request_id"]
+    tl = drilldown.request_timeline(busy, rid)
+    assert tl is not None and tl.request_id == rid
+    stages = list(tl.intervals["stage"])
+    assert stages[:3] == ["receive", "tokenize", "queue"] and "decode" in stages and "preempted" in stages
+    steps = busy.tables.steps.to_pandas()
+    member = steps[steps["request_ids"].apply(lambda ids: rid in list(ids))]
+    assert len(tl.steps) == len(member), "every step that carried the request, no other"
+    assert (
+        tl.steps["is_prefill"].any()
+        and (~tl.steps["is_prefill"]).sum() >= frame.loc[frame["request_id"] == rid, "output_tokens"].iloc[0] - 1
+    )
+    fig = waterfall_figure(tl)
+    names = [t.name for t in fig.data]
+    assert "queue" in names and any(n.startswith("decode steps") for n in names)
+    assert drilldown.request_timeline(busy, "no-such-request") is None
+
+
+def test_cdf_points_are_bounded_and_monotone() -> None:
+    x, p = cdf_points(np.random.default_rng(0).exponential(size=100_000))
+    assert len(x) == 300 and np.all(np.diff(x) >= 0) and p[0] == 0 and p[-1] == 1
+    x, p = cdf_points(np.array([3.0, np.nan, 1.0, 2.0]))
+    assert x.tolist() == [1.0, 2.0, 3.0] and p.tolist() == pytest.approx([1 / 3, 2 / 3, 1.0])
+
+
+@pytest.mark.parametrize("tab", [t for t, _ in layout.TABS])
+def test_every_view_renders_for_a_bundle_without_samples_or_steps(
+    tab: str, busy: Loaded, store: Store, tmp_path_factory
+) -> None:  # noqa: ANN001
+    """An ingested bundle has requests only: each view says what it lacks instead of failing."""
+    import shutil
+
+    from bottleneck_map.bundle import BundleWriter, read_bundle
+
+    root = tmp_path_factory.mktemp("reqonly")
+    path = root / "b"
+    meta = dict(read_bundle(busy.entry.path).meta)
+    meta["capabilities"] = {"steps": False, "samples": False, "streaming": True}
+    with BundleWriter(path, meta) as w:
+        for row in busy.tables.requests.slice(0, 50).to_pylist():
+            w.add_request(row)
+    shutil.rmtree(path / "steps")
+    s = Store(BundleRegistry([path]))
+    loaded = s.get(s.registry.default.id)
+    view = layout.view(tab, loaded, s)
+    text = str(view.to_plotly_json())
+    if tab == "timeline":
+        assert "no engine steps" in text and "Not in this bundle" in text
+    if tab == "roofline":
+        assert "no engine steps" in text
