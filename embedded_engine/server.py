@@ -106,9 +106,11 @@ class EngineLoop:
                     engine.step()
                 else:
                     engine.wait_for_work(0.02)
-            except Exception as exc:  # a failed step fails its requests, not the server
+            except Exception as exc:  # a failed step fails its requests and marks the server unhealthy
                 log.error("engine step failed:\n%s", traceback.format_exc())
-                self._fail_all(f"engine error: {exc}")
+                self.error = f"engine error: {exc}"
+                self._fail_all(self.error)
+                self._stop.wait(0.5)  # no hot loop of failing steps
             self._complete_detached()
         self._complete_detached()
 
@@ -125,7 +127,7 @@ class EngineLoop:
                 pass
 
     def _fail_all(self, message: str) -> None:
-        for st in list(self._streams.values()):
+        for st in self._streams.copy().values():  # copy: the event loop adds and removes streams
             st.loop.call_soon_threadsafe(st.queue.put_nowait, RuntimeError(message))
             self.engine.abort(st.request_id)
 

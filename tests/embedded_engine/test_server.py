@@ -328,3 +328,28 @@ def test_metrics_include_the_agent_when_it_samples_in_process(tiny, tmp_path):
     assert {"vllm:num_requests_running", "bmap_host_cpu_utilization_ratio", "bmap_process_cpu_ratio"} <= names
     samples = read_bundle(tmp_path / "bundle").samples
     assert len(samples) >= 2 and (samples["instance"] == "agent-0").all()
+
+
+def test_a_failing_engine_step_fails_its_requests_and_health(tiny, monkeypatch):
+    served = build_server(
+        model="tiny",
+        loaded=tiny,
+        engine_config=EngineConfig(device="cpu", max_num_seqs=4, num_kv_blocks=64, max_model_len=256),
+        instance="broken-0",
+        measure_device=False,
+    )
+    engine = served.state.engine
+
+    def broken_step():
+        raise RuntimeError("device fell off the bus")
+
+    monkeypatch.setattr(engine, "step", broken_step)
+    try:
+        with UvicornServer(served.app) as http:
+            r = httpx.post(http.url + "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 3})
+            assert r.status_code == 500 and "device fell off the bus" in r.json()["error"]["message"]
+            assert httpx.get(http.url + "/health").status_code == 503
+            again = httpx.post(http.url + "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 3})
+            assert again.status_code == 503 and again.json()["error"]["type"] == "ServiceUnavailableError"
+    finally:
+        served.close()
