@@ -4,8 +4,9 @@ GPM metrics are computed by NVML from two samples taken at different times. A
 :class:`GpmReader` owns two sample buffers and alternates them: each read fills
 the older buffer and asks ``nvmlGpmMetricsGet`` for the metrics between the
 previous sample and the new one. Samples are taken at least ``min_spacing_ns``
-(100 ms) apart; a read that comes sooner returns the previous values without
-touching the hardware. Every metric's own ``nvmlReturn`` is checked: a metric
+(100 ms) apart: a read up to 5 ms early waits the difference out, one that
+comes sooner returns the previous values (``fresh`` False) without touching
+the hardware. Every metric's own ``nvmlReturn`` is checked: a metric
 that is not supported is dropped for good, any other failure leaves it absent
 for that read only.
 """
@@ -24,6 +25,7 @@ log = logging.getLogger("bottleneck_map.agent")
 MIB = 1024 * 1024
 _get = object.__getattribute__
 MIN_SPACING_NS = 100_000_000
+MAX_WAIT_NS = 5_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +67,15 @@ class GpmReader:
         handle: Any,
         *,
         min_spacing_ns: int = MIN_SPACING_NS,
+        max_wait_ns: int = MAX_WAIT_NS,
         clock_ns: Callable[[], int] = time.monotonic_ns,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.nvml = nvml
         self._clock_ns = clock_ns
+        self._sleep = sleep
+        self.max_wait_ns = max_wait_ns
+        self.fresh = False  # whether the last read() took a new sample
         self.handle = handle
         self.min_spacing_ns = min_spacing_ns
         self.metrics = [m for m in GPM_METRICS if hasattr(nvml, m.constant)]
@@ -86,9 +93,18 @@ class GpmReader:
         The first call only takes the first sample and returns ``{}``. The time
         of a sample is taken after ``nvmlGpmSampleGet`` returns and compared with
         the time before the next one, so real spacing is never under the minimum.
+        A read that comes less than ``max_wait_ns`` early (timer jitter at a 0.1 s
+        interval) waits out the difference; one that comes earlier returns the
+        previous values with ``fresh`` False.
         """
-        if self._prev_ns is not None and self._clock_ns() - self._prev_ns < self.min_spacing_ns:
-            return dict(self._values)
+        if self._prev_ns is not None:
+            early = self.min_spacing_ns - (self._clock_ns() - self._prev_ns)
+            if early > self.max_wait_ns:
+                self.fresh = False
+                return dict(self._values)
+            if early > 0:
+                self._sleep(early / 1e9)
+        self.fresh = True
         nxt = 1 - self._prev
         self.nvml.nvmlGpmSampleGet(self.handle, self._buffers[nxt])
         taken_ns = self._clock_ns()

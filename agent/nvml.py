@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from bottleneck_map.agent.gpm import GpmReader, gpm_supported
+from bottleneck_map.agent.gpm import GPM_METRICS, GpmReader, gpm_supported
 from bottleneck_map.agent.sample import GpuSample, Sample
 
 log = logging.getLogger("bottleneck_map.agent")
@@ -39,6 +39,7 @@ MHZ = 1_000_000
 SLOW_INTERVAL_S = 1.0
 # read once per SLOW_INTERVAL_S and carried over in between (listed in GpuSample.stale)
 SLOW_GPU_FIELDS = frozenset({"temperature_c", "power_limit_w", "proc_gpu_mem_bytes", "proc_gpu_util_ratio"})
+GPM_FIELDS = frozenset(m.field for m in GPM_METRICS)
 
 
 def _text(value: Any) -> str:
@@ -398,6 +399,8 @@ class NvmlSource:
             return
         for name, value in values.items():
             setattr(g, name, value)
+        if not dev.gpm.fresh:
+            g.stale = g.stale | GPM_FIELDS
 
 
 def _text_of(fn: Callable[[Any], Any]) -> Callable[[Any], str]:

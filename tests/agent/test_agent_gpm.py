@@ -20,7 +20,7 @@ def _reader(install_nvml, clock, gpu=None):
     m = fake.module
     m.nvmlInit()
     handle = m.nvmlDeviceGetHandleByIndex(0)
-    return fake, GpmReader(m, handle, clock_ns=clock.ns)
+    return fake, GpmReader(m, handle, clock_ns=clock.ns, sleep=clock.advance)
 
 
 def test_buffers_alternate_and_metrics_come_in_base_units(install_nvml, clock):
@@ -54,11 +54,15 @@ def test_reads_sooner_than_100ms_reuse_values_without_sampling(install_nvml, clo
     first = r.read()
     n = fake.calls["nvmlGpmSampleGet"]
     clock.advance(0.06)
-    assert r.read() == first
+    assert r.read() == first and not r.fresh  # 40 ms early: previous values
     assert fake.calls["nvmlGpmSampleGet"] == n
-    clock.advance(0.05)  # 110 ms after the last sample
+    clock.advance(0.037)  # 3 ms early: waits it out, then samples
     r.read()
-    assert fake.calls["nvmlGpmSampleGet"] == n + 1
+    assert r.fresh and fake.calls["nvmlGpmSampleGet"] == n + 1
+    assert fake.gpm_metrics_log[-1][-1] == 100 * MS
+    clock.advance(0.11)
+    r.read()
+    assert fake.calls["nvmlGpmSampleGet"] == n + 2
     assert all(dt >= 100 * MS for *_, dt in fake.gpm_metrics_log)
 
 
@@ -111,3 +115,5 @@ def test_sampler_at_10hz_keeps_gpm_samples_100ms_apart(install_nvml):
         assert min(b - a for a, b in zip(times, times[1:], strict=False)) >= 100 * MS
     last = sampler.latest().gpus[0]
     assert last.gpm_dram_bw_util_ratio == pytest.approx(0.7)
+    fresh = [not (s.gpus[0].stale & {"gpm_dram_bw_util_ratio"}) for s in sampler.samples()[1:]]
+    assert sum(fresh) >= 0.5 * len(fresh)  # timer jitter is waited out: most ticks get a new GPM reading
