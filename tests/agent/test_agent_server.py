@@ -92,3 +92,21 @@ def test_tls_needs_both_files(registry, tls_files):
 
 def test_stop_before_start_does_not_hang(registry):
     MetricsServer(registry, port=0).stop()
+
+
+def test_ipv6_loopback_when_available(registry):
+    import socket
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 support in this Python build")
+    try:
+        server = MetricsServer(registry, host="::1", port=0)
+    except OSError as exc:
+        pytest.skip(f"IPv6 loopback not available here: {exc}")
+    server.start()
+    try:
+        assert server.url.startswith("http://[::1]:")
+        status, body = get(server.url)
+        assert status == 200 and "bmap_host_cpu_utilization_ratio" in body
+    finally:
+        server.stop()
