@@ -12,13 +12,6 @@ from fake_pynvml import GIB, FakeGpu
 
 from bottleneck_map.agent.nvml import NvmlSource
 
-NS = 1_000_000_000
-
-
-def _source(clock=None, **kw) -> NvmlSource:
-    src = NvmlSource(clock=clock, **kw) if clock is not None else NvmlSource(**kw)
-    return src
-
 
 def test_values_are_mapped_and_converted_to_base_units(install_nvml):
     install_nvml([FakeGpu(name="NVIDIA H100 80GB HBM3", uuid="GPU-abc", bus_id=b"00000000:17:00.0")])
