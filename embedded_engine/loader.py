@@ -111,7 +111,10 @@ def _load_checkpoint(path: Path, dev: torch.device, dtype: str) -> LoadedModel:
     except (KeyError, TypeError, ValueError) as e:
         what = f"missing key {e}" if isinstance(e, KeyError) else str(e)
         raise CheckpointError(f"{path / 'config.json'}: {what}") from e
-    tokenizer = Tokenizer.from_dir(path, cfg.eos_token_ids)
+    try:
+        tokenizer = Tokenizer.from_dir(path, cfg.eos_token_ids)
+    except Exception as e:  # tokenizers raises plain Exceptions for malformed files
+        raise CheckpointError(f"cannot read the tokenizer in {path}: {e}") from e
     eos_id = tokenizer.backend.token_to_id(tokenizer.special_tokens.get("eos_token", ""))
     if not cfg.eos_token_ids and eos_id is not None and eos_id < cfg.vocab_size:
         cfg = cfg.with_eos((eos_id,))  # neither config nor generation_config names one

@@ -99,6 +99,8 @@ def test_eos_falls_back_to_the_tokenizer_config(tmp_path):
         (lambda p: (p / "tokenizer.json").unlink(), "missing tokenizer.json"),
         (lambda p: (p / "model.safetensors").unlink(), "missing model.safetensors"),
         (lambda p: (p / "config.json").write_text("{"), "not valid JSON"),
+        (lambda p: (p / "tokenizer.json").write_text("{}"), "cannot read the tokenizer"),
+        (lambda p: (p / "tokenizer_config.json").write_text("{"), "cannot read the tokenizer"),
         (
             lambda p: (p / "config.json").write_text(json.dumps({**CONFIG, "architectures": ["GPT2LMHeadModel"]})),
             "unsupported architecture 'GPT2LMHeadModel'",
