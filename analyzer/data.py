@@ -57,12 +57,8 @@ def load(bundle_or_path: Bundle | Tables | str | os.PathLike[str]) -> Tables:
         meta=bundle.meta,
         path=str(bundle.path),
         warnings=list(bundle.warnings),
-        **{k: _combine(v) for k, v in tables.items()},
+        **tables,
     )
-
-
-def _combine(t: pa.Table) -> pa.Table:
-    return t.combine_chunks() if t.num_rows else t
 
 
 def ns(table: pa.Table, name: str) -> np.ndarray:
@@ -94,19 +90,15 @@ def to_np(arr: pa.Array | pa.ChunkedArray, fill: Any, dtype: Any) -> np.ndarray:
 
 def flat_list(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Flatten a list column: (values, parent row index)."""
-    col = table.column(name)
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
+    col = table.column(name)  # chunked: parent indices are global across chunks
     if not len(col):
         return np.empty(0), np.empty(0, np.int64)
     values = pc.list_flatten(col)
-    parent = pc.list_parent_indices(col).to_numpy().astype(np.int64, copy=False)
+    parent = to_np(pc.list_parent_indices(col), 0, np.int64)
     return values, parent
 
 
 def flat_values(table: pa.Table, name: str) -> pa.Array:
     """The flattened values of a list column (no parent indices)."""
     col = table.column(name)
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
     return pc.list_flatten(col) if len(col) else pa.array([], col.type.value_type)
