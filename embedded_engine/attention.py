@@ -75,13 +75,14 @@ def group_decodes(blocks_needed: list[int]) -> list[list[int]]:
     groups: list[list[int]] = []
     total = 0
     for i in order:
-        if groups and len(groups) < MAX_DECODE_GROUPS:
-            width = blocks_needed[groups[-1][0]]
-            if (len(groups[-1]) + 1) * width > PADDING_SLACK * (total + blocks_needed[i]):
+        if not groups:
+            groups.append([])
+        elif len(groups) < MAX_DECODE_GROUPS:
+            group = groups[-1]  # its first member is its longest
+            padded = (len(group) + 1) * blocks_needed[group[0]]
+            if padded > PADDING_SLACK * (total + blocks_needed[i]):
                 groups.append([])
                 total = 0
-        elif not groups:
-            groups.append([])
         groups[-1].append(i)
         total += blocks_needed[i]
     return [sorted(g) for g in groups]
