@@ -31,6 +31,7 @@ def create_app(
     slo: Mapping[str, float] | None = None,
     store: Store | None = None,
     warm: bool = True,
+    live_interval_ms: int = layout.LIVE_INTERVAL_MS,
 ) -> dash.Dash:
     """A Dash app over ``bundles`` (a registry, or bundle paths; runs under ``runs_dir`` are added).
 
@@ -49,7 +50,7 @@ def create_app(
         serve_locally=True,
         compress=_can_compress(),
     )
-    app.layout = lambda: layout.page(registry, store, live)
+    app.layout = lambda: layout.page(registry, store, live, live_interval_ms)
     callbacks.register(app, store)
     _harden(app.server)
     app.server.config["BMAP_STORE"] = store

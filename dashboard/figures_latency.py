@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -86,11 +85,20 @@ def latency_figure(
     for j, (key, label) in enumerate(METRICS):
         r, c = j // 2 + 1, j % 2 + 1
         if key in slo:
-            fig.add_vline(
-                x=math.log10(slo[key] * 1e3),  # shapes on a log axis take log10 coordinates
-                line={"color": "#E45756", "dash": "dash", "width": 2},
-                annotation_text=f"SLO {fmt_s(slo[key])}",
-                annotation_position="top left",
+            # a trace, not a shape: on log axes plotly.js places shapes and annotations differently
+            fig.add_trace(
+                go.Scatter(
+                    x=[slo[key] * 1e3] * 2,
+                    y=[0, 1],
+                    mode="lines+text",
+                    text=[f" SLO {fmt_s(slo[key])}", ""],
+                    textposition="top right",
+                    textfont={"color": "#E45756"},
+                    line={"color": "#E45756", "dash": "dash", "width": 2},
+                    name=f"SLO {label}",
+                    showlegend=False,
+                    hovertemplate=f"{label} SLO {fmt_s(slo[key])}<extra></extra>",
+                ),
                 row=r,
                 col=c,
             )

@@ -84,11 +84,18 @@ def roofline_figure(per_step: pd.DataFrame, peaks: Any, points: Sequence[Any] = 
                 hoverinfo="skip",
             )
         )
-        fig.add_vline(
-            x=np.log10(ridge),  # shapes on a log axis take log10 coordinates
-            line={"dash": "dot", "color": "#888"},
-            annotation_text=f"ridge {ridge:.0f} FLOP/B",
-            annotation_position="bottom right",
+        fig.add_trace(
+            go.Scatter(
+                x=[ridge],
+                y=[flops],
+                mode="markers+text",
+                text=[f"ridge {ridge:.0f} FLOP/B"],
+                textposition="bottom right",
+                marker={"symbol": "line-ns-open", "size": 18, "color": "#555", "line": {"width": 2}},
+                name="ridge point",
+                showlegend=False,
+                hovertemplate="ridge point: %{x:.0f} FLOP/B<br>left of it memory-bound, right of it compute-bound<extra></extra>",
+            )
         )
     title = f"Roofline of {getattr(peaks, 'name', 'the device')}"
     base_layout(fig, height=560, title=title)

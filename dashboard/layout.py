@@ -29,7 +29,7 @@ GRAPH_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions"
 LIVE_INTERVAL_MS = 3000
 
 
-def page(registry: BundleRegistry, store: Store, live: bool) -> html.Div:
+def page(registry: BundleRegistry, store: Store, live: bool, interval_ms: int = LIVE_INTERVAL_MS) -> html.Div:
     """The whole page; the first view (the map of the default bundle) is rendered in place so it
     shows without waiting for a callback."""
     default = registry.default
@@ -71,7 +71,7 @@ def page(registry: BundleRegistry, store: Store, live: bool) -> html.Div:
                 target_components={"tab-content": "children"},
                 children=html.Div(id="tab-content", className="bm-content", children=view("map", loaded, store)),
             ),
-            dcc.Interval(id="live-tick", interval=LIVE_INTERVAL_MS, disabled=not live),
+            dcc.Interval(id="live-tick", interval=interval_ms, disabled=not live),
             dcc.Store(id="bundle-sig", data=None if loaded is None else repr(loaded.signature)),
             dcc.Store(id="compare-store"),
         ],
