@@ -61,6 +61,8 @@ class AttentionPlan:
     all_decode: bool = False  # one decode group holding every sequence, in input order
     prefills: list[_Prefill] = field(default_factory=list)
     last_rows: torch.Tensor | None = None  # row of each sequence's last token, input order
+    gather_blocks: int = 0  # the most blocks one attention call gathers this step
+    workspace: list[torch.Tensor] = field(default_factory=list)  # K and V gather buffers (>= gather_blocks)
 
 
 # Decodes are padded to the longest context of their group; a new group starts when padding
@@ -111,6 +113,7 @@ def plan_attention(meta: AttentionMetadata, device: torch.device) -> AttentionPl
         rows = torch.tensor([starts[i] for i in seqs], device=device)
         plan.decode_groups.append(_DecodeGroup(rows, blocks.flatten(), length, mask))
     plan.all_decode = len(plan.decode_groups) == 1 and len(dec) == len(meta.query_lens)
+    plan.gather_blocks = max((len(g.blocks) for g in plan.decode_groups), default=0)
     for i, (q, c) in enumerate(zip(meta.query_lens, meta.context_lens, strict=True)):
         if q == 1:
             continue
@@ -120,7 +123,36 @@ def plan_attention(meta: AttentionMetadata, device: torch.device) -> AttentionPl
             rows = torch.arange(q, device=device)[:, None] + cached
             mask = torch.arange(c, device=device)[None, :] <= rows
         plan.prefills.append(_Prefill(starts[i], starts[i] + q, tables[i, : -(-c // bs)], c, mask))
+        plan.gather_blocks = max(plan.gather_blocks, len(plan.prefills[-1].blocks))
     return plan
+
+
+def ensure_workspace(plan: AttentionPlan, buffers: list[torch.Tensor], cache: torch.Tensor) -> list[torch.Tensor]:
+    """Give ``plan`` K/V gather buffers from ``buffers`` (grown if too small); returns the buffers to keep.
+
+    Gathering into buffers kept across layers and steps, instead of fresh tensors, avoids the page
+    faults of large new allocations, which on CPU cost as much as the gather itself.
+    """
+    if plan.gather_blocks == 0:
+        return buffers
+    shape = cache.shape[1:]
+    if (
+        not buffers
+        or buffers[0].shape[0] < plan.gather_blocks
+        or buffers[0].shape[1:] != shape
+        or (buffers[0].dtype != cache.dtype or buffers[0].device != cache.device)
+    ):
+        rows = max(plan.gather_blocks, int(1.25 * buffers[0].shape[0]) if buffers else 0)
+        buffers = [cache.new_empty((rows, *shape)) for _ in range(2)]
+    plan.workspace = buffers
+    return buffers
+
+
+def _gather(cache: torch.Tensor, blocks: torch.Tensor, plan: AttentionPlan, which: int) -> torch.Tensor:
+    """``cache[blocks]``, written into the plan's workspace when it has one."""
+    if not plan.workspace:
+        return cache.index_select(0, blocks)
+    return torch.index_select(cache, 0, blocks, out=plan.workspace[which][: len(blocks)])
 
 
 def paged_attention(
@@ -142,13 +174,13 @@ def paged_attention(
     k_cache.view(-1, n_kv, d).index_copy_(0, plan.slot_mapping, k)
     v_cache.view(-1, n_kv, d).index_copy_(0, plan.slot_mapping, v)
     if plan.all_decode:
-        return _decode(q, k_cache, v_cache, plan.decode_groups[0], scale)
+        return _decode(q, k_cache, v_cache, plan.decode_groups[0], plan, scale)
     out = torch.empty_like(q)
     for g in plan.decode_groups:
-        out[g.rows] = _decode(q[g.rows], k_cache, v_cache, g, scale)
+        out[g.rows] = _decode(q[g.rows], k_cache, v_cache, g, plan, scale)
     for p in plan.prefills:
-        kp = k_cache.index_select(0, p.blocks).view(-1, n_kv, d)[: p.context_len].transpose(0, 1)
-        vp = v_cache.index_select(0, p.blocks).view(-1, n_kv, d)[: p.context_len].transpose(0, 1)
+        kp = _gather(k_cache, p.blocks, plan, 0).view(-1, n_kv, d)[: p.context_len].transpose(0, 1)
+        vp = _gather(v_cache, p.blocks, plan, 1).view(-1, n_kv, d)[: p.context_len].transpose(0, 1)
         qp = q[p.start : p.end].transpose(0, 1)
         o = F.scaled_dot_product_attention(
             qp, kp, vp, attn_mask=p.mask, is_causal=p.mask is None, scale=scale, enable_gqa=group > 1
@@ -157,12 +189,12 @@ def paged_attention(
     return out
 
 
-def _decode(q, k_cache, v_cache, g: _DecodeGroup, scale: float) -> torch.Tensor:
+def _decode(q, k_cache, v_cache, g: _DecodeGroup, plan: AttentionPlan, scale: float) -> torch.Tensor:
     # One query per sequence: the query heads sharing a KV head become that head's "query rows",
     # so grouped-query attention needs no repeated keys or values.
     b, heads, d = q.shape
     n_kv = k_cache.shape[2]
-    kd = k_cache.index_select(0, g.blocks).view(b, -1, n_kv, d)[:, : g.length].transpose(1, 2)
-    vd = v_cache.index_select(0, g.blocks).view(b, -1, n_kv, d)[:, : g.length].transpose(1, 2)
+    kd = _gather(k_cache, g.blocks, plan, 0).view(b, -1, n_kv, d)[:, : g.length].transpose(1, 2)
+    vd = _gather(v_cache, g.blocks, plan, 1).view(b, -1, n_kv, d)[:, : g.length].transpose(1, 2)
     o = F.scaled_dot_product_attention(q.view(b, n_kv, heads // n_kv, d), kd, vd, attn_mask=g.mask, scale=scale)
     return o.reshape(b, heads, d)

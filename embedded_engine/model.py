@@ -13,7 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bottleneck_map.embedded_engine.attention import AttentionMetadata, paged_attention, plan_attention
+from bottleneck_map.embedded_engine.attention import (
+    AttentionMetadata,
+    ensure_workspace,
+    paged_attention,
+    plan_attention,
+)
 from bottleneck_map.embedded_engine.kv_cache import KVCache
 from bottleneck_map.embedded_engine.model_config import ModelConfig
 
@@ -133,6 +138,7 @@ class CausalLM(nn.Module):
         for name, p in self.named_parameters():
             p.data.fill_(1.0 if name.endswith("norm.weight") else 0.0)
         self.register_buffer("inv_freq", rope_inv_freq(cfg).to(device), persistent=False)
+        self._workspace: list[torch.Tensor] = []  # attention gather buffers, kept across steps
         self.requires_grad_(False)
         self.eval()
 
@@ -150,6 +156,7 @@ class CausalLM(nn.Module):
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, kv: KVCache
     ) -> torch.Tensor:
         plan = plan_attention(meta, self.device)
+        self._workspace = ensure_workspace(plan, self._workspace, kv.k[0])
         x = self.model.embed_tokens(input_ids.to(self.device))
         cos, sin = self.rope(positions.to(self.device))
         for layer in self.model.layers:
