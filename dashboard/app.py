@@ -8,6 +8,7 @@ turned on here; the CLI binds 127.0.0.1 unless told otherwise.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,20 @@ def create_app(
     _harden(app.server)
     app.server.config["BMAP_STORE"] = store
     if warm and registry.default is not None:
-        store.get(registry.default.id)
+        loaded = store.get(registry.default.id)
+        if loaded is not None:
+            layout.view("map", loaded, store)
+            threading.Thread(target=_prewarm, args=(loaded, store), name="dashboard-prewarm", daemon=True).start()
     return app
+
+
+def _prewarm(loaded: Any, store: Store) -> None:
+    """Build the other views in the background so opening a tab does not wait for them."""
+    for tab in ("timeline", "latency", "roofline"):
+        try:
+            layout.view(tab, loaded, store)
+        except Exception:  # a view that fails here fails again, visibly, when its tab is opened
+            return
 
 
 def _can_compress() -> bool:

@@ -114,7 +114,12 @@ def view(tab: str, loaded: Loaded | None, store: Store, compare_id: str | None =
     }
     if tab == "compare":
         return compare_view(loaded, store, compare_id)
-    return builders.get(tab, map_view)(loaded)
+    if tab not in builders:
+        tab = "map"
+    if tab == "requests":
+        return requests_view(loaded)
+    # built once per loaded bundle (a live bundle that grows is a new Loaded)
+    return loaded.memoised(f"view:{tab}", lambda: builders[tab](loaded))
 
 
 # -- view 1: the map ------------------------------------------------------------
@@ -257,6 +262,12 @@ def timeline_data(loaded: Loaded) -> tuple[Any, Any]:
 
 
 def timeline_figure_for(loaded: Loaded, x_range: tuple[float, float] | None = None) -> Any:
+    if x_range is None:
+        return loaded.memoised("timeline:full", lambda: _timeline_figure(loaded, None))
+    return _timeline_figure(loaded, x_range)
+
+
+def _timeline_figure(loaded: Loaded, x_range: tuple[float, float] | None) -> Any:
     engine, hardware = timeline_data(loaded)
     eng = series.bucket(engine, series.ENGINE_AGG, x_range=x_range)
     hw_cols = {c: "mean" for c in hardware.frame.columns if c != "t_s"}

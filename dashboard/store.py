@@ -47,7 +47,8 @@ class Loaded:
     signature: tuple
     analyze_s: float
     memo: dict[str, Any] = field(default_factory=dict)
-    lock: threading.RLock = field(default_factory=threading.RLock)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    key_locks: dict[str, threading.Lock] = field(default_factory=dict)
 
     @property
     def bmap(self) -> Any:
@@ -60,11 +61,22 @@ class Loaded:
         return self.analysis.tables
 
     def memoised(self, key: str, compute: Callable[[], Any]) -> Any:
-        """Compute once per loaded bundle (drill-down tables, aggregated series)."""
+        """Compute once per loaded bundle (drill-down tables, aggregated series, views).
+
+        One lock per key: a slow computation of one thing never blocks reading another.
+        """
         with self.lock:
-            if key not in self.memo:
-                self.memo[key] = compute()
-            return self.memo[key]
+            if key in self.memo:
+                return self.memo[key]
+            key_lock = self.key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self.lock:
+                if key in self.memo:
+                    return self.memo[key]
+            value = compute()
+            with self.lock:
+                self.memo[key] = value
+            return value
 
 
 class Store:
