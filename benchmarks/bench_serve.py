@@ -1,9 +1,10 @@
-"""What the HTTP layer costs: the same requests through `serve` (OpenAI API, SSE streaming, N
-concurrent clients on loopback; the server in its own process) and straight into the engine in-process (the same closed loop:
-at most N requests in flight, the next submitted when one finishes). Same model, engine settings, prompts and output lengths; prints output
-tokens/s of both and the ratio.
+"""What the HTTP layer costs: the same requests through `serve` (OpenAI API, SSE streaming,
+N concurrent clients on loopback, the server in its own process) and straight into an in-process
+engine (the same closed loop: at most N requests in flight, the next submitted when one
+finishes). Same model, engine settings, prompts and output lengths. Rounds interleave; prints
+each round, the best throughput and CPU seconds per 1,000 output tokens of both, and the ratios.
 
-    python benchmarks/bench_serve.py --requests 128 --max-tokens 32 --clients 64
+    python benchmarks/bench_serve.py --requests 128 --max-tokens 32 --clients 64 --rounds 4
 """
 
 from __future__ import annotations
