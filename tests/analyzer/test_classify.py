@@ -121,3 +121,17 @@ def test_cost_and_energy(sim_bundle):
     tokens = lat.output_token_throughput * lat.duration_s
     assert m.cost.cost_per_million_output_tokens == pytest.approx(3.6 * lat.duration_s / 3600 / tokens * 1e6)
     assert m.cost.energy_j > 0 and m.cost.energy_per_output_token_j == pytest.approx(m.cost.energy_j / tokens)
+
+
+@pytest.mark.parametrize("cls", ["kv_cache_capacity", "pcie_transfer", "power_thermal", "host_overhead"])
+def test_interval_make_up_matches_exact_own_steps(sim_bundle, monkeypatch, cls):
+    """Large bundles use the class make-up of each request's intervals instead of its own steps."""
+    from bottleneck_map.analyzer import api
+
+    b = sim_bundle(**SCENARIOS[cls])
+    exact = analyze(b)
+    monkeypatch.setattr(api, "EXACT_OWN_ROWS", 0)
+    approx = analyze(b)
+    assert approx.top.cls == exact.top.cls
+    for v in exact.verdicts:
+        assert approx.verdict(v.cls).share_of_latency == pytest.approx(v.share_of_latency, abs=0.05)
