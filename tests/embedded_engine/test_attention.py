@@ -8,6 +8,7 @@ import torch
 from bottleneck_map.embedded_engine.attention import (
     MAX_DECODE_GROUPS,
     AttentionMetadata,
+    ensure_workspace,
     group_decodes,
     paged_attention,
     plan_attention,
@@ -27,7 +28,7 @@ def _reference(q, k_full, v_full, cached):
     return torch.einsum("hqk,khd->qhd", probs, v)
 
 
-def _run(query_lens, context_lens, seed=0):
+def _run(query_lens, context_lens, seed=0, workspace=None):
     gen = torch.Generator().manual_seed(seed)
     k_cache = torch.randn(NUM_BLOCKS, BS, KV, D, generator=gen)  # junk everywhere a sequence does not own
     v_cache = torch.randn(NUM_BLOCKS, BS, KV, D, generator=gen)
@@ -55,7 +56,10 @@ def _run(query_lens, context_lens, seed=0):
     q_all = torch.randn(sum(query_lens), H, D, generator=gen)
     new_k = torch.cat([kf[c - q :] for kf, q, c in zip(k_full, query_lens, context_lens, strict=True)])
     new_v = torch.cat([vf[c - q :] for vf, q, c in zip(v_full, query_lens, context_lens, strict=True)])
-    out = paged_attention(q_all, new_k, new_v, k_cache, v_cache, plan_attention(meta, torch.device("cpu")), D**-0.5)
+    plan = plan_attention(meta, torch.device("cpu"))
+    if workspace is not None:
+        workspace[:] = ensure_workspace(plan, list(workspace), k_cache)
+    out = paged_attention(q_all, new_k, new_v, k_cache, v_cache, plan, D**-0.5)
     expected, start = [], 0
     for i, (q, c) in enumerate(zip(query_lens, context_lens, strict=True)):
         expected.append(_reference(q_all[start : start + q], k_full[i], v_full[i], c - q))
@@ -99,3 +103,16 @@ def test_decodes_are_grouped_by_context_length():
     assert sorted(i for g in groups for i in g) == list(range(50))
     padded = sum(len(g) * max(lengths[i] for i in g) for g in groups)
     assert padded < 1.3 * sum(lengths)  # one group would pad to 64 * 50 = 1.97x
+
+
+def test_gather_workspace_is_reused_and_grown():
+    workspace = []
+    out, expected, _ = _run([1, 6, 1, 3], [13, 6, 4, 11], workspace=workspace)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    first = workspace[0]
+    out, expected, _ = _run([1, 1], [5, 9], seed=1, workspace=workspace)  # smaller step: same buffers
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert workspace[0] is first
+    out, expected, _ = _run([1] * 7, [8, 8, 8, 30, 31, 2, 29], seed=2, workspace=workspace)  # larger: grown
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert workspace[0].shape[0] > first.shape[0]
