@@ -78,6 +78,7 @@ class TraceSink:
     first_arrival_ns: int | None = None
     last_finished_ns: int | None = None
     model: str | None = None
+    streamed: int = 0  # requests with delivery stamps (from our engine's stream child spans)
     _seen_spans: set[tuple[str, str]] = field(default_factory=set)
     _ids: set[str] = field(default_factory=set)
     _children: dict[tuple[str, str], list[Span]] = field(default_factory=dict)
@@ -104,6 +105,7 @@ class TraceSink:
                 children = self._children.pop(key, [])
                 self._n_children -= len(children)
                 row = apply_stage_spans(row, children)
+                self.streamed += row.get("last_byte_ns") is not None
                 row["request_id"] = self._unique(row["request_id"], row["instance"], span.span_id)
                 rows.append(row)
                 end = row["finished_ns"] or row["arrival_ns"]
@@ -229,8 +231,9 @@ def finish(
         points = add_prometheus_samples(writer, prometheus, start, end, instances=instances, step_s=step_s)
         prom = {"url": prometheus, "instances": list(instances or []), "points": points}
     writer.update_meta(
-        capabilities={"steps": False, "samples": bool(prom.get("points")), "streaming": False},
+        capabilities={"steps": False, "samples": bool(prom.get("points")), "streaming": sink.streamed > 0},
         ingest={"otlp": sink.stats(), "prometheus": prom, "start_unix_ns": start, "end_unix_ns": end},
     )
     writer.close()
+    writer.update_meta(end_ns=time.time_ns())  # this bundle's clock is Unix time
     return {"start_unix_ns": start, "end_unix_ns": end, **sink.stats(), "prometheus_points": prom.get("points", {})}

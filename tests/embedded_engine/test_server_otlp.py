@@ -50,6 +50,9 @@ def test_engine_spans_round_trip_through_collect(tiny_model, tmp_path, monkeypat
     finish(writer, sink, started, prometheus=None, instances=None, step_s=None)
 
     assert validate_bundle(tmp_path / "collected").valid
+    meta = read_bundle(tmp_path / "collected").meta
+    assert meta["capabilities"] == {"steps": False, "samples": False, "streaming": True}
+    assert abs(meta["end_ns"] - time.time_ns()) < 60e9  # Unix time, as the bundle's clock
     ours = read_bundle(tmp_path / "served")
     got = read_bundle(tmp_path / "collected").requests.set_index("request_id")
     clock = ours.meta["clock"]
