@@ -154,7 +154,8 @@ def analyze_full(
     hw = hardware.summary(samples, busy)
     sig = _signals(t, st, attr, share, sb, roof, points, lat[0], hw, samples, peaks, engine, done)
     sig.unreachable, unreachable = _unreachable(t, caps, samples)
-    verdicts = classify.verdicts(sig)
+    # No finished request: there is no latency to attribute, so no verdict (rather than "balanced").
+    verdicts = classify.verdicts(sig) if done.any() else []
     for v in verdicts:
         v.windows = [w.index for w in win_verdicts if w.cls == v.cls and (w.requests_finished or w.requests_arrived)]
         if v.cls in attr.columns:

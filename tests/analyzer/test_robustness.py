@@ -65,3 +65,13 @@ def test_summary_of_a_bundle_path(sim_bundle):
     text = summary_text(b)
     assert "Bottleneck: queueing" in text and "Latency map" in text
     assert summarize_bundle(b) is not None
+
+
+def test_no_finished_request_gives_no_verdict(tmp_path):
+    w = BundleWriter(tmp_path / "b", new_meta("test"))
+    w.add_request({"request_id": "a", "arrival_ns": T, "first_scheduled_ns": T + MS})
+    w.close(end_meta=False)
+    m = analyze(tmp_path / "b")
+    assert m.top is None and m.verdicts == []
+    assert any("no request finished" in x for x in m.warnings)
+    assert "no verdict" in summary_text(m)
