@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def fleet(
         bundle: Path = typer.Argument(
-            ..., help="Bundle with several instances (collect, or serve fleets).", exists=True
+            ..., help="Bundle whose rows carry several instances (from collect).", exists=True
         ),
         as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
     ) -> None:
