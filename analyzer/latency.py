@@ -74,30 +74,39 @@ def inter_token_latencies(requests: pa.Table) -> pd.DataFrame:
     col = "delivered_ns"
     if requests.num_rows == 0 or requests.column(col).null_count == requests.num_rows:
         col = "token_ns"
-    values, parent = flat_list(requests, col)
-    if len(parent) < 2:
+    lists = requests.column(col)
+    values = pc.list_flatten(lists) if len(lists) else pa.array([], pa.int64())
+    if len(values) < 2:
         return pd.DataFrame({"req": np.empty(0, np.int64), "itl_s": np.empty(0)})
-    v = to_np(values, NA_NS, np.int64)
-    same = parent[1:] == parent[:-1]
-    valid = same & (v[1:] != NA_NS) & (v[:-1] != NA_NS)
-    return pd.DataFrame({"req": parent[1:][valid], "itl_s": (np.diff(v)[valid]) / 1e9})
+    if values.null_count:
+        _, parent = flat_list(requests, col)
+        v = to_np(values, NA_NS, np.int64)
+        valid = (parent[1:] == parent[:-1]) & (v[1:] != NA_NS) & (v[:-1] != NA_NS)
+        return pd.DataFrame({"req": parent[1:][valid], "itl_s": np.diff(v)[valid] / 1e9})
+    # No nulls: drop the gaps that cross from one request's list to the next (cheaper than parent indices).
+    v = to_np(values, 0, np.int64)
+    lengths = to_np(pc.list_value_length(lists), 0, np.int64)
+    ends = np.cumsum(lengths)
+    valid = np.ones(len(v) - 1, bool)
+    valid[ends[(lengths > 0) & (ends < len(v))] - 1] = False
+    req = np.repeat(np.arange(len(lengths)), np.maximum(lengths - 1, 0))
+    return pd.DataFrame({"req": req, "itl_s": np.diff(v)[valid] / 1e9})
 
 
-def percentiles(values: np.ndarray | pd.Series) -> Percentiles:
+def percentiles(values: np.ndarray | pd.Series, *, finite: bool = False, owned: bool = False) -> Percentiles:
+    """Mean, p50/p90/p95/p99 (numpy's linear interpolation, as vLLM) and max of the finite values.
+
+    ``finite``: the caller guarantees there is no NaN/inf; ``owned``: the array may be reordered.
+    """
     a = np.asarray(values, dtype=np.float64)
-    a = a[np.isfinite(a)]
+    if not finite:
+        a = a[np.isfinite(a)]
+        owned = True
     if not len(a):
         return Percentiles(count=0)
-    p50, p90, p95, p99 = np.percentile(a, [50, 90, 95, 99])
-    return Percentiles(
-        mean=float(a.mean()),
-        p50=float(p50),
-        p90=float(p90),
-        p95=float(p95),
-        p99=float(p99),
-        max=float(a.max()),
-        count=len(a),
-    )
+    mean, mx = float(a.mean()), float(a.max())
+    p50, p90, p95, p99 = np.percentile(a, [50, 90, 95, 99], overwrite_input=owned and a.flags.writeable)
+    return Percentiles(mean=mean, p50=float(p50), p90=float(p90), p95=float(p95), p99=float(p99), max=mx, count=len(a))
 
 
 def meets_slo(metrics: pd.DataFrame, slo: Mapping[str, float]) -> np.ndarray:
@@ -112,7 +121,7 @@ def meets_slo(metrics: pd.DataFrame, slo: Mapping[str, float]) -> np.ndarray:
 
 def summarize(
     metrics: pd.DataFrame,
-    itl: pd.DataFrame,
+    itl: pd.DataFrame | np.ndarray,
     *,
     workload_class: str = "all",
     duration_s: float | None = None,
@@ -124,7 +133,9 @@ def summarize(
     if duration_s is None:
         duration_s = _duration_s(metrics)
     dur = duration_s if duration_s and duration_s > 0 else float("nan")
-    itl_v = itl["itl_s"].to_numpy() if len(itl) else np.empty(0)
+    # ITL: the ``inter_token_latencies`` frame, or an array we own (a class subset) that may be reordered.
+    itl_owned = isinstance(itl, np.ndarray)
+    itl_v = itl if itl_owned else (itl["itl_s"].to_numpy() if len(itl) else np.empty(0))
     prompt = int(done["prompt_tokens"].sum())
     output = int(done["output_tokens"].sum())
     summary = LatencySummary(
@@ -138,7 +149,7 @@ def summarize(
         total_token_throughput=_rate(prompt + output, dur),
         ttft=percentiles(done["ttft_s"]),
         tpot=percentiles(done["tpot_s"]),
-        itl=percentiles(itl_v),
+        itl=percentiles(itl_v, finite=True, owned=itl_owned),
         e2e=percentiles(done["e2e_s"]),
         prefix_cache_hit_rate=(
             float(metrics["cached_prompt_tokens"].sum() / metrics["prompt_tokens"].sum())
@@ -176,10 +187,13 @@ def latency_summaries(
     out = [summarize(metrics, itl, duration_s=duration, slo=slo)]
     codes, classes = pd.factorize(metrics["workload_class"], sort=True)
     if len(classes) > 1:
+        itl_v = itl["itl_s"].to_numpy()
         itl_codes = codes[itl["req"].to_numpy()] if len(itl) else np.empty(0, np.int64)
         for k, c in enumerate(classes):
             out.append(
-                summarize(metrics[codes == k], itl[itl_codes == k], workload_class=str(c), duration_s=duration, slo=slo)
+                summarize(
+                    metrics[codes == k], itl_v[itl_codes == k], workload_class=str(c), duration_s=duration, slo=slo
+                )
             )
     return out
 

@@ -69,6 +69,7 @@ def test_summary_percentiles_throughput_goodput(tmp_path):
     assert allc.goodput == pytest.approx(int((ttfts <= 0.1).sum()) / duration)
     assert [s.workload_class for s in per] == ["chat", "rag"]
     assert sum(s.completed for s in per) == 10
+    assert sum(s.itl.count for s in per) == allc.itl.count == len(itl)
 
 
 def test_parse_slo():
