@@ -100,7 +100,8 @@ def map_figure(bmap: Any) -> go.Figure:
         )
     )
     base_layout(fig, height=340)
-    fig.update_layout(margin={"l": 4, "r": 4, "t": 4, "b": 4})
+    # text that cannot be read at 10 px is hidden (hover and the table below still have it)
+    fig.update_layout(margin={"l": 4, "r": 4, "t": 4, "b": 4}, uniformtext={"minsize": 10, "mode": "hide"})
     return fig
 
 

@@ -51,10 +51,12 @@ def roofline_figure(per_step: pd.DataFrame, peaks: Any, points: Sequence[Any] = 
             go.Scatter(
                 x=[p.arithmetic_intensity],
                 y=[p.achieved_flops_per_s],
-                mode="markers+text",
+                mode="markers" if p.phase == "all" else "markers+text",
                 name=f"{p.phase} (aggregate)",
                 text=[f"{p.phase}: {p.bound or ''}-bound"],
-                textposition="top center",
+                textposition={"prefill": "top left", "decode": "top center", "mixed": "bottom right"}.get(
+                    p.phase, "top center"
+                ),
                 marker={
                     "symbol": "diamond",
                     "size": 15,

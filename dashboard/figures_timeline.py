@@ -103,7 +103,13 @@ def timeline_figure(
             if secondary:
                 fig.update_yaxes(title_text="KV %", range=[0, 105], row=r, col=1, secondary_y=False)
                 fig.update_yaxes(
-                    title_text="preempted", row=r, col=1, secondary_y=True, showgrid=False, rangemode="tozero"
+                    title_text="preempted",
+                    row=r,
+                    col=1,
+                    secondary_y=True,
+                    showgrid=False,
+                    rangemode="tozero",
+                    visible="num_preempted" in engine and bool((engine["num_preempted"] > 0).any()),
                 )
             r += 1
     clock_row = r
@@ -185,17 +191,19 @@ def _line(x: Any, y: Any, name: str, color: str, legend: str) -> go.Scattergl:
 
 
 def _stage_share_rows(fig: go.Figure, windows: Sequence[Any], window_s: float, r: int) -> None:
-    mids = [(w.start_s + w.end_s) / 2 for w in windows]
+    # one flat step per window, aligned with the verdict band below
+    edges = [w.start_s for w in windows] + [windows[-1].end_s]
     groups = [g for g in GROUP_COLORS if any(w.stage_share.get(g) for w in windows)]
     for g in groups:
+        values = [100 * (w.stage_share.get(g) or 0.0) for w in windows]
         fig.add_trace(
             go.Scatter(
-                x=mids,
-                y=[100 * (w.stage_share.get(g) or 0.0) for w in windows],
+                x=edges,
+                y=values + values[-1:],
                 name=g,
                 mode="lines",
                 stackgroup="share",
-                line={"width": 0.5, "color": GROUP_COLORS[g]},
+                line={"width": 0.5, "color": GROUP_COLORS[g], "shape": "hv"},
                 legendgroup="stages",
                 hovertemplate=f"{g}: %{{y:.0f}}%<extra></extra>",
             ),

@@ -1,0 +1,48 @@
+"""The shipped sample opens by default (no bundle named, no run yet) and every view draws."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ServerThread
+from test_browser import graph_data, open_tab, severe_console, shot
+
+from bottleneck_map.dashboard.bundles import resolve_default
+
+pytestmark = pytest.mark.browser
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if not (REPO / "sample_traces" / "default" / "meta.json").exists():
+        pytest.skip("no shipped sample under sample_traces/default yet")
+    from bottleneck_map.dashboard.app import create_app
+
+    empty = tmp_path_factory.mktemp("newcomer")  # no ./bmap-runs/ here: the sample is the default
+    registry = resolve_default([], cwd=empty)
+    assert registry.default.origin == "sample" and registry.default.path.name == "default"
+    with ServerThread(create_app(registry)) as server:
+        yield server.url
+
+
+@pytest.mark.parametrize(
+    "tab,graph",
+    [
+        ("map", "map-graph"),
+        ("timeline", "timeline-graph"),
+        ("latency", "latency-graph"),
+        ("roofline", "roofline-graph"),
+    ],
+)
+def test_sample_views_draw(driver, url: str, artifacts: Path, tab: str, graph: str) -> None:  # noqa: ANN001
+    driver.get(url)
+    graph_data(driver, "map-graph")
+    if tab != "map":
+        open_tab(driver, url, tab)
+    traces = graph_data(driver, graph)
+    assert any(t["n"] > 0 for t in traces)
+    shot(driver, artifacts, f"sample-{tab}")
+    assert severe_console(driver) == []
