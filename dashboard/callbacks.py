@@ -28,8 +28,9 @@ def register(app: Dash, store: Store) -> None:
     )
     def render_tab(tab: str, bid: str, sig: Any, compare_id: Any) -> tuple[Any, Any, Any]:
         loaded = store.get(bid)
-        new_sig = None if loaded is None else repr(loaded.signature)
-        content = layout.view(tab, loaded, store, compare_id if isinstance(compare_id, str) else None)
+        current = store.current_signature(bid) if loaded is None else loaded.signature
+        new_sig = None if current is None else repr(current)
+        content = layout.view(tab, loaded, store, compare_id if isinstance(compare_id, str) else None, bid=bid)
         return content, layout.run_summary(loaded), (no_update if new_sig == sig else new_sig)
 
     @app.callback(

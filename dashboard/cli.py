@@ -40,6 +40,11 @@ def register(app: typer.Typer) -> None:
             default = registry.default
             console.print(f"analysing {default.path} ...", highlight=False)
             app = create_app(registry, live=live, window_s=window, slo=slos)
+            why = app.server.config["BMAP_STORE"].error(default.id)
+            if why is not None and not live:
+                raise BundleError(why)
+            if why is not None:
+                console.print(f"[yellow]waiting[/yellow]: {why}; the page refreshes when the run writes more")
         except BundleError as exc:
             console.print(f"[red]error[/red]: {exc}", highlight=False)
             raise typer.Exit(1) from None

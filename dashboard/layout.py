@@ -15,7 +15,7 @@ from bottleneck_map.dashboard.figures_map import group_class, map_figure, stage_
 from bottleneck_map.dashboard.figures_roofline import roofline_figure
 from bottleneck_map.dashboard.figures_timeline import timeline_figure
 from bottleneck_map.dashboard.store import Loaded, Store
-from bottleneck_map.dashboard.style import CLASS_NAMES, class_color, class_name, fmt_pct, fmt_s, fmt_si
+from bottleneck_map.dashboard.style import CLASS_NAMES, class_color, class_name, fmt_pct, fmt_s, fmt_si, stage_name
 
 TABS = [
     ("map", "The map"),
@@ -33,7 +33,8 @@ def page(registry: BundleRegistry, store: Store, live: bool, interval_ms: int = 
     """The whole page; the first view (the map of the default bundle) is rendered in place so it
     shows without waiting for a callback."""
     default = registry.default
-    loaded = store.get(default.id) if default else None
+    bid = default.id if default else None
+    loaded = store.get(bid)
     return html.Div(
         className="bm-page",
         children=[
@@ -69,7 +70,9 @@ def page(registry: BundleRegistry, store: Store, live: bool, interval_ms: int = 
                 type="dot",
                 delay_show=300,
                 target_components={"tab-content": "children"},
-                children=html.Div(id="tab-content", className="bm-content", children=view("map", loaded, store)),
+                children=html.Div(
+                    id="tab-content", className="bm-content", children=view("map", loaded, store, bid=bid)
+                ),
             ),
             dcc.Interval(id="live-tick", interval=interval_ms, disabled=not live),
             dcc.Store(id="bundle-sig", data=None if loaded is None else repr(loaded.signature)),
@@ -102,9 +105,13 @@ def run_summary(loaded: Loaded | None) -> list[Any]:
     return items
 
 
-def view(tab: str, loaded: Loaded | None, store: Store, compare_id: str | None = None) -> Any:
+def view(tab: str, loaded: Loaded | None, store: Store, compare_id: str | None = None, bid: Any = None) -> Any:
     if loaded is None:
-        return html.Div("This bundle is not available.", className="bm-empty")
+        why = store.error(bid)
+        if why is None:
+            return html.Div("This bundle is not available.", className="bm-empty")
+        more = " Waiting for the run to write more; this view refreshes by itself." if store.live else ""
+        return html.Div(f"This bundle cannot be analysed yet: {why}.{more}", className="bm-empty", id="bundle-error")
     builders = {
         "map": map_view,
         "timeline": timeline_view,
@@ -145,6 +152,7 @@ def map_view(loaded: Loaded) -> html.Div:
                     dcc.Graph(id="map-graph", figure=map_figure(m), config=GRAPH_CONFIG),
                     html.Div([_chip(c) for c in legend], className="bm-legend"),
                     _stage_table(m),
+                    _worst_table(m),
                 ],
             ),
             html.Aside(className="bm-verdict", children=verdict_panel(m)),
@@ -187,6 +195,27 @@ def _stage_table(m: Any) -> html.Table:
             )
         )
     return html.Table([html.Thead(head), html.Tbody(body)], className="bm-table", id="stage-table")
+
+
+def _worst_table(m: Any) -> Any:
+    """The analyzer's slowest requests and the class that explains each (open them in the explorer)."""
+    if not m.worst_requests:
+        return None
+    head = html.Tr([html.Th(h) for h in ("slowest requests", "class", "E2E", "TTFT", "largest stage", "why")])
+    body = [
+        html.Tr(
+            [
+                html.Td(html.Code(r.request_id)),
+                html.Td(r.workload_class or "–"),
+                html.Td(fmt_s(r.e2e_s), className="bm-num"),
+                html.Td(fmt_s(r.ttft_s), className="bm-num"),
+                html.Td(stage_name(r.dominant_stage)),
+                html.Td([_chip(r.cls), html.Div(r.why, className="bm-muted")]),
+            ]
+        )
+        for r in m.worst_requests
+    ]
+    return html.Table([html.Thead(head), html.Tbody(body)], className="bm-table bm-worst", id="worst-table")
 
 
 def verdict_panel(m: Any) -> list[Any]:

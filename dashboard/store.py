@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bottleneck_map.bundle import META_FILE, Bundle, read_bundle
+from bottleneck_map.bundle import META_FILE, Bundle, BundleError, read_bundle
 from bottleneck_map.dashboard.bundles import BundleEntry, BundleRegistry
 from bottleneck_map.schema import TABLES
 
@@ -101,6 +101,7 @@ class Store:
         self._cache: OrderedDict[str, Loaded] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
+        self._failed: dict[str, tuple[tuple, str]] = {}
 
     def analyze(self, bundle: Bundle) -> Any:
         """The analyzer's full analysis (the map plus its per-request, per-step and per-window tables)."""
@@ -111,7 +112,8 @@ class Store:
         return self._analyze(bundle, window_s=self.window_s, slo=self.slo or None)
 
     def get(self, bid: object) -> Loaded | None:
-        """The loaded bundle for an id from the browser, or None when the id is unknown."""
+        """The loaded bundle for an id from the browser; None when the id is unknown or the bundle
+        cannot be analysed (``error(bid)`` says why; a live bundle is retried once it changes)."""
         entry = self.registry.get(bid)
         if entry is None:
             return None
@@ -125,9 +127,17 @@ class Store:
                     self._cache.move_to_end(entry.id)
                 return cached
             sig = signature(entry.path)
-            bundle = read_bundle(entry.path)
-            t0 = time.perf_counter()
-            analysis = self.analyze(bundle)
+            failed = self._failed.get(entry.id)
+            if failed is not None and failed[0] == sig:
+                return None
+            try:
+                bundle = read_bundle(entry.path)
+                t0 = time.perf_counter()
+                analysis = self.analyze(bundle)
+            except (BundleError, ValueError) as exc:
+                self._failed[entry.id] = (sig, str(exc))
+                return None
+            self._failed.pop(entry.id, None)
             loaded = Loaded(entry, bundle, analysis, sig, time.perf_counter() - t0)
             with self._lock:
                 self._cache[entry.id] = loaded
@@ -135,6 +145,12 @@ class Store:
                 while len(self._cache) > self.capacity:
                     self._cache.popitem(last=False)
             return loaded
+
+    def error(self, bid: object) -> str | None:
+        """Why the bundle behind ``bid`` could not be analysed (None when it could, or is unknown)."""
+        entry = self.registry.get(bid)
+        failed = self._failed.get(entry.id) if entry is not None else None
+        return None if failed is None else failed[1]
 
     def current_signature(self, bid: object) -> tuple | None:
         entry = self.registry.get(bid)

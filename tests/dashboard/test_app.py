@@ -159,3 +159,64 @@ def test_cli_default_opens_the_newest_run(
     assert result.exit_code == 0, result.output
     assert "r1" in result.output and seen["host"] == "127.0.0.1"
     json.loads((runs / "r1" / "meta.json").read_text())
+
+
+def test_a_live_run_without_requests_yet_waits_then_shows(bundles: dict[str, Path], tmp_path: Path) -> None:
+    from bottleneck_map.bundle import read_bundle
+    from bottleneck_map.dashboard import layout
+
+    src = read_bundle(bundles["light"])
+    path = tmp_path / "starting"
+    writer = BundleWriter(path, src.meta)
+    store = Store(BundleRegistry([path]), live=True)
+    bid = store.registry.default.id
+    assert store.get(bid) is None
+    assert "no requests" in store.error(bid)
+    waiting = str(layout.view("map", None, store, bid=bid).to_plotly_json())
+    assert "cannot be analysed yet" in waiting and "refreshes by itself" in waiting
+    for row in src.table("requests").slice(0, 20).to_pylist():
+        writer.add_request(row)
+    writer.flush()
+    loaded = store.get(bid)
+    assert loaded is not None and loaded.tables.requests.num_rows == 20 and store.error(bid) is None
+    writer.close()
+
+
+def test_the_real_command_serves_on_loopback_only(bundles: dict[str, Path]) -> None:
+    """`bottleneck-map dashboard BUNDLE --port P` as a user runs it: listening on 127.0.0.1 only."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import psutil
+    from conftest import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bottleneck_map.cli", "dashboard", str(bundles["light"]), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+                    assert resp.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.monotonic() < deadline, "dashboard did not start"
+                time.sleep(0.3)
+        listening = {
+            c.laddr.ip for c in psutil.Process(proc.pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN
+        }
+        assert listening == {"127.0.0.1"}
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=20)[0].decode()
+    assert f"http://127.0.0.1:{port}/" in out
+    assert "Debug mode: on" not in out and "Traceback" not in out
