@@ -207,12 +207,19 @@ class WorkloadSpec:
         )
         return replace(self, classes=classes)
 
+    @property
+    def effective_arrival(self) -> str:
+        """A burstiness other than 1 turns Poisson into gamma (as ``vllm bench serve`` does)."""
+        if math.isinf(self.request_rate):
+            return "burst"
+        return "gamma" if self.arrival == "poisson" and self.burstiness != 1.0 else self.arrival
+
     def to_meta(self) -> dict:
         return {
             "kind": "synthetic",
             "num_requests": self.num_requests,
             "request_rate": None if math.isinf(self.request_rate) else self.request_rate,
-            "arrival": "burst" if math.isinf(self.request_rate) else self.arrival,
+            "arrival": self.effective_arrival,
             "burstiness": self.burstiness,
             "seed": self.seed,
             "classes": [
@@ -256,8 +263,7 @@ def make_text(n_tokens: int, rng: np.random.Generator, words: list[str]) -> str:
 def build_workload(spec: WorkloadSpec, words: list[str]) -> list[WorkloadRequest]:
     rng = np.random.default_rng(spec.seed)
     n = spec.num_requests
-    arrival = spec.arrival if spec.burstiness == 1.0 or spec.arrival != "poisson" else "gamma"
-    times = arrival_times(arrival, n, spec.request_rate, spec.burstiness, rng)
+    times = arrival_times(spec.effective_arrival, n, spec.request_rate, spec.burstiness, rng)
     weights = np.array([c.weight for c in spec.classes], dtype=float)
     which = rng.choice(len(spec.classes), size=n, p=weights / weights.sum())
     prefixes = {

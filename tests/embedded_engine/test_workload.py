@@ -140,3 +140,10 @@ def test_replay_rejects_bad_lines_naming_the_line(tmp_path, line):
     p.write_text('{"arrival_s": 0, "prompt": "ok", "max_tokens": 1}\n' + line + "\n")
     with pytest.raises(ValueError, match=r"w.jsonl:2"):
         load_jsonl(p)
+
+
+def test_burstiness_turns_poisson_into_gamma_and_meta_says_so():
+    assert WorkloadSpec(burstiness=0.5).to_meta()["arrival"] == "gamma"
+    assert WorkloadSpec().to_meta()["arrival"] == "poisson"
+    assert WorkloadSpec(request_rate=math.inf).to_meta()["arrival"] == "burst"
+    assert WorkloadSpec(arrival="constant", burstiness=3.0).to_meta()["arrival"] == "constant"
