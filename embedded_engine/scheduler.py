@@ -2,7 +2,8 @@
 
 With chunked prefill (the default) one step holds the running decodes first, then
 running prefill chunks, then swapped-in sequences, then new prompts, until
-``max_num_batched_tokens`` or ``max_num_seqs`` is spent. Without it, a step is either
+``max_num_batched_tokens`` or ``max_num_seqs`` is spent; a step that had to preempt
+admits nothing new. Without it, a step is either
 all prefills (whole prompts) or all decodes, prefills first, as vLLM's default
 scheduler does. When a running sequence needs a KV block and none is free, the
 newest running sequence is preempted: by recompute (its blocks are dropped, it goes
@@ -87,8 +88,9 @@ class Scheduler:
         assert budget is not None, "EngineConfig must be resolved"
         if self.config.chunked_prefill:
             budget = self._schedule_running(out, budget, now)
-            budget = self._schedule_swapped(out, budget, now)
-            self._schedule_waiting(out, budget, now)
+            if not out.preempted:  # as vLLM: a step that had to preempt admits nothing new
+                budget = self._schedule_swapped(out, budget, now)
+                self._schedule_waiting(out, budget, now)
         else:
             if not self.swapped:
                 self._schedule_waiting(out, budget, now)
