@@ -72,7 +72,14 @@ def diff_table(before: Any, after: Any, *, show_same: bool = False) -> html.Div:
         tables.append(html.H4(title))
         tables.append(
             html.Table(
-                [html.Thead(html.Tr([html.Th(h) for h in ("", "A", "B", "change", "")])), html.Tbody(body)],
+                [
+                    html.Thead(
+                        html.Tr(
+                            [html.Th(""), *(html.Th(h, className="bm-num") for h in ("A", "B", "change")), html.Th("")]
+                        )
+                    ),
+                    html.Tbody(body),
+                ],
                 className="bm-table bm-diff",
             )
         )

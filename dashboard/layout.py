@@ -540,7 +540,11 @@ def compare_content(a: Loaded, b: Loaded | None) -> list[Any]:
     )
     return [
         side,
-        dcc.Graph(id="compare-graph", figure=compare_figure(a.bmap, b.bmap, ("A", "B")), config=GRAPH_CONFIG),
+        dcc.Graph(
+            id="compare-graph",
+            figure=compare_figure(a.bmap, b.bmap, (f"A: {a.entry.path.name}", f"B: {b.entry.path.name}")),
+            config=GRAPH_CONFIG,
+        ),
         diff_table(a.bmap, b.bmap),
     ]
 
