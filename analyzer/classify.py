@@ -426,7 +426,7 @@ def verdicts(sig: Signals) -> list[Verdict]:
                 knobs=knobs,
             )
         )
-    out.sort(key=lambda v: (v.score, v.confidence), reverse=True)
+    out.sort(key=lambda v: (v.confidence >= CONFIDENT, v.score, v.confidence), reverse=True)
     best = max((v.confidence for v in out), default=0.0)
     if best < CONFIDENT:
         top = sorted(out, key=lambda v: v.share_of_latency, reverse=True)[:3]
