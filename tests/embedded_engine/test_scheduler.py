@@ -143,3 +143,30 @@ def test_prefix_hit_skips_cached_tokens(make_seq):
     s.add(b)
     out = _fake_step(s)
     assert out.scheduled[0].num_tokens == 4 and b.num_cached_tokens == 8
+
+
+def test_a_step_that_preempts_admits_nothing_new(make_seq):
+    # two slots: a small request waits for one; swapping out the newer long request frees a slot and
+    # enough blocks for it, yet it must wait for the next step
+    s = _scheduler(
+        num_blocks=8,
+        block_size=4,
+        max_num_seqs=2,
+        max_num_batched_tokens=32,
+        enable_prefix_caching=False,
+        preemption_mode="swap",
+    )
+    for i in range(2):
+        s.add(make_seq(f"r{i}", 8, i, max_tokens=16, first_token=50 * i + 3))
+    preempting_steps = 0
+    for k in range(60):
+        if not s.waiting:  # keep a small request waiting at every step
+            s.add(make_seq(f"small{k}", 2, 10 + k, max_tokens=1, first_token=500 + k))
+        waiting_before = {q.request_id for q in s.waiting}
+        out = _fake_step(s)
+        if out.preempted:
+            preempting_steps += 1
+            assert not waiting_before & {i.seq.request_id for i in out.scheduled}
+        if not (s.running or any(q.request_id.startswith("r") for q in s.waiting)):
+            break
+    assert preempting_steps > 0
