@@ -81,22 +81,39 @@ def wait_drawn(driver, selector: str, timeout: float = 120.0) -> float:  # noqa:
     raise TimeoutError(f"{selector} not drawn within {timeout} s")
 
 
-def first_view(url: str, selector: str, repeat: int = 1) -> tuple[float, int, int]:
-    """Cold browser (fresh profile, empty cache): median seconds to the first drawn figure, bytes, requests."""
+def first_view(url: str, selector: str, repeat: int = 1) -> tuple[float, int, int, float, float]:
+    """Cold browser (fresh profile, empty cache), median run: seconds to the first drawn figure,
+    bytes, requests, and the CPU seconds the browser (all its processes) and the server spent."""
     runs = [_first_view(url, selector) for _ in range(repeat)]
     runs.sort()
     return runs[len(runs) // 2]
 
 
-def _first_view(url: str, selector: str) -> tuple[float, int, int]:
+def _browser_cpu(driver) -> float:  # noqa: ANN001
+    import psutil
+
+    total = 0.0
+    for p in psutil.Process(driver.service.process.pid).children(recursive=True):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _first_view(url: str, selector: str) -> tuple[float, int, int, float, float]:
     driver = browser()
     try:
         driver.set_page_load_timeout(180)
+        driver.get("about:blank")
+        cpu0, server0 = _browser_cpu(driver), time.process_time()
         driver.get(url)
         seconds = wait_drawn(driver, selector)
+        cpu1, server1 = _browser_cpu(driver), time.process_time()
         time.sleep(0.5)  # let trailing requests finish so their bytes count
         total, n = driver.execute_script(BYTES)
-        return seconds, int(total), int(n)
+        return seconds, int(total), int(n), cpu1 - cpu0, server1 - server0
     finally:
         driver.quit()
 
@@ -199,8 +216,11 @@ def main() -> None:
     )
     with ServerThread(app) as server:
         first_view(server.url, "#map-graph")  # one warm-up run: Python imports, page JIT of Flask routes
-        s, nbytes, n = first_view(server.url, "#map-graph", args.repeat)
+        s, nbytes, n, bcpu, scpu = first_view(server.url, "#map-graph", args.repeat)
         print(f"ours : first view (the map) drawn in {s:.2f} s, {nbytes / 1e6:.2f} MB in {n + 1} requests")
+        print(
+            f"ours : CPU spent on it: browser {bcpu:.2f} s, server {scpu:.2f} s (wall time on an idle machine is bounded by about the sum)"
+        )
         if args.tabs:
             tabs = [
                 ("timeline", "#timeline-graph"),
@@ -212,10 +232,11 @@ def main() -> None:
                 print(f"ours : switch to {tab:<9} {secs:5.2f} s, {tb / 1e6:.2f} MB")
     with ServerThread(floor_app()) as server:
         first_view(server.url, "#floor-graph")
-        fs, fb, fn = first_view(server.url, "#floor-graph", args.repeat)
+        fs, fb, fn, fbcpu, fscpu = first_view(server.url, "#floor-graph", args.repeat)
         print(
             f"floor: a Dash page with one tiny figure drawn in {fs:.2f} s, {fb / 1e6:.2f} MB (what any Dash page costs here)"
         )
+        print(f"floor: CPU spent: browser {fbcpu:.2f} s, server {fscpu:.2f} s")
     import os
 
     ok = s <= FIRST_VIEW_S and nbytes <= FIRST_VIEW_BYTES
@@ -227,8 +248,9 @@ def main() -> None:
         return
     naive = naive_app(path)
     with ServerThread(naive) as server:
-        ns, nb, nn = first_view(server.url, "#naive-graph", args.repeat)
+        ns, nb, nn, nbcpu, nscpu = first_view(server.url, "#naive-graph", args.repeat)
         print(f"naive: first view drawn in {ns:.2f} s, {nb / 1e6:.2f} MB in {nn + 1} requests")
+        print(f"naive: CPU spent: browser {nbcpu:.2f} s, server {nscpu:.2f} s")
     print(f"ratio naive/ours: time {ns / s:.1f}x, bytes {nb / nbytes:.1f}x")
 
 

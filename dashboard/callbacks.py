@@ -11,8 +11,11 @@ from typing import Any
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from bottleneck_map.dashboard import drilldown, layout
+from bottleneck_map.dashboard.components import GRAPH_CONFIG
 from bottleneck_map.dashboard.figures_requests import waterfall_figure
 from bottleneck_map.dashboard.store import Store
+from bottleneck_map.dashboard.views_compare import compare_content
+from bottleneck_map.dashboard.views_timeline import timeline_figure_for
 
 
 def register(app: Dash, store: Store) -> None:
@@ -44,7 +47,7 @@ def register(app: Dash, store: Store) -> None:
         a = store.get(bid)
         if a is None:
             return html.P("This bundle is not available.", className="bm-empty"), no_update
-        return layout.compare_content(a, store.get(other)), other
+        return compare_content(a, store.get(other)), other
 
     @app.callback(
         Output("req-grid", "getRowsResponse"),
@@ -73,7 +76,7 @@ def register(app: Dash, store: Store) -> None:
         timeline = drilldown.request_timeline(loaded, str(rid)) if rid is not None else None
         if timeline is None:
             return html.P("That request is not in this bundle.", className="bm-empty")
-        return dcc.Graph(id="waterfall-graph", figure=waterfall_figure(timeline), config=layout.GRAPH_CONFIG)
+        return dcc.Graph(id="waterfall-graph", figure=waterfall_figure(timeline), config=GRAPH_CONFIG)
 
     # Zoom events become a range in a store on the client; resize and hover events do not, so they
     # never cancel a pending re-aggregation.
@@ -109,7 +112,7 @@ def register(app: Dash, store: Store) -> None:
         if loaded is None:
             return no_update
         if x_range == "full":
-            return layout.timeline_figure_for(loaded)
+            return timeline_figure_for(loaded)
         if (
             not isinstance(x_range, list)
             or len(x_range) != 2
@@ -117,7 +120,7 @@ def register(app: Dash, store: Store) -> None:
             or x_range[1] <= x_range[0]
         ):
             return no_update
-        return layout.timeline_figure_for(loaded, (float(x_range[0]), float(x_range[1])))
+        return timeline_figure_for(loaded, (float(x_range[0]), float(x_range[1])))
 
     @app.callback(
         Output("bundle-sig", "data", allow_duplicate=True),
