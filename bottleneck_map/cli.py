@@ -48,7 +48,6 @@ def _root(
     """bottleneck-map: the latency bottleneck map of an LLM serving system."""
 
 
-@app.command()
 def validate(
     bundle: Path = typer.Argument(..., help="Bundle directory to check.", exists=True, file_okay=False),
     fmt: TextOrJson = typer.Option(TextOrJson.text, "--format", help="Output format."),
@@ -74,13 +73,21 @@ def validate(
 
 
 def _register_components() -> None:
-    """Subcommands contributed by the components (added as each lands)."""
-    __import__("bottleneck_map.agent.cli", fromlist=["register"]).register(app)
-    __import__("bottleneck_map.collect_cli", fromlist=["register"]).register(app)
-    __import__("bottleneck_map.embedded_engine.cli", fromlist=["register"]).register(app)
-    __import__("bottleneck_map.embedded_engine.server_cli", fromlist=["register"]).register(app)
-    __import__("bottleneck_map.dashboard.cli", fromlist=["register"]).register(app)
-    __import__("bottleneck_map.analyzer.cli", fromlist=["register"]).register(app)
+    """Subcommands in the order a newcomer meets them: record, diagnose, look, then the rest."""
+    from bottleneck_map import collect_cli
+    from bottleneck_map.agent import cli as agent_cli
+    from bottleneck_map.analyzer import cli as analyzer_cli
+    from bottleneck_map.dashboard import cli as dashboard_cli
+    from bottleneck_map.embedded_engine import cli as engine_cli
+    from bottleneck_map.embedded_engine import server_cli
+
+    engine_cli.register(app)  # run
+    analyzer_cli.register(app)  # analyze, diff
+    dashboard_cli.register(app)  # dashboard
+    app.command()(validate)
+    agent_cli.register(app)  # agent
+    server_cli.register(app)  # serve
+    collect_cli.register(app)  # collect, fleet
 
 
 _register_components()
