@@ -79,7 +79,7 @@ def test_abort_and_callbacks(make_engine, make_prompts):
     assert any(o.request_id == "a" and o.finish_reason == "abort" for o in outs)
     assert seen[-1].finished and seen[-1].finish_reason == "abort"
     assert sum(len(o.new_token_ids) for o in seen) == 2
-    assert eng.block_manager.num_used == 0 or eng.config.enable_prefix_caching
+    assert eng.block_manager.num_used == 0  # finished and aborted requests returned their blocks
 
 
 def test_submit_from_another_thread_while_stepping(make_engine, make_prompts):
