@@ -177,3 +177,27 @@ def test_injected_faults_cost_time_where_planted(tmp_path, make_engine, tiny):
     engine.sink.writer.close()
     steps = read_bundle(tmp_path / "i").steps
     assert (steps.postprocess_ns >= 5_000_000).all()
+
+
+def test_swap_preemptions_record_bytes_and_time(tmp_path, make_engine, tiny):
+    engine, _, bundle = _run(
+        tmp_path,
+        make_engine,
+        tiny,
+        n=8,
+        num_kv_blocks=12,
+        max_model_len=192,
+        prompt=(8, 24),
+        output=(48, 64),
+        rate=float("inf"),
+        preemption_mode="swap",
+        swap_space_gib=0.01,
+    )
+    steps, req = bundle.steps, bundle.requests
+    assert engine.stats.num_preemptions > 0
+    out, back = steps.swap_out_bytes.sum(), steps.swap_in_bytes.sum()
+    assert out > 0 and back == out
+    assert req.swapped_bytes.sum() == out + back  # each request counts its bytes both ways
+    assert (steps.swap_ns.notna() == ((steps.swap_out_bytes + steps.swap_in_bytes) > 0)).all()
+    assert (req.recomputed_tokens == 0).all()
+    assert validate_bundle(bundle.path).valid
