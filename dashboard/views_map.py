@@ -98,8 +98,12 @@ def verdict_panel(m: Any) -> list[Any]:
         out.append(html.H2("No verdict", className="bm-verdict-title"))
         out.append(html.P("The analyzer reached no verdict for this bundle.", className="bm-help"))
     else:
+        # The analyzer states a verdict as the answer only at or above its confidence threshold.
+        confident = bool(getattr(top, "confident", True))
         out += [
-            html.Div("top verdict", className="bm-eyebrow"),
+            html.Div(
+                "top verdict" if confident else "no confident verdict; strongest candidate", className="bm-eyebrow"
+            ),
             html.H2(
                 [
                     html.Span(className="bm-swatch bm-swatch-lg", style={"background": class_color(top.cls)}),

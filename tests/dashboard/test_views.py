@@ -134,3 +134,14 @@ def test_every_view_renders_for_a_bundle_without_samples_or_steps(
         assert "no engine steps" in text and "Not in this bundle" in text
     if tab == "roofline":
         assert "no engine steps" in text
+
+
+def test_verdict_panel_says_when_the_top_verdict_is_not_confident(busy: Loaded) -> None:
+    import copy
+
+    from bottleneck_map.dashboard.views_map import verdict_panel
+
+    m = copy.deepcopy(busy.bmap)
+    assert "top verdict" in str(verdict_panel(m)) and "no confident verdict" not in str(verdict_panel(m))
+    m.top.confidence = 0.1
+    assert "no confident verdict; strongest candidate" in str(verdict_panel(m))
