@@ -181,3 +181,22 @@ def test_compare_two_bundles_with_the_analyzers_diff(driver, url, artifacts) -> 
     assert "Top verdict" in diff and ("better" in diff or "worse" in diff)
     shot(driver, artifacts, "6-compare")
     assert severe_console(driver) == []
+
+
+def test_switching_bundle_in_the_picker_redraws_the_view(driver, url, artifacts) -> None:  # noqa: ANN001
+    driver.get(url)
+    graph_data(driver, "map-graph")
+    before = driver.find_element("id", "top-verdict").text
+    summary = driver.find_element("id", "run-summary").text
+    driver.find_element("css selector", "#bundle").click()
+    option = wait_js(
+        driver,
+        """return Array.from(document.querySelectorAll('[role=option], .dash-dropdown-option, .Select-option'))
+            .find(o => o.textContent.includes('light')) || null;""",
+    )
+    option.click()
+    wait_js(driver, f"return document.getElementById('run-summary').innerText !== {summary!r}")
+    after = wait_js(driver, "const v = document.getElementById('top-verdict'); return v && v.innerText")
+    assert after != before, "the light run has another verdict than the overloaded one"
+    graph_data(driver, "map-graph")
+    assert severe_console(driver) == []
