@@ -11,7 +11,7 @@ from test_browser import graph_data, open_tab, severe_console, shot
 
 from bottleneck_map.dashboard.bundles import resolve_default
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 
 
