@@ -145,21 +145,27 @@ def run_workload(
     submitted = threading.Event()
     t0 = now_ns()
 
+    failure: list[BaseException] = []
+
     def front_end() -> None:
-        for r in sorted(requests, key=lambda r: r.arrival_s):
-            arrival = t0 + int(r.arrival_s * 1e9)
-            delay = (arrival - now_ns()) / 1e9
-            if delay > 0:
-                time.sleep(delay)
-            trace = RequestTrace(arrival_ns=arrival, workload_class=r.workload_class)
-            trace.tokenize_start_ns = now_ns()
-            ids = engine.tokenizer.encode(r.prompt_text or "")
-            spin(int(inj.tokenize_us_per_token * 1000 * len(ids)))
-            trace.tokenize_end_ns = now_ns()
-            if engine.sink.record_prompts:
-                trace.prompt_text = r.prompt_text
-            engine.add_request(r.request_id, ids, make_params(r), trace=trace, deliver=True)
-        submitted.set()
+        try:
+            for r in sorted(requests, key=lambda r: r.arrival_s):
+                arrival = t0 + int(r.arrival_s * 1e9)
+                delay = (arrival - now_ns()) / 1e9
+                if delay > 0:
+                    time.sleep(delay)
+                trace = RequestTrace(arrival_ns=arrival, workload_class=r.workload_class)
+                trace.tokenize_start_ns = now_ns()
+                ids = engine.tokenizer.encode(r.prompt_text or "")
+                spin(int(inj.tokenize_us_per_token * 1000 * len(ids)))
+                trace.tokenize_end_ns = now_ns()
+                if engine.sink.record_prompts:
+                    trace.prompt_text = r.prompt_text
+                engine.add_request(r.request_id, ids, make_params(r), trace=trace, deliver=True)
+        except BaseException as exc:  # surface it on the loop thread instead of hanging the run
+            failure.append(exc)
+        finally:
+            submitted.set()
 
     consumer.thread.start()
     feeder = threading.Thread(target=front_end, name="front-end", daemon=True)
@@ -175,6 +181,8 @@ def run_workload(
     consumer.inbox.put(None)
     consumer.thread.join()
     engine.flush_delivering()
+    if failure:
+        raise failure[0]
     s = engine.stats
     return RunResult(
         num_requests=total,

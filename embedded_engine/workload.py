@@ -292,6 +292,7 @@ def load_jsonl(path: str | Path, words: list[str] | None = None, seed: int = 0) 
     ``prompt_tokens`` (a count), ``max_tokens``, and optional ``class`` and ``request_id``."""
     rng = np.random.default_rng(seed)
     out = []
+    seen: dict[str, int] = {}
     lines = Path(path).read_text().splitlines()
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
@@ -317,6 +318,9 @@ def load_jsonl(path: str | Path, words: list[str] | None = None, seed: int = 0) 
         else:
             raise ValueError(f"{where}: needs prompt (text) or prompt_tokens (integer >= 1)")
         rid = str(rec.get("request_id", f"req-{len(out):05d}"))
+        if rid in seen:
+            raise ValueError(f"{where}: request_id {rid!r} repeats line {seen[rid]}")
+        seen[rid] = lineno
         out.append(WorkloadRequest(rid, float(arrival), str(rec.get("class", "replay")), max_tokens, text, count))
     if not out:
         raise ValueError(f"{path}: no requests")

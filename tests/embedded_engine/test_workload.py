@@ -133,11 +133,12 @@ def test_replay_jsonl(tmp_path):
         '{"prompt": "x", "max_tokens": 3}',
         '{"arrival_s": 0, "prompt": "x"}',
         '{"arrival_s": 0, "max_tokens": 2}',
+        '{"arrival_s": 1, "prompt": "y", "max_tokens": 1, "request_id": "a"}',
     ],
 )
 def test_replay_rejects_bad_lines_naming_the_line(tmp_path, line):
     p = tmp_path / "w.jsonl"
-    p.write_text('{"arrival_s": 0, "prompt": "ok", "max_tokens": 1}\n' + line + "\n")
+    p.write_text('{"arrival_s": 0, "prompt": "ok", "max_tokens": 1, "request_id": "a"}\n' + line + "\n")
     with pytest.raises(ValueError, match=r"w.jsonl:2"):
         load_jsonl(p)
 
@@ -147,3 +148,13 @@ def test_burstiness_turns_poisson_into_gamma_and_meta_says_so():
     assert WorkloadSpec().to_meta()["arrival"] == "poisson"
     assert WorkloadSpec(request_rate=math.inf).to_meta()["arrival"] == "burst"
     assert WorkloadSpec(arrival="constant", burstiness=3.0).to_meta()["arrival"] == "constant"
+
+
+def test_runner_surfaces_a_front_end_failure_instead_of_hanging(make_engine):
+    from bottleneck_map.embedded_engine.runner import run_workload
+    from bottleneck_map.embedded_engine.workload import WorkloadRequest
+
+    engine = make_engine(num_kv_blocks=16)
+    dup = [WorkloadRequest("same", 0.0, "chat", 2, "hello there"), WorkloadRequest("same", 0.0, "chat", 2, "again")]
+    with pytest.raises(ValueError, match="already in use"):
+        run_workload(engine, dup)
