@@ -101,7 +101,8 @@ def _s(a: int | None, b: int | None) -> float | None:
 
 
 def span_attributes(seq: Sequence, model_name: str) -> dict[str, Any]:
-    """vLLM's request-span attributes (latencies in seconds)."""
+    """vLLM's request-span attributes (latencies in seconds), with vLLM v1's meanings:
+    time in queue is queued -> first scheduled, prefill is first scheduled -> first token."""
     t, p = seq.trace, seq.params
     end = t.finished_ns
     decode_start = t.prefill_end_ns or t.first_token_ns
@@ -115,12 +116,13 @@ def span_attributes(seq: Sequence, model_name: str) -> dict[str, Any]:
         "gen_ai.usage.prompt_tokens": seq.num_prompt_tokens,
         "gen_ai.usage.completion_tokens": seq.num_output_tokens,
         "gen_ai.usage.num_sequences": 1,
-        "gen_ai.latency.time_in_queue": _s(t.arrival_ns, t.first_scheduled_ns),
+        "gen_ai.latency.time_in_queue": _s(t.queued_ns, t.first_scheduled_ns),
         "gen_ai.latency.time_to_first_token": _s(t.arrival_ns, t.first_token_ns),
         "gen_ai.latency.e2e": _s(t.arrival_ns, end),
         "gen_ai.latency.time_in_scheduler": _s(t.queued_ns, t.first_scheduled_ns),
         "gen_ai.latency.time_in_model_prefill": _s(t.first_scheduled_ns, decode_start),
         "gen_ai.latency.time_in_model_decode": _s(decode_start, end) if t.first_token_ns else None,
+        "gen_ai.latency.time_in_model_inference": _s(t.first_scheduled_ns, end),
         "gen_ai.latency.time_in_model_forward": _s(t.first_scheduled_ns, end),
         "bottleneck_map.workload_class": t.workload_class,
         "bottleneck_map.finish_reason": seq.finish_reason,

@@ -141,6 +141,12 @@ def test_otel_spans_carry_vllm_attributes(tmp_path, make_engine, tiny, otel):
     arrival = req.loc[root.attributes["gen_ai.request.id"], "arrival_ns"]
     assert root.start_time == arrival - clock["origin_monotonic_ns"] + clock["origin_unix_ns"]
     assert req.loc[root.attributes["gen_ai.request.id"], "trace_id"] == format(root.context.trace_id, "032x")
+    # vLLM v1 meanings: queue is queued -> first scheduled, prefill first scheduled -> first token
+    for span in ok:
+        row = req.loc[span.attributes["gen_ai.request.id"]]
+        a = span.attributes
+        assert a["gen_ai.latency.time_in_queue"] == (row["first_scheduled_ns"] - row["queued_ns"]) / 1e9
+        assert a["gen_ai.latency.time_to_first_token"] == (row["first_token_ns"] - row["arrival_ns"]) / 1e9
 
 
 def test_parent_traceparent_is_honoured(make_engine, otel):
