@@ -10,20 +10,8 @@ from pathlib import Path
 
 import typer
 
+from bottleneck_map.embedded_engine import engine_flags as flags
 from bottleneck_map.embedded_engine.engine_config import ConfigError, EngineConfig
-
-_FLAG_OF_FIELD = {
-    "block_size": "--block-size",
-    "num_kv_blocks": "--num-kv-blocks",
-    "kv_cache_memory_bytes": "--kv-cache-memory-bytes",
-    "max_num_seqs": "--max-num-seqs",
-    "max_num_batched_tokens": "--max-num-batched-tokens",
-    "preemption_mode": "--preemption-mode",
-    "swap_space_gib": "--swap-space",
-    "max_model_len": "--max-model-len",
-    "device": "--device",
-    "dtype": "--dtype",
-}
 
 
 def _bad(flag: str, message: str) -> typer.BadParameter:
@@ -97,44 +85,20 @@ def print_summary(bundle: Path, result, console) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(
-        model: str = typer.Option(
-            "default", "--model", help="Built-in preset (default, tiny, ...) or a local HF checkpoint directory."
-        ),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-        dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
-        max_num_seqs: int = typer.Option(64, "--max-num-seqs", help="Most sequences in one batch."),
-        max_num_batched_tokens: int | None = typer.Option(
-            None,
-            "--max-num-batched-tokens",
-            help="Token budget of one step (default 512; max-model-len without chunked prefill).",
-        ),
-        block_size: int = typer.Option(16, "--block-size", help="Tokens per KV block."),
-        num_kv_blocks: int | None = typer.Option(
-            None,
-            "--num-kv-blocks",
-            help="KV cache size in blocks (default: max-num-seqs full-length sequences, at most 256 MiB).",
-        ),
-        kv_cache_memory_bytes: int | None = typer.Option(
-            None, "--kv-cache-memory-bytes", help="KV cache size as a memory budget (ignored with --num-kv-blocks)."
-        ),
-        max_model_len: int | None = typer.Option(
-            None, "--max-model-len", help="Context length limit (default: the model's, capped by the KV cache)."
-        ),
-        enable_prefix_caching: bool = typer.Option(
-            True,
-            "--enable-prefix-caching/--no-enable-prefix-caching",
-            help="Reuse KV blocks of shared prompt prefixes.",
-        ),
-        preemption_mode: str = typer.Option(
-            "recompute",
-            "--preemption-mode",
-            help="recompute (drop KV, recompute later) or swap (copy KV to host memory).",
-        ),
-        swap_space: float = typer.Option(4.0, "--swap-space", help="Host swap space in GiB (preemption-mode swap)."),
-        no_chunked_prefill: bool = typer.Option(
-            False, "--no-chunked-prefill", help="Separate prefill and decode steps."
-        ),
-        seed: int = typer.Option(0, "--seed", help="Seed for weights of built-in models, workload and sampling."),
+        model: str = flags.MODEL,
+        device: str = flags.DEVICE,
+        dtype: str = flags.DTYPE,
+        max_num_seqs: int = flags.MAX_NUM_SEQS,
+        max_num_batched_tokens: int | None = flags.MAX_NUM_BATCHED_TOKENS,
+        block_size: int = flags.BLOCK_SIZE,
+        num_kv_blocks: int | None = flags.NUM_KV_BLOCKS,
+        kv_cache_memory_bytes: int | None = flags.KV_CACHE_MEMORY_BYTES,
+        max_model_len: int | None = flags.MAX_MODEL_LEN,
+        enable_prefix_caching: bool = flags.ENABLE_PREFIX_CACHING,
+        preemption_mode: str = flags.PREEMPTION_MODE,
+        swap_space: float = flags.SWAP_SPACE,
+        no_chunked_prefill: bool = flags.NO_CHUNKED_PREFILL,
+        seed: int = flags.SEED,
         num_requests: int | None = typer.Option(
             None, "--num-requests", help="Requests in the synthetic workload (default 64)."
         ),
@@ -165,9 +129,7 @@ def register(app: typer.Typer) -> None:
         inject: list[str] = typer.Option(
             [], "--inject", help="Fault injection NAME=VALUE: tokenize_us_per_token, step_host_ms, client_read_ms."
         ),
-        record_prompts: bool = typer.Option(
-            False, "--record-prompts", help="Store prompt and output text in the bundle."
-        ),
+        record_prompts: bool = flags.RECORD_PROMPTS,
         agent: bool = typer.Option(
             True, "--agent/--no-agent", help="Sample host and GPU metrics into the bundle while running."
         ),
@@ -183,24 +145,21 @@ def register(app: typer.Typer) -> None:
         from bottleneck_map.embedded_engine.workload import ARRIVALS, LengthDist, WorkloadSpec
 
         console = Console()
-        try:
-            ecfg = EngineConfig(
-                block_size=block_size,
-                num_kv_blocks=num_kv_blocks,
-                kv_cache_memory_bytes=kv_cache_memory_bytes,
-                max_num_seqs=max_num_seqs,
-                max_num_batched_tokens=max_num_batched_tokens,
-                chunked_prefill=not no_chunked_prefill,
-                enable_prefix_caching=enable_prefix_caching,
-                preemption_mode=preemption_mode,
-                swap_space_gib=swap_space,
-                max_model_len=max_model_len,
-                device=device,
-                dtype=dtype,
-                seed=seed,
-            )
-        except ConfigError as exc:
-            raise _bad(_FLAG_OF_FIELD.get(exc.field, "--" + exc.field.replace("_", "-")), str(exc)) from None
+        ecfg = flags.engine_config(
+            block_size=block_size,
+            num_kv_blocks=num_kv_blocks,
+            kv_cache_memory_bytes=kv_cache_memory_bytes,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            no_chunked_prefill=no_chunked_prefill,
+            enable_prefix_caching=enable_prefix_caching,
+            preemption_mode=preemption_mode,
+            swap_space=swap_space,
+            max_model_len=max_model_len,
+            device=device,
+            dtype=dtype,
+            seed=seed,
+        )
         lengths = {}
         for flag, text in (("--prompt-len", prompt_len), ("--output-len", output_len)):
             try:
@@ -297,7 +256,7 @@ def run_bundle(
         try:
             engine = LLMEngine(loaded, engine_config, injection=injection)
         except ConfigError as exc:
-            raise typer.BadParameter(str(exc), param_hint=_FLAG_OF_FIELD.get(exc.field, exc.field)) from None
+            raise flags.config_error(exc) from None
     words = word_pool(loaded.tokenizer)
     if workload_file is not None:
         try:

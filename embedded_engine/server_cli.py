@@ -9,17 +9,8 @@ from typing import Any
 
 import typer
 
+from bottleneck_map.embedded_engine import engine_flags as flags
 from bottleneck_map.embedded_engine.engine_config import ConfigError, EngineConfig
-
-_FLAGS = {
-    "swap_space_gib": "--swap-space",
-    "kv_cache_memory_bytes": "--num-kv-blocks",
-    "chunked_prefill": "--no-chunked-prefill",
-}
-
-
-def flag_of(field_name: str) -> str:
-    return _FLAGS.get(field_name, "--" + field_name.replace("_", "-"))
 
 
 @dataclass
@@ -135,36 +126,27 @@ def build_server(
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
-        model: str = typer.Option(
-            "default", "--model", help="Built-in preset (default, tiny, ...) or a local HF checkpoint directory."
-        ),
+        model: str = flags.MODEL,
         host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
         port: int = typer.Option(8000, "--port", help="Port to listen on."),
         served_model_name: str | None = typer.Option(
             None, "--served-model-name", help="Model name in the API (default: the model's name)."
         ),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-        dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
-        max_num_seqs: int = typer.Option(64, "--max-num-seqs", help="Most sequences in one batch."),
-        max_num_batched_tokens: int | None = typer.Option(
-            None, "--max-num-batched-tokens", help="Token budget of one step."
-        ),
-        block_size: int = typer.Option(16, "--block-size", help="Tokens per KV block."),
-        num_kv_blocks: int | None = typer.Option(None, "--num-kv-blocks", help="KV cache size in blocks."),
-        max_model_len: int | None = typer.Option(None, "--max-model-len", help="Context length limit."),
-        enable_prefix_caching: bool = typer.Option(
-            True, "--enable-prefix-caching/--no-enable-prefix-caching", help="Reuse KV blocks of shared prefixes."
-        ),
-        preemption_mode: str = typer.Option("recompute", "--preemption-mode", help="recompute or swap."),
-        swap_space: float = typer.Option(4.0, "--swap-space", help="Host swap space in GiB (preemption-mode swap)."),
-        no_chunked_prefill: bool = typer.Option(
-            False, "--no-chunked-prefill", help="Separate prefill and decode steps."
-        ),
-        seed: int = typer.Option(0, "--seed", help="Seed for built-in weights and default sampling."),
+        device: str = flags.DEVICE,
+        dtype: str = flags.DTYPE,
+        max_num_seqs: int = flags.MAX_NUM_SEQS,
+        max_num_batched_tokens: int | None = flags.MAX_NUM_BATCHED_TOKENS,
+        block_size: int = flags.BLOCK_SIZE,
+        num_kv_blocks: int | None = flags.NUM_KV_BLOCKS,
+        kv_cache_memory_bytes: int | None = flags.KV_CACHE_MEMORY_BYTES,
+        max_model_len: int | None = flags.MAX_MODEL_LEN,
+        enable_prefix_caching: bool = flags.ENABLE_PREFIX_CACHING,
+        preemption_mode: str = flags.PREEMPTION_MODE,
+        swap_space: float = flags.SWAP_SPACE,
+        no_chunked_prefill: bool = flags.NO_CHUNKED_PREFILL,
+        seed: int = flags.SEED,
         bundle: Path | None = typer.Option(None, "--bundle", help="Write a trace bundle here while serving."),
-        record_prompts: bool = typer.Option(
-            False, "--record-prompts", help="Store prompt and output text in the bundle."
-        ),
+        record_prompts: bool = flags.RECORD_PROMPTS,
         agent: bool = typer.Option(
             False, "--agent/--no-agent", help="Sample host/GPU metrics in-process (bundle and /metrics)."
         ),
@@ -183,23 +165,21 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"must be > 0, got {agent_interval}", param_hint="--agent-interval")
         if bundle is not None and bundle.exists() and any(bundle.iterdir()):
             raise typer.BadParameter(f"{bundle} exists and is not empty", param_hint="--bundle")
-        try:
-            ecfg = EngineConfig(
-                block_size=block_size,
-                num_kv_blocks=num_kv_blocks,
-                max_num_seqs=max_num_seqs,
-                max_num_batched_tokens=max_num_batched_tokens,
-                chunked_prefill=not no_chunked_prefill,
-                enable_prefix_caching=enable_prefix_caching,
-                preemption_mode=preemption_mode,
-                swap_space_gib=swap_space,
-                max_model_len=max_model_len,
-                device=device,
-                dtype=dtype,
-                seed=seed,
-            )
-        except ConfigError as exc:
-            raise typer.BadParameter(str(exc), param_hint=flag_of(exc.field)) from None
+        ecfg = flags.engine_config(
+            block_size=block_size,
+            num_kv_blocks=num_kv_blocks,
+            kv_cache_memory_bytes=kv_cache_memory_bytes,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            no_chunked_prefill=no_chunked_prefill,
+            enable_prefix_caching=enable_prefix_caching,
+            preemption_mode=preemption_mode,
+            swap_space=swap_space,
+            max_model_len=max_model_len,
+            device=device,
+            dtype=dtype,
+            seed=seed,
+        )
         try:
             http = UvicornServer(None, host, port, log_level=log_level)
         except OSError as exc:
@@ -219,7 +199,7 @@ def register(app: typer.Typer) -> None:
             )
         except ConfigError as exc:
             http.sock.close()
-            raise typer.BadParameter(str(exc), param_hint=flag_of(exc.field)) from None
+            raise flags.config_error(exc) from None
         except (CheckpointError, ValueError) as exc:
             http.sock.close()
             typer.echo(f"error: {exc}", err=True)
