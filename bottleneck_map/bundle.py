@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,7 +126,9 @@ class BundleWriter:
         self._tables = tuple(tables)
         for t in self._tables:
             schema_for(t)
-        self._buffers: dict[str, list[Mapping[str, Any]]] = {t: [] for t in self._tables}
+        # per table, in call order: row mappings and column batches (``_Columns``)
+        self._buffers: dict[str, list[Mapping[str, Any] | _Columns]] = {t: [] for t in self._tables}
+        self._pending = {t: 0 for t in self._tables}  # rows buffered per table
         self._seq = 0
         self._rows_written = {t: 0 for t in self._tables}
         self._lock = threading.Lock()
@@ -155,14 +157,41 @@ class BundleWriter:
         self.extend(table, (row,))
 
     def extend(self, table: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Buffer rows (mappings of column name to value) for ``table``."""
+        self._buffer(table, list(rows))
+
+    def extend_columns(self, table: str, columns: Mapping[str, Sequence[Any]]) -> None:
+        """Buffer rows given column-wise: ``columns`` maps column names to sequences of
+        one length (a column left out is null in every row). Producers that already hold
+        their data as columns skip building one dict per row, and the batch is converted
+        to Arrow a column at a time when flushed. Rows that do not fit the schema are
+        dropped with a warning at flush, as with :meth:`extend`; unknown column names
+        and columns of different lengths raise ``ValueError`` here."""
+        schema = self._schema(table)
+        unknown = [name for name in columns if schema.get_field_index(name) < 0]
+        if unknown:
+            raise ValueError(f"table {table!r} has no column(s) {', '.join(map(repr, unknown))}")
+        lengths = {len(values) for values in columns.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"columns for table {table!r} have different lengths {sorted(lengths)}")
+        n = lengths.pop() if lengths else 0
+        if n:
+            self._buffer(table, [_Columns(n, {name: list(values) for name, values in columns.items()})])
+
+    def _schema(self, table: str) -> pa.Schema:
         if table not in self._buffers:
             raise ValueError(f"this writer does not write table {table!r}")
+        return SCHEMAS[table]
+
+    def _buffer(self, table: str, items: list[Mapping[str, Any] | _Columns]) -> None:
+        self._schema(table)
+        n = sum(item.num_rows if isinstance(item, _Columns) else 1 for item in items)
         with self._lock:
             if self._closed:
                 raise BundleError(f"{self.path}: writer is closed")
-            buf = self._buffers[table]
-            buf.extend(rows)
-            full = len(buf) >= self.flush_rows
+            self._buffers[table].extend(items)
+            self._pending[table] += n
+            full = self._pending[table] >= self.flush_rows
         if full:
             self.flush(table)
 
@@ -182,14 +211,15 @@ class BundleWriter:
             for t in (table,) if table else self._tables:
                 with self._lock:
                     rows, self._buffers[t] = self._buffers[t], []
+                    self._pending[t] = 0
                     if not rows:
                         continue
                     self._seq += 1
                     seq = self._seq
                 self._write_segment(t, rows, seq)
 
-    def _write_segment(self, table: str, rows: list[Mapping[str, Any]], seq: int) -> None:
-        arrow = _rows_to_table(table, rows)
+    def _write_segment(self, table: str, rows: list[Mapping[str, Any] | _Columns], seq: int) -> None:
+        arrow = _items_to_table(table, rows)
         if arrow.num_rows == 0:
             return
         name = f"part-{self.writer_id}-{seq:06d}.parquet"
@@ -236,6 +266,18 @@ class BundleWriter:
         self.close()
 
 
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    """A batch of rows held column-wise (``BundleWriter.extend_columns``)."""
+
+    num_rows: int
+    columns: dict[str, list[Any]]
+
+    def rows(self) -> list[dict[str, Any]]:
+        names = list(self.columns)
+        return [dict(zip(names, values, strict=True)) for values in zip(*self.columns.values(), strict=True)]
+
+
 def _to_arrow(schema: pa.Schema, rows: list[Mapping[str, Any]]) -> pa.Table:
     table = pa.Table.from_pylist(rows, schema=schema)
     for fld in schema:
@@ -264,6 +306,42 @@ def _rows_to_table(table: str, rows: list[Mapping[str, Any]]) -> pa.Table:
             continue
         good.append(row)
     return _to_arrow(schema, good)
+
+
+def _columns_to_table(table: str, batches: list[_Columns]) -> pa.Table:
+    """Consecutive column batches as one table, converted a column at a time; when a
+    value does not fit, the batches go through the row path, which drops only the
+    rows that do not fit."""
+    schema = SCHEMAS[table]
+    try:
+        arrays = []
+        for fld in schema:
+            values: list[Any] = []
+            for b in batches:
+                col = b.columns.get(fld.name)
+                values.extend(col if col is not None else (None,) * b.num_rows)
+            arr = pa.array(values, type=fld.type)
+            if not fld.nullable and arr.null_count:
+                raise ValueError(f"required field {fld.name!r} is null")
+            arrays.append(arr)
+        return pa.Table.from_arrays(arrays, schema=schema)
+    except _ROW_ERRORS:
+        return _rows_to_table(table, [row for b in batches for row in b.rows()])
+
+
+def _items_to_table(table: str, items: list[Mapping[str, Any] | _Columns]) -> pa.Table:
+    """Buffered rows and column batches, in the order they were added, as one table."""
+    parts: list[pa.Table] = []
+    run: list[Any] = []
+    for item in [*items, None]:  # None ends the last run
+        if run and (item is None or isinstance(item, _Columns) != isinstance(run[0], _Columns)):
+            parts.append(_columns_to_table(table, run) if isinstance(run[0], _Columns) else _rows_to_table(table, run))
+            run = []
+        if item is not None:
+            run.append(item)
+    if len(parts) == 1:
+        return parts[0]
+    return pa.concat_tables(parts) if parts else SCHEMAS[table].empty_table()
 
 
 # -- reading -------------------------------------------------------------

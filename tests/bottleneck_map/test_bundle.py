@@ -179,3 +179,58 @@ def test_missing_nullable_columns_read_as_null(tmp_path: Path, make_bundle):
     t = read_bundle(path).table("requests")
     assert t.num_rows == 2
     assert t.column("first_token_ns").null_count == 1
+
+
+def test_columns_round_trip_in_call_order_with_rows(tmp_path):
+    w = BundleWriter(tmp_path / "b", new_meta("test"), tables=("samples",))
+    w.add_sample({"ts_ns": 1, "source": "host", "cpu_util_ratio": 0.5})
+    w.extend_columns(
+        "samples",
+        {
+            "ts_ns": [2, 3],
+            "source": ["gpu", "host"],
+            "device": ["0", "host"],
+            "power_w": [100, None],
+            "cpu_util_per_core": [None, [0.25, 0.75]],
+        },
+    )
+    w.add_sample({"ts_ns": 4, "source": "gpu", "device": "1", "power_w": 50.5})
+    w.close()
+    table = read_bundle(tmp_path / "b").table("samples")
+    assert len(segment_paths(tmp_path / "b", "samples")) == 1
+    assert table.column("ts_ns").to_pylist() == [1, 2, 3, 4]
+    assert table.column("power_w").to_pylist() == [None, 100.0, None, 50.5]
+    assert table.column("cpu_util_per_core").to_pylist() == [None, None, [0.25, 0.75], None]
+    assert table.column("instance").null_count == 4  # columns left out are null
+
+
+def test_columns_count_toward_flush_rows(tmp_path):
+    w = BundleWriter(tmp_path / "b", new_meta("test"), tables=("samples",), flush_rows=5, flush_interval_s=60)
+    w.extend_columns("samples", {"ts_ns": [1, 2, 3], "source": ["host"] * 3})
+    assert segment_paths(tmp_path / "b", "samples") == []
+    w.extend_columns("samples", {"ts_ns": [4, 5], "source": ["host"] * 2})
+    assert len(read_bundle(tmp_path / "b").table("samples")) == 5
+    w.extend_columns("samples", {})  # no rows: nothing buffered
+    w.close()
+    assert len(read_bundle(tmp_path / "b").table("samples")) == 5
+
+
+def test_a_column_row_that_does_not_fit_is_dropped_and_the_rest_kept(tmp_path):
+    w = BundleWriter(tmp_path / "b", new_meta("test"), tables=("samples",))
+    w.extend_columns("samples", {"ts_ns": [1, 2, 3], "source": ["gpu", None, "gpu"], "power_w": [1.0, 2.0, "x"]})
+    with pytest.warns(BundleWarning, match="samples: dropped a row"):
+        w.close()
+    assert read_bundle(tmp_path / "b").table("samples").column("ts_ns").to_pylist() == [1]
+
+
+def test_columns_of_unknown_names_or_unequal_lengths_are_refused(tmp_path):
+    w = BundleWriter(tmp_path / "b", new_meta("test"), tables=("samples",))
+    with pytest.raises(ValueError, match="no column"):
+        w.extend_columns("samples", {"ts_ns": [1], "source": ["gpu"], "bogus": [1]})
+    with pytest.raises(ValueError, match="different lengths"):
+        w.extend_columns("samples", {"ts_ns": [1, 2], "source": ["gpu"]})
+    with pytest.raises(ValueError, match="does not write"):
+        w.extend_columns("steps", {"step_id": [1]})
+    w.close()
+    with pytest.raises(BundleError, match="closed"):
+        w.extend_columns("samples", {"ts_ns": [1], "source": ["gpu"]})
