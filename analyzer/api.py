@@ -136,7 +136,8 @@ def analyze_full(
             f"--window {window_s} s gives {n_windows} windows over {duration_s:.0f} s; use a larger window"
         )
     hw_win = hardware.per_window(samples, start_ns, window_ns, n_windows) if not samples.empty else None
-    timeline = windows.window_timeline(st, attr, sb, hw_win, start_ns, window_ns, n_windows)
+    spans = stages.preempted_spans(t.requests, pd.DataFrame(windows.bounds(st)))
+    timeline = windows.window_timeline(st, attr, sb, hw_win, start_ns, window_ns, n_windows, spans)
     win_verdicts = windows.window_verdicts(timeline)
 
     # Signals for the rules.

@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-MAP_SCHEMA_VERSION = 1
+MAP_SCHEMA_VERSION = 2
 
 # Stable verdict class ids (used in JSON, metrics, tests). Order is the display order.
 CLASSES: tuple[str, ...] = (
@@ -264,7 +264,10 @@ class WindowVerdict(_Serial):
     confidence: float
     requests_arrived: int
     requests_finished: int
-    stage_share: dict[str, float] = field(default_factory=dict)  # stage group -> share of latency in window
+    # stage group -> share of the stage time placed in this window (stage ns, each at its own interval's midpoint)
+    stage_share: dict[str, float] = field(default_factory=dict)
+    # class -> share of the attributed time placed in this window ("unattributed" when steps are missing)
+    class_share: dict[str, float] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)  # class -> score in this window
     kv_usage: float | None = None
     num_waiting: float | None = None

@@ -58,18 +58,19 @@ def lifecycle(requests: pa.Table) -> pd.DataFrame:
     return out
 
 
-def _preemption_overlaps(requests: pa.Table, t: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Preempted time inside prefill and inside decode, and the preemption count, per request."""
-    n = requests.num_rows
+def preempted_spans(requests: pa.Table, t: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every preempted -> resumed span: (request row index, start ns, end ns).
+
+    The i-th preemption of a request pairs with its i-th resume; a missing resume (or one
+    before its preemption) means "until the request finished" (``t5``). Spans are clipped
+    to first_scheduled -> finished (``t3``..``t5``); null preemption stamps are left out.
+    """
     pre, parent = flat_list(requests, "preempted_ns")
     res, rparent = flat_list(requests, "resumed_ns")
-    in_pre = np.zeros(n, np.int64)
-    in_dec = np.zeros(n, np.int64)
-    count = np.bincount(parent, minlength=n) if len(parent) else np.zeros(n, np.int64)
     if not len(parent):
-        return in_pre, in_dec, count
+        e = np.empty(0, np.int64)
+        return e, e, e
     p = to_np(pre, NA_NS, np.int64)
-    # i-th preemption pairs with i-th resume of the same request; a missing resume means "until the end".
     rank = np.arange(len(parent)) - np.searchsorted(parent, parent)
     r_vals = to_np(res, NA_NS, np.int64) if len(rparent) else np.empty(0, np.int64)
     r_rank = np.arange(len(rparent)) - np.searchsorted(rparent, rparent) if len(rparent) else rparent
@@ -80,13 +81,25 @@ def _preemption_overlaps(requests: pa.Table, t: pd.DataFrame) -> tuple[np.ndarra
         idx = pd.Index(key_r).get_indexer(key_p)
         hit = idx >= 0
         r[hit] = r_vals[idx[hit]]
-    t3, t4, t5 = (t[c].to_numpy()[parent] for c in ("t3", "t4", "t5"))
+    t3, t5 = t["t3"].to_numpy()[parent], t["t5"].to_numpy()[parent]
     r = np.where((r == NA_NS) | (r < p), t5, r)
     valid = p != NA_NS
-    in_pre_rows = np.where(valid, _overlap(p, r, t3, t4), 0)
-    in_dec_rows = np.where(valid, _overlap(p, r, t4, t5), 0)
-    in_pre = np.bincount(parent, weights=in_pre_rows, minlength=n).astype(np.int64)
-    in_dec = np.bincount(parent, weights=in_dec_rows, minlength=n).astype(np.int64)
+    start = np.clip(p[valid], t3[valid], t5[valid])
+    end = np.clip(r[valid], start, t5[valid])
+    return parent[valid], start, end
+
+
+def _preemption_overlaps(requests: pa.Table, t: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Preempted time inside prefill and inside decode, and the preemption count, per request."""
+    n = requests.num_rows
+    _, parent = flat_list(requests, "preempted_ns")
+    count = np.bincount(parent, minlength=n) if len(parent) else np.zeros(n, np.int64)
+    req, a, b = preempted_spans(requests, t)
+    if not len(req):
+        return np.zeros(n, np.int64), np.zeros(n, np.int64), count
+    t3, t4, t5 = (t[c].to_numpy()[req] for c in ("t3", "t4", "t5"))
+    in_pre = np.bincount(req, weights=_overlap(a, b, t3, t4), minlength=n).astype(np.int64)
+    in_dec = np.bincount(req, weights=_overlap(a, b, t4, t5), minlength=n).astype(np.int64)
     return in_pre, in_dec, count
 
 

@@ -48,7 +48,7 @@ def timeline_figure(
     """
     rows: list[tuple[str, bool]] = []  # (title, has secondary y)
     if windows:
-        rows += [("latency share by stage, per window", False), ("verdict per window", False)]
+        rows += [("request time by stage group, per window", False), ("verdict per window (from class shares)", False)]
     if len(engine):
         rows += [(title, sec is not None) for title, _, sec in _ENGINE_ROWS]
     hw_panels = [p for p in ("gpu_activity", "pcie", "power", "clock", "cpu") if p in hardware.groups]
@@ -205,12 +205,12 @@ def _stage_share_rows(fig: go.Figure, windows: Sequence[Any], window_s: float, r
                 stackgroup="share",
                 line={"width": 0.5, "color": GROUP_COLORS[g], "shape": "hv"},
                 legendgroup="stages",
-                hovertemplate=f"{g}: %{{y:.0f}}%<extra></extra>",
+                hovertemplate=f"{g}: %{{y:.0f}}% of the stage time placed in this window<extra></extra>",
             ),
             row=r,
             col=1,
         )
-    fig.update_yaxes(title_text="% of latency", range=[0, 100], row=r, col=1)
+    fig.update_yaxes(title_text="% of stage time", range=[0, 100], row=r, col=1)
     seen: set[str] = set()
     for cls in dict.fromkeys(w.cls for w in windows):
         ws = [w for w in windows if w.cls == cls]
@@ -222,8 +222,11 @@ def _stage_share_rows(fig: go.Figure, windows: Sequence[Any], window_s: float, r
                 name=class_name(cls),
                 marker={"color": class_color(cls), "line": {"width": 0}},
                 legendgroup="verdicts",
-                customdata=[[w.confidence, w.index] for w in ws],
-                hovertemplate=f"window %{{customdata[1]}}: {class_name(cls)} (confidence %{{customdata[0]:.2f}})<extra></extra>",
+                customdata=[[w.confidence, w.index, 100 * _class_share(w)] for w in ws],
+                hovertemplate=(
+                    f"window %{{customdata[1]}}: {class_name(cls)} (confidence %{{customdata[0]:.2f}})"
+                    "<br>top class share of attributed time: %{customdata[2]:.0f}%<extra></extra>"
+                ),
                 showlegend=cls not in seen,
             ),
             row=r + 1,
@@ -231,6 +234,12 @@ def _stage_share_rows(fig: go.Figure, windows: Sequence[Any], window_s: float, r
         )
         seen.add(cls)
     fig.update_yaxes(visible=False, range=[0, 1], row=r + 1, col=1)
+
+
+def _class_share(w: Any) -> float:
+    """The largest class share of the window (the class its verdict weighs); 0 when unknown."""
+    shares = {c: v for c, v in (getattr(w, "class_share", None) or {}).items() if c != "unattributed"}
+    return max(shares.values(), default=0.0)
 
 
 def _merge_spans(spans: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
