@@ -281,6 +281,8 @@ def _signals(t, st, attr, share, sb, roof, points, lat_all, hw, samples, peaks, 
             v[f"{p.phase}_bytes_per_s"] = p.achieved_bytes_per_s
             v[f"{p.phase}_flops_util"] = p.flops_utilization
             v[f"{p.phase}_bw_util"] = p.bandwidth_utilization
+            v[f"{p.phase}_step_bytes_per_s_p50"] = p.step_bytes_per_s_p50
+            v[f"{p.phase}_step_bw_util_p50"] = p.step_bandwidth_utilization_p50
     if "prefill_ai" not in v:
         mixed = next((p for p in points if p.phase == "mixed"), None)
         if mixed is not None:

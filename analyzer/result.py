@@ -234,6 +234,10 @@ class RooflinePoint(_Serial):
     bound: str | None  # "memory" | "compute"
     flops_utilization: float | None  # achieved / peak
     bandwidth_utilization: float | None
+    # The median step's achieved bytes/s and its fraction of peak: the typical step, unlike the
+    # aggregate above, is not dragged down by a few steps stalled by CPU contention or overhead.
+    step_bytes_per_s_p50: float | None = None
+    step_bandwidth_utilization_p50: float | None = None
 
 
 @dataclass

@@ -232,7 +232,13 @@ def step_roofline(
 
 
 def roofline_points(per_step: pd.DataFrame, peaks: DevicePeaks) -> list[RooflinePoint]:
-    """Aggregate roofline positions for prefill, decode, mixed and all steps."""
+    """Aggregate roofline positions for prefill, decode, mixed and all steps.
+
+    The aggregate rates are summed FLOPs and bytes over summed step time, so a few steps stalled
+    for hundreds of milliseconds (a CPU shared with other processes, a host hiccup) pull them far
+    below what a typical step reaches; ``step_bytes_per_s_p50`` (the median step's achieved
+    bytes/s) and its fraction of peak say whether the steps themselves run near the roofline.
+    """
     points = []
     if "flops" not in per_step or per_step.empty:
         return points
@@ -247,6 +253,9 @@ def roofline_points(per_step: pd.DataFrame, peaks: DevicePeaks) -> list[Roofline
         ab = nbytes / secs if secs > 0 else None
         ai = flops / nbytes if nbytes > 0 else None
         ridge = peaks.ridge_point
+        step_bw = sel["achieved_bytes_per_s"].to_numpy(dtype=float)
+        step_bw = step_bw[np.isfinite(step_bw)]
+        bw_p50 = float(np.median(step_bw)) if len(step_bw) else None
         points.append(
             RooflinePoint(
                 phase=phase,
@@ -262,6 +271,10 @@ def roofline_points(per_step: pd.DataFrame, peaks: DevicePeaks) -> list[Roofline
                 flops_utilization=af / peaks.peak_flops if af is not None and peaks.peak_flops else None,
                 bandwidth_utilization=ab / peaks.peak_bandwidth_bytes_per_s
                 if ab is not None and peaks.peak_bandwidth_bytes_per_s
+                else None,
+                step_bytes_per_s_p50=bw_p50,
+                step_bandwidth_utilization_p50=bw_p50 / peaks.peak_bandwidth_bytes_per_s
+                if bw_p50 is not None and peaks.peak_bandwidth_bytes_per_s
                 else None,
             )
         )

@@ -12,6 +12,7 @@ table as printed (per decoder layer, rounded by the authors).
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from bottleneck_map.analyzer.data import load
@@ -133,3 +134,26 @@ def test_cpu_uses_measured_peaks_only():
     )
     assert (p.peak_flops, p.peak_bandwidth_bytes_per_s, p.source) == (1e11, 1e10, "measured")
     assert device_peaks({"kind": "cuda", "name": "mystery"}).source == "none"
+
+
+def test_median_step_bandwidth_is_not_dragged_down_by_stalled_steps():
+    from bottleneck_map.analyzer.result import DevicePeaks
+    from bottleneck_map.analyzer.roofline import roofline_points
+
+    peaks = DevicePeaks("cpu", "cpu", 1e11, 1e10, "measured")
+    # 19 decode steps moving 100 MB in 20 ms (5 GB/s = 50% of 10 GB/s) and one stalled for 2 s.
+    times = np.r_[np.full(19, 0.02), 2.0]
+    per_step = pd.DataFrame(
+        {
+            "phase": "decode",
+            "flops": 1e8,
+            "bytes": 1e8,
+            "time_s": times,
+            "achieved_flops_per_s": 1e8 / times,
+            "achieved_bytes_per_s": 1e8 / times,
+        }
+    )
+    (dec, _all) = roofline_points(per_step, peaks)
+    assert dec.bandwidth_utilization == pytest.approx(20 * 1e8 / (19 * 0.02 + 2.0) / 1e10)  # ~8%
+    assert dec.step_bytes_per_s_p50 == pytest.approx(5e9)
+    assert dec.step_bandwidth_utilization_p50 == pytest.approx(0.5)
