@@ -10,6 +10,7 @@ from bottleneck_map.analyzer.api import (
     analyze_full,
     request_metrics,
     request_stages,
+    request_timeline,
     step_roofline,
     window_timeline,
 )
@@ -32,6 +33,7 @@ from bottleneck_map.analyzer.result import (
     Verdict,
     WindowVerdict,
 )
+from bottleneck_map.analyzer.stages import RequestTimeline
 
 __all__ = [
     "CLASSES",
@@ -46,6 +48,7 @@ __all__ = [
     "LatencySummary",
     "Percentiles",
     "RequestExplanation",
+    "RequestTimeline",
     "RooflinePoint",
     "StageStats",
     "Unreachable",
@@ -55,6 +58,7 @@ __all__ = [
     "analyze_full",
     "request_metrics",
     "request_stages",
+    "request_timeline",
     "step_roofline",
     "summarize_bundle",
     "summary_text",

@@ -479,6 +479,18 @@ def step_roofline(
     return roofline.step_roofline(t.steps, t.meta.get("model"), peaks or device_peaks(t.meta.get("device")))
 
 
+def request_timeline(
+    bundle_or_analysis: Analysis | Bundle | Tables | str | os.PathLike[str], request_id: str
+) -> stages.RequestTimeline | None:
+    """One request for a waterfall: lifecycle bounds and intervals (preempted -> resumed spans
+    included) and the steps it took part in, all in bundle-clock ns; None when the id is unknown.
+
+    Takes an :class:`Analysis` (its tables are reused), an opened bundle, ``Tables`` or a path.
+    """
+    t = bundle_or_analysis.tables if isinstance(bundle_or_analysis, Analysis) else load(bundle_or_analysis)
+    return stages.request_timeline(t.requests, t.steps if t.capabilities["steps"] else None, request_id)
+
+
 def window_timeline(bundle_or_path: Bundle | Tables | str | os.PathLike[str], *, window_s: float = 1.0) -> pd.DataFrame:
     """Per-window timeline: arrivals, completions, ns attributed per class, engine and hardware means."""
     return analyze_full(bundle_or_path, window_s=window_s).timeline
@@ -491,6 +503,7 @@ __all__ = [
     "analyze_full",
     "request_metrics",
     "request_stages",
+    "request_timeline",
     "step_roofline",
     "window_timeline",
 ]

@@ -241,3 +241,97 @@ def stage_totals(stages: pd.DataFrame) -> pd.Series:
     """Summed ns per stage over complete requests."""
     done = stages[stages["complete"]]
     return done[list(STAGES)].sum()
+
+
+# Lifecycle intervals of the waterfall, in flow order: (name, from bound, to bound).
+LIFECYCLE_INTERVALS: tuple[tuple[str, str, str], ...] = (
+    ("receive", "t0", "t1"),
+    ("tokenize", "t1", "t2"),
+    ("queue", "t2", "t3"),
+    ("prefill", "t3", "t4"),
+    ("decode", "t4", "t5"),
+    ("streaming", "t5", "t6"),
+)
+TIMELINE_STEP_COLUMNS = (
+    "step_index",
+    "step_id",
+    "start_ns",
+    "end_ns",
+    "is_prefill",
+    "query_len",
+    "context_len",
+    "batch_size",
+    "num_prefill_tokens",
+)
+
+
+@dataclass
+class RequestTimeline:
+    """One request's lifecycle and the engine steps it took part in (bundle-clock int64 ns).
+
+    ``bounds``: t0 arrival, t1 tokenize start, t2 tokenized, t3 first scheduled, t4 first token,
+    t5 finished, t6 last byte (nulls filled from the previous stamp, as :func:`lifecycle`).
+    ``intervals``: ``stage, start_ns, end_ns``, one row per non-empty lifecycle interval of
+    :data:`LIFECYCLE_INTERVALS`, then one ``preempted`` row per preempted -> resumed span.
+    ``steps``: one row per step that carried the request, in step order, with
+    :data:`TIMELINE_STEP_COLUMNS` (``step_index`` is the row in the bundle's steps table;
+    ``query_len``/``context_len`` are this request's tokens in the step; ``batch_size`` the
+    sequences in the step). ``stages_ns``: the request's stages (:func:`request_stages`).
+    """
+
+    request_id: str
+    workload_class: str | None
+    complete: bool
+    bounds: dict[str, int]
+    intervals: pd.DataFrame
+    steps: pd.DataFrame
+    stages_ns: dict[str, int]
+
+
+def request_timeline(requests: pa.Table, steps: pa.Table | None, request_id: str) -> RequestTimeline | None:
+    """The lifecycle intervals, preempted spans and member steps of one request; None for an unknown id."""
+    ids = requests.column("request_id")
+    row = requests.filter(pc.equal(ids, pa.scalar(str(request_id), ids.type)))
+    if row.num_rows == 0:
+        return None
+    row = row.slice(0, 1)
+    life = lifecycle(row)
+    b = {k: int(life[k].iloc[0]) for k in ("t0", "t1", "t2", "t3", "t4", "t5", "t6")}
+    rows = [(name, b[a], b[z]) for name, a, z in LIFECYCLE_INTERVALS if b[z] > b[a]]
+    _, p0, p1 = preempted_spans(row, life)
+    rows += [("preempted", int(a), int(z)) for a, z in zip(p0, p1, strict=True)]
+    intervals = pd.DataFrame(rows, columns=["stage", "start_ns", "end_ns"])
+    member = pd.DataFrame({c: [] for c in TIMELINE_STEP_COLUMNS})
+    near = None
+    if steps is not None and steps.num_rows:
+        s0, s1 = ns(steps, "start_ns"), ns(steps, "end_ns")
+        idx = np.flatnonzero((s1 >= b["t0"]) & (s0 <= b["t6"]))
+        near = steps.take(pa.array(idx))
+        value_type = steps.schema.field("request_ids").type.value_type
+        mem = step_membership(near, pa.array([str(request_id)], value_type)).known()
+        if len(mem.step):
+            sub = near.take(pa.array(mem.step))
+            member = pd.DataFrame(
+                {
+                    "step_index": idx[mem.step],
+                    "step_id": to_np(sub.column("step_id"), -1, np.int64),
+                    "start_ns": ns(sub, "start_ns"),
+                    "end_ns": ns(sub, "end_ns"),
+                    "is_prefill": np.asarray(mem.is_prefill, bool),
+                    "query_len": np.asarray(mem.q).astype(np.int64),
+                    "context_len": np.asarray(mem.c).astype(np.int64),
+                    "batch_size": to_np(pc.list_value_length(sub.column("request_ids")), 0, np.int64),
+                    "num_prefill_tokens": to_np(sub.column("num_prefill_tokens"), 0, np.int64),
+                }
+            ).sort_values("start_ns", kind="stable", ignore_index=True)
+    st = request_stages(row, near if near is not None and near.num_rows else None).iloc[0]
+    cls = row.column("workload_class")[0].as_py()
+    return RequestTimeline(
+        request_id=str(request_id),
+        workload_class=cls,
+        complete=bool(life["complete"].iloc[0]),
+        bounds=b,
+        intervals=intervals,
+        steps=member,
+        stages_ns={s: int(st[s]) for s in STAGES},
+    )

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from bottleneck_map.dashboard.store import Loaded
@@ -99,65 +98,36 @@ class RequestTimeline:
     stages_s: dict[str, float]
 
 
-_LIFECYCLE = [
-    ("receive", "t0", "t1"),
-    ("tokenize", "t1", "t2"),
-    ("queue", "t2", "t3"),
-    ("prefill", "t3", "t4"),
-    ("decode", "t4", "t5"),
-    ("streaming", "t5", "t6"),
-]
-
-
 def request_timeline(loaded: Loaded, request_id: str) -> RequestTimeline | None:
-    """Lifecycle (the analyzer's boundaries) and step membership of one request; None if unknown."""
-    from bottleneck_map.analyzer.result import STAGES
-    from bottleneck_map.analyzer.stages import lifecycle, step_membership
+    """The analyzer's timeline of one request (lifecycle, preempted spans, member steps) in ms
+    since its arrival; None if the id is unknown."""
+    from bottleneck_map.analyzer import request_timeline as analyzer_timeline
 
-    table = loaded.tables.requests
-    row = table.filter(pc.equal(table.column("request_id"), pa.scalar(str(request_id))))
-    if row.num_rows == 0:
+    tl = analyzer_timeline(loaded.analysis, str(request_id))
+    if tl is None:
         return None
-    row = row.slice(0, 1)
-    life = lifecycle(row).iloc[0]
-    t0 = int(life["t0"])
-    intervals = [
-        {"stage": name, "start_ms": (int(life[a]) - t0) / 1e6, "end_ms": (int(life[b]) - t0) / 1e6}
-        for name, a, b in _LIFECYCLE
-        if int(life[b]) > int(life[a])
-    ]
-    pre = [v for v in (row.column("preempted_ns")[0].as_py() or []) if v is not None]
-    res = [v for v in (row.column("resumed_ns")[0].as_py() or []) if v is not None]
-    for i, p in enumerate(pre):
-        r = res[i] if i < len(res) and res[i] >= p else int(life["t5"])
-        intervals.append({"stage": "preempted", "start_ms": (p - t0) / 1e6, "end_ms": (r - t0) / 1e6})
-    steps = loaded.tables.steps
-    step_rows = pd.DataFrame(
-        columns=["step_id", "start_ms", "end_ms", "is_prefill", "query_len", "batch_size", "num_prefill_tokens"]
+    t0 = tl.bounds["t0"]
+    intervals = pd.DataFrame(
+        {
+            "stage": tl.intervals["stage"].to_numpy(),
+            "start_ms": (tl.intervals["start_ns"].to_numpy(np.int64) - t0) / 1e6,
+            "end_ms": (tl.intervals["end_ns"].to_numpy(np.int64) - t0) / 1e6,
+        }
     )
-    if steps.num_rows:
-        starts = steps.column("start_ns")
-        ends = steps.column("end_ns")
-        near = steps.filter(pc.and_(pc.greater_equal(ends, int(life["t0"])), pc.less_equal(starts, int(life["t6"]))))
-        mem = step_membership(near, pa.array([str(request_id)])).known()
-        if len(mem.step):
-            sub = near.take(pa.array(mem.step))
-            step_rows = pd.DataFrame(
-                {
-                    "step_id": sub.column("step_id").to_numpy(),
-                    "start_ms": (sub.column("start_ns").to_numpy().astype(np.int64) - t0) / 1e6,
-                    "end_ms": (sub.column("end_ns").to_numpy().astype(np.int64) - t0) / 1e6,
-                    "is_prefill": np.asarray(mem.is_prefill, dtype=bool),
-                    "query_len": np.asarray(mem.q).astype(np.int64),
-                    "batch_size": pc.list_value_length(sub.column("request_ids")).to_numpy(zero_copy_only=False),
-                    "num_prefill_tokens": pc.fill_null(sub.column("num_prefill_tokens"), 0).to_numpy(),
-                }
-            )
-    table_row = requests_table(loaded)
-    match = table_row[table_row["request_id"] == str(request_id)]
-    stages_s = {s: float(match.iloc[0][f"{s}_s"]) for s in STAGES} if len(match) else {}
-    cls = row.column("workload_class")[0].as_py()
-    return RequestTimeline(str(request_id), cls, pd.DataFrame(intervals), step_rows, stages_s)
+    st = tl.steps
+    steps = pd.DataFrame(
+        {
+            "step_id": st["step_id"].to_numpy(),
+            "start_ms": (st["start_ns"].to_numpy(np.int64) - t0) / 1e6,
+            "end_ms": (st["end_ns"].to_numpy(np.int64) - t0) / 1e6,
+            "is_prefill": st["is_prefill"].to_numpy(bool),
+            "query_len": st["query_len"].to_numpy(),
+            "batch_size": st["batch_size"].to_numpy(),
+            "num_prefill_tokens": st["num_prefill_tokens"].to_numpy(),
+        }
+    )
+    stages_s = {s: v / 1e9 for s, v in tl.stages_ns.items()}
+    return RequestTimeline(tl.request_id, tl.workload_class, intervals, steps, stages_s)
 
 
 # -- paging, sorting and filtering for the request grid (AG Grid infinite row model) --
