@@ -204,7 +204,7 @@ def test_swap_mode_measures_pcie_time(tmp_path):
 
 
 def test_decode_memory_bandwidth_batch_one_long_output(tmp_path):
-    # One sequence decoding 96 tokens: every step reads all 117 MB of weights (float32) for one token.
+    # One sequence decoding 96 tokens: every step reads all 118 MB of weights (float32) for one token.
     b, _ = run_engine(
         tmp_path,
         "dec",
