@@ -3,12 +3,16 @@
 A field the hardware or driver cannot report is ``None`` (never zero). One
 :class:`Sample` holds the host reading, the watched process reading and one
 :class:`GpuSample` per GPU; :func:`to_rows` turns it into ``samples`` table rows
-(one ``source="host"`` row and one ``source="gpu"`` row per device).
+(one ``source="host"`` row and one ``source="gpu"`` row per device), and
+:func:`to_columns` turns several samples into the same rows held column-wise
+(what the sampler hands to the bundle writer).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any
 
 from bottleneck_map.schema import SAMPLES
@@ -182,3 +186,32 @@ def to_rows(sample: Sample, instance: str | None = None) -> list[dict[str, Any]]
         rows.append(host_row(sample.ts_ns, sample.host, sample.proc, instance))
     rows.extend(gpu_row(sample.ts_ns, g, instance) for g in sample.gpus)
     return rows
+
+
+_KEY_COLUMNS = ("ts_ns", "source", "device", "instance")
+_HOST_COLUMNS = tuple(n for n in host_row(0, HostSample(), ProcSample(pid=0)) if n not in _KEY_COLUMNS)
+_ROW_COLUMNS = _KEY_COLUMNS + _GPU_COLUMNS + _HOST_COLUMNS
+_GPU_VALUES = attrgetter(*_GPU_COLUMNS)
+_NO_GPU_VALUES = (None,) * len(_GPU_COLUMNS)
+_NO_HOST_VALUES = (None,) * len(_HOST_COLUMNS)
+
+
+def to_columns(samples: Sequence[Sample], instance: str | None = None) -> dict[str, list[Any]]:
+    """The rows :func:`to_rows` gives for ``samples``, in the same order, as columns
+    (column name -> one value per row), for ``BundleWriter.extend_columns``. GPU rows
+    are read straight off the :class:`GpuSample` slots, without a dict per row."""
+    rows: list[tuple[Any, ...]] = []
+    for sample in samples:
+        ts = sample.ts_ns
+        if sample.host is not None or sample.proc is not None:
+            host = host_row(ts, sample.host, sample.proc, instance)
+            rows.append((ts, "host", "host", instance, *_NO_GPU_VALUES, *map(host.get, _HOST_COLUMNS)))
+        for g in sample.gpus:
+            values = _GPU_VALUES(g)
+            if g.stale:
+                stale = g.stale
+                values = tuple(None if n in stale else v for n, v in zip(_GPU_COLUMNS, values, strict=True))
+            rows.append((ts, "gpu", str(g.index), instance, *values, *_NO_HOST_VALUES))
+    if not rows:
+        return {}
+    return {name: list(col) for name, col in zip(_ROW_COLUMNS, zip(*rows, strict=True), strict=True)}

@@ -5,7 +5,9 @@ tick takes never shifts the ones after it; a tick that overruns skips the grid
 points it missed (counted in ``stats.missed_ticks``) instead of bunching up.
 Each tick asks every source to fill one :class:`Sample`, keeps it in a bounded
 ring buffer (memory does not grow with run length) and, when a bundle writer is
-given, appends its rows to the bundle's ``samples`` table.
+given, appends its rows to the bundle's ``samples`` table: column-wise, once
+every ``write_every_s`` (1 s) for the ticks since the last hand-over, so no
+tick builds row dicts, and the rest at ``stop()``.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from typing import Protocol
 
 from bottleneck_map.agent.host import HostSource
 from bottleneck_map.agent.nvml import NvmlSource
-from bottleneck_map.agent.sample import Sample, to_rows
+from bottleneck_map.agent.sample import Sample, to_columns
 from bottleneck_map.bundle import BundleWriter, now_ns
 
 log = logging.getLogger("bottleneck_map.agent")
 
 DEFAULT_INTERVAL_S = 0.1
 DEFAULT_BUFFER = 3000  # five minutes at 10 Hz
+WRITE_EVERY_S = 1.0  # samples are handed to the bundle writer in batches this far apart
 ERROR_LOG_EVERY_S = 60.0
 
 
@@ -73,6 +76,7 @@ class Sampler:
         *,
         buffer_size: int = DEFAULT_BUFFER,
         instance: str | None = None,
+        write_every_s: float = WRITE_EVERY_S,
     ) -> None:
         if not interval_s > 0:
             raise ValueError(f"interval_s must be positive, got {interval_s}")
@@ -90,6 +94,9 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self._started = False
         self._logged: dict[str, float] = {}
+        # samples not yet handed to the writer: at most write_every_s worth (bounded)
+        self._unwritten: list[Sample] = []
+        self._write_every = max(1, round(write_every_s / interval_s))
 
     # -- lifecycle ------------------------------------------------------------
     def open(self) -> None:
@@ -126,6 +133,7 @@ class Sampler:
                 log.exception("source %s failed to close", getattr(src, "name", src))
         self._started = False
         if self.writer is not None:
+            self._write_unwritten()
             try:
                 self.writer.flush("samples")
             except Exception:
@@ -171,13 +179,22 @@ class Sampler:
         with self._lock:
             self._ring.append(sample)
         if self.writer is not None:
-            rows = to_rows(sample, self.instance)
-            try:
-                self.writer.extend("samples", rows)
-                self.stats.rows_written += len(rows)
-            except Exception:
-                self._log_error("writing samples to the bundle failed")
+            self._unwritten.append(sample)
+            if len(self._unwritten) >= self._write_every:
+                self._write_unwritten()
         return sample
+
+    def _write_unwritten(self) -> None:
+        """Hand the samples taken since the last hand-over to the writer, column-wise."""
+        batch, self._unwritten = self._unwritten, []
+        if not batch or self.writer is None:
+            return
+        columns = to_columns(batch, self.instance)
+        try:
+            self.writer.extend_columns("samples", columns)
+            self.stats.rows_written += len(columns.get("ts_ns", ()))
+        except Exception:
+            self._log_error("writing samples to the bundle failed")
 
     def _log_error(self, message: str) -> None:
         """Log with the traceback, at most once a minute per message (the loop runs at 10 Hz)."""

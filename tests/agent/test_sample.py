@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import math
 
-from bottleneck_map.agent.sample import DiskCounters, GpuSample, HostSample, NetCounters, ProcSample, Sample, to_rows
+from bottleneck_map.agent.sample import (
+    DiskCounters,
+    GpuSample,
+    HostSample,
+    NetCounters,
+    ProcSample,
+    Sample,
+    to_columns,
+    to_rows,
+)
 from bottleneck_map.bundle import BundleWriter, new_meta, read_bundle
 
 
@@ -75,3 +84,30 @@ def test_stale_fields_are_null_in_rows_but_kept_on_the_sample():
     assert host["cpu_util_ratio"] == 0.5
     assert host["load1"] is None and host["host_mem_used_bytes"] is None and host["net_rx_bytes_total"] is None
     assert g.temperature_c == 61.0 and h.load1 == 2.0  # /metrics still shows the last reading
+
+
+def test_columns_hold_the_same_rows_in_the_same_order():
+    stale_gpu = GpuSample(index=3, power_w=1.0, temperature_c=60.0, stale=frozenset({"temperature_c"}))
+    stale_host = HostSample(cpu_util_ratio=0.5, load1=2.0, stale=frozenset({"load1"}))
+    samples = [
+        _sample(),
+        Sample(ts_ns=200, host=stale_host, gpus=[stale_gpu]),
+        Sample(ts_ns=300, proc=ProcSample(pid=1, cpu_ratio=0.1)),
+        Sample(ts_ns=400),  # nothing measured: no row
+    ]
+    rows = [row for s in samples for row in to_rows(s, "node-1")]
+    columns = to_columns(samples, "node-1")
+    assert all(len(values) == len(rows) == 6 for values in columns.values())
+    for i, row in enumerate(rows):
+        assert {name: values[i] for name, values in columns.items() if name in row} == row
+        assert all(values[i] is None for name, values in columns.items() if name not in row)
+    assert columns["temperature_c"][4] is None and columns["power_w"][4] == 1.0 and columns["load1"][3] is None
+    assert to_columns([Sample(ts_ns=1)]) == {}
+
+
+def test_columns_round_trip_through_a_bundle(tmp_path):
+    with BundleWriter(tmp_path / "b", new_meta("test")) as w:
+        w.extend_columns("samples", to_columns([_sample(), _sample()]))
+    df = read_bundle(tmp_path / "b").samples
+    assert list(df["source"]) == ["host", "gpu", "gpu"] * 2
+    assert df.iloc[1]["gpm_sm_occupancy_ratio"] == 0.4 and math.isnan(df.iloc[2]["power_w"])

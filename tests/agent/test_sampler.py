@@ -96,6 +96,21 @@ def test_rows_go_to_the_bundle(tmp_path):
     assert list(df["cpu_util_ratio"]) == [0.001, 0.002, 0.003, 0.004]
 
 
+def test_rows_are_handed_to_the_writer_once_a_second_and_the_rest_at_stop(tmp_path):
+    w = BundleWriter(tmp_path / "b", new_meta("test"), flush_interval_s=60)
+    s = Sampler(interval_s=0.25, sources=[TickSource()], writer=w)  # four ticks a second
+    for _ in range(3):
+        s.sample_once()
+    assert s.stats.rows_written == 0  # held as samples, no row built yet
+    s.sample_once()
+    assert s.stats.rows_written == 4  # one column-wise batch
+    s.sample_once()
+    s.stop()
+    assert s.stats.rows_written == 5
+    w.close()
+    assert list(read_bundle(tmp_path / "b").samples["cpu_util_ratio"]) == [0.001, 0.002, 0.003, 0.004, 0.005]
+
+
 def test_start_agent_in_process_writes_gpu_and_host_rows(tmp_path, install_nvml):
     install_nvml(2)
     w = BundleWriter(tmp_path / "run", new_meta("engine"))
