@@ -369,6 +369,29 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
+def _dictionary_type(typ: pa.DataType, name: str) -> pa.DataType:
+    """``typ`` with its strings dictionary-encoded (string, or list of string); ValueError otherwise."""
+    code = pa.dictionary(pa.int32(), pa.string())
+    if pa.types.is_string(typ) or typ == code:
+        return code
+    if pa.types.is_list(typ) and (pa.types.is_string(typ.value_type) or typ.value_type == code):
+        return pa.list_(typ.value_field.with_type(code))
+    raise ValueError(f"column {name!r} of type {typ} cannot be read dictionary-encoded (strings only)")
+
+
+def _is_dictionary_of(expected: pa.DataType, actual: pa.DataType) -> bool:
+    """``expected`` is the dictionary-encoded form of ``actual`` (string, or list of string)."""
+    code = pa.dictionary(pa.int32(), pa.string())
+    if expected == code:
+        return pa.types.is_string(actual)
+    return (
+        pa.types.is_list(expected)
+        and expected.value_type == code
+        and pa.types.is_list(actual)
+        and pa.types.is_string(actual.value_type)
+    )
+
+
 def _conform(table: pa.Table, schema: pa.Schema, source: Path) -> pa.Table:
     """Check a segment against the schema: missing nullable columns become null,
     unknown columns are dropped, a column of the wrong type is an error."""
@@ -384,6 +407,8 @@ def _conform(table: pa.Table, schema: pa.Schema, source: Path) -> pa.Table:
         if col.type != fld.type:
             if pa.types.is_null(col.type):
                 col = pa.nulls(table.num_rows, fld.type)
+            elif _is_dictionary_of(fld.type, col.type):
+                col = col.cast(fld.type)  # a dictionary-encoded read that Parquet returned plain
             else:
                 raise BundleError(f"{source}: field {fld.name!r} has type {col.type}, expected {fld.type}")
         if not fld.nullable and col.null_count:
@@ -401,11 +426,33 @@ class Bundle:
     warnings: list[str] = field(default_factory=list)
     _tables: dict[str, pa.Table] = field(default_factory=dict, repr=False)
 
-    def table(self, name: str) -> pa.Table:
-        """One table as Arrow, every segment concatenated (empty table when absent)."""
-        if name not in self._tables:
-            self._tables[name] = self._load(name)
-        return self._tables[name]
+    def table(self, name: str, columns: Sequence[str] | None = None, dictionary: Sequence[str] = ()) -> pa.Table:
+        """One table as Arrow, every segment concatenated (empty table when absent).
+
+        ``columns`` reads only those columns (in schema order). ``dictionary`` names string
+        columns, or lists of strings, to read dictionary-encoded (Parquet ``read_dictionary``):
+        each segment then holds its distinct strings once and int32 codes into them, instead
+        of one string per value (step ``request_ids`` repeat every id once per step). Such a
+        column's type is ``dictionary<int32, string>`` (or a list of it); every segment is one
+        chunk with its own dictionary. Without options the result is cached per table.
+        """
+        schema = schema_for(name)
+        if columns is None and not dictionary:
+            if name not in self._tables:
+                self._tables[name] = self._load(name, schema)
+            return self._tables[name]
+        wanted = set(schema.names if columns is None else columns)
+        unknown = wanted.union(dictionary) - set(schema.names)
+        if unknown:
+            raise ValueError(f"table {name!r} has no column(s) {', '.join(sorted(map(repr, unknown)))}")
+        fields = []
+        for fld in schema:
+            if fld.name not in wanted:
+                continue
+            if fld.name in dictionary:
+                fld = fld.with_type(_dictionary_type(fld.type, fld.name))
+            fields.append(fld)
+        return self._load(name, pa.schema(fields, metadata=schema.metadata), tuple(dictionary))
 
     def frame(self, name: str) -> pd.DataFrame:
         return self.table(name).to_pandas()
@@ -427,8 +474,10 @@ class Bundle:
         """True when the producer closed the bundle cleanly (``end_ns`` in meta)."""
         return "end_ns" in self.meta
 
-    def _load(self, name: str) -> pa.Table:
-        schema = schema_for(name)
+    def _load(self, name: str, schema: pa.Schema, dictionary: tuple[str, ...] = ()) -> pa.Table:
+        columns = None if schema.names == schema_for(name).names else schema.names
+        # Parquet paths of the dictionary columns: the column itself, or a list's element (either name).
+        read_dictionary = [p for c in dictionary for p in (c, f"{c}.list.element", f"{c}.list.item")] or None
         paths = segment_paths(self.path, name)
         newest = {}
         for p in paths:
@@ -436,7 +485,13 @@ class Bundle:
         parts = []
         for p in paths:
             try:
-                raw = pq.read_table(p)
+                if columns is None:
+                    raw = pq.read_table(p, read_dictionary=read_dictionary)
+                else:
+                    present = set(pq.read_schema(p).names)
+                    raw = pq.read_table(
+                        p, columns=[c for c in columns if c in present], read_dictionary=read_dictionary
+                    )
             except (pa.ArrowInvalid, OSError) as exc:
                 if newest.get(_segment_sort_key(p)[0]) == p:
                     msg = f"{p}: truncated or corrupt last segment skipped ({exc})"

@@ -234,3 +234,27 @@ def test_columns_of_unknown_names_or_unequal_lengths_are_refused(tmp_path):
     w.close()
     with pytest.raises(BundleError, match="closed"):
         w.extend_columns("samples", {"ts_ns": [1], "source": ["gpu"]})
+
+
+def test_table_reads_chosen_columns_and_strings_dictionary_encoded(make_bundle):
+    path = make_bundle(n_requests=3, n_steps=5)
+    w = BundleWriter(path, None)  # a second segment, its own dictionary
+    w.add_step({"step_id": 99, "start_ns": 1, "end_ns": 2, "request_ids": ["req-2", "late"]})
+    w.close()
+    b = read_bundle(path)
+    plain = b.table("steps")
+    t = b.table("steps", columns=["request_ids", "step_id", "instance"], dictionary=["request_ids", "instance"])
+    assert t.column_names == ["step_id", "instance", "request_ids"]  # schema order
+    code = pa.dictionary(pa.int32(), pa.string())
+    assert t.schema.field("request_ids").type == pa.list_(pa.field("element", code))
+    assert t.schema.field("instance").type == code  # all null, still the dictionary type
+    assert t.column("request_ids").num_chunks == 2
+    # Decoded, the values are the plain read's, in the same order.
+    assert t.column("request_ids").to_pylist() == plain.column("request_ids").to_pylist()
+    assert t.column("step_id").equals(plain.column("step_id"))
+    # The plain read is unchanged and still cached; options bypass the cache.
+    assert b.table("steps") is plain and plain.schema.field("request_ids").type == pa.list_(pa.string())
+    with pytest.raises(ValueError, match="no column"):
+        b.table("steps", columns=["nope"])
+    with pytest.raises(ValueError, match="strings only"):
+        b.table("steps", dictionary=["step_id"])
