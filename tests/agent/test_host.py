@@ -89,8 +89,72 @@ def test_two_host_sources_do_not_reset_each_other(monkeypatch):
     T = namedtuple("T", "user idle")
     readings = iter([[T(0, 0)], [T(0, 0)], [T(50, 50)], [T(50, 150)]])
     monkeypatch.setattr(host_mod.psutil, "cpu_times", lambda percpu: next(readings))
+    monkeypatch.setattr(host_mod, "PROC", "/nonexistent")  # no /proc: the psutil path
     a, b = HostSource(), HostSource()
     a.start()  # baseline (0, 0)
     b.start()  # baseline (0, 0)
     assert b.sample_host().cpu_util_per_core == [0.5]  # (50 busy of 100)
     assert a.sample_host().cpu_util_per_core == [0.25]  # a's own window: 50 busy of 200, not b's last 100
+
+
+PROC_STAT = b"""cpu  50 0 15 235 10 0 0 0 5 0
+cpu0 40 0 15 135 10 0 0 0 5 0
+cpu1 10 0 0 100 0 0 0 0 0 0
+intr 4021963 0 0 1027 1144
+ctxt 123
+cpu_not_a_core_line_after_intr 1 2 3
+"""
+
+
+def test_proc_stat_parsing_matches_the_psutil_arithmetic():
+    from collections import namedtuple
+
+    from bottleneck_map.agent.host import _busy_total, busy_ratios, per_core_busy_total
+
+    T = namedtuple("T", "user nice system idle iowait irq softirq steal guest guest_nice")
+    pairs = per_core_busy_total(PROC_STAT)
+    assert pairs == [_busy_total(T(40, 0, 15, 135, 10, 0, 0, 0, 5, 0)), _busy_total(T(10, 0, 0, 100, 0, 0, 0, 0, 0, 0))]
+    assert pairs == [(55.0, 200.0), (10.0, 110.0)]
+    assert busy_ratios([(0.0, 0.0), (10.0, 10.0)], pairs) == [55 / 200, 0.0]
+
+
+def test_proc_stat_reads_agree_with_psutil_on_this_machine():
+    from bottleneck_map.agent.host import CLOCK_TICKS, ProcStatFile, _busy_total, per_core_busy_total, proc_cpu_seconds
+
+    f = ProcStatFile("/proc/stat")
+    ours = per_core_busy_total(f.read())
+    theirs = [_busy_total(t) for t in psutil.cpu_times(percpu=True)]
+    assert len(ours) == len(theirs) == psutil.cpu_count()
+    for (busy, total), (busy_s, total_s) in zip(ours, theirs, strict=True):
+        assert abs(busy / CLOCK_TICKS - busy_s) < 0.5 and abs(total / CLOCK_TICKS - total_s) < 0.5
+    again = per_core_busy_total(f.read())  # the same descriptor reads fresh numbers
+    assert all(t2 >= t1 for (_, t1), (_, t2) in zip(ours, again, strict=True))
+    f.close()
+    me = ProcStatFile(f"/proc/{os.getpid()}/stat")
+    cpu = psutil.Process().cpu_times()
+    assert abs(proc_cpu_seconds(me.read()) - (cpu.user + cpu.system)) < 0.1
+    me.close()
+
+
+def test_process_cpu_seconds_with_a_command_name_holding_parentheses():
+    from bottleneck_map.agent.host import CLOCK_TICKS, proc_cpu_seconds
+
+    line = b"42 (my (odd) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 100 0 0"
+    assert proc_cpu_seconds(line) == 300 / CLOCK_TICKS
+
+
+def test_watched_process_cpu_is_measured_between_ticks():
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\ntime.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", burn])
+    try:
+        src = HostSource(watch_pid=child.pid)
+        src.start()
+        import time
+
+        time.sleep(0.3)
+        busy = src.sample_proc()
+        assert busy is not None and 0.1 < busy.cpu_ratio <= 1.05  # spinning: up to one core
+    finally:
+        child.kill()
+        child.wait()
+    src.close()
