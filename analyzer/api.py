@@ -10,8 +10,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bottleneck_map.analyzer import attribution, classify, hardware, latency, roofline, stages, windows
-from bottleneck_map.analyzer.data import NA_NS, Tables, f64, flat_list, load
+from bottleneck_map.analyzer import (
+    attribution,
+    classify,
+    engine_samples,
+    hardware,
+    latency,
+    roofline,
+    stages,
+    windows,
+)
+from bottleneck_map.analyzer.data import NA_NS, Tables, f64, flat_list, for_instance, load
 from bottleneck_map.analyzer.devices import device_peaks
 from bottleneck_map.analyzer.result import (
     CLASSES,
@@ -55,13 +64,20 @@ def analyze(
     window_s: float = 1.0,
     slo: Mapping[str, float] | None = None,
     gpu_hour_cost: float | None = None,
+    instance: str | None = None,
 ) -> BottleneckMap:
     """Analyse a bundle (path or opened :class:`~bottleneck_map.bundle.Bundle`) into its bottleneck map.
 
+    ``instance`` (a value of the tables' ``instance`` column, e.g. ``"host:8000"``) restricts
+    every table to that serving instance: its requests and steps, its engine samples and the
+    host-level samples of its host (:func:`~bottleneck_map.analyzer.data.for_instance`).
+
     Raises :class:`~bottleneck_map.bundle.BundleError` for a bundle that cannot be
-    analysed (unreadable, or no requests) and ValueError for bad arguments.
+    analysed (unreadable, or no requests) and ValueError for bad arguments (an unknown instance).
     """
-    return analyze_full(bundle_or_path, window_s=window_s, slo=slo, gpu_hour_cost=gpu_hour_cost).result
+    return analyze_full(
+        bundle_or_path, window_s=window_s, slo=slo, gpu_hour_cost=gpu_hour_cost, instance=instance
+    ).result
 
 
 def analyze_full(
@@ -70,6 +86,7 @@ def analyze_full(
     window_s: float = 1.0,
     slo: Mapping[str, float] | None = None,
     gpu_hour_cost: float | None = None,
+    instance: str | None = None,
 ) -> Analysis:
     """Like :func:`analyze`, also returning the per-request, per-step and per-window tables."""
     if not window_s or window_s <= 0 or not np.isfinite(window_s):
@@ -78,6 +95,8 @@ def analyze_full(
         raise ValueError(f"gpu_hour_cost must be a non-negative number, got {gpu_hour_cost!r}")
     slo = dict(slo or {})
     t = load(bundle_or_path)
+    if instance is not None:
+        t = for_instance(t, instance)
     meta = t.meta
     if t.requests.num_rows == 0:
         raise BundleError(f"{t.path}: bundle has no requests; nothing to analyse")
@@ -115,6 +134,17 @@ def analyze_full(
     exact = has_steps and len(membership.req) <= EXACT_OWN_ROWS
     own = attribution.own_step_time(membership, sb, len(st), st["first_token_ns"].to_numpy()) if exact else None
     attr = attribution.attribute(st, own, sb)
+    # Without steps, the engine's own series in the samples are the evidence for queueing vs KV blocks.
+    eng_frame = engine_samples.engine_frame(t.samples) if not has_steps and caps["samples"] else None
+    eng_ev = None
+    if eng_frame is not None and not eng_frame.empty:
+        eng_ev = engine_samples.evidence(eng_frame, engine.get("max_num_seqs"))
+        b = windows.bounds(st)
+        inst = t.requests.column("instance").to_pandas().to_numpy()
+        frac = engine_samples.kv_blocked_fraction(eng_frame, engine.get("max_num_seqs"), inst, b["t2"], b["t3"])
+        moved = st["queue"].to_numpy().astype(float) * frac
+        attr["kv_cache_capacity"] += moved
+        attr["queueing"] -= moved
 
     done = st["complete"].to_numpy()
     if not done.any():
@@ -154,6 +184,8 @@ def analyze_full(
     )
     hw = hardware.summary(samples, busy)
     sig = _signals(t, st, attr, share, sb, roof, points, lat[0], hw, samples, peaks, engine, done)
+    if eng_ev is not None:
+        _engine_sample_signals(sig, eng_ev)
     sig.unreachable, unreachable = _unreachable(t, caps, samples)
     # No finished request: there is no latency to attribute, so no verdict (rather than "balanced").
     verdicts = classify.verdicts(sig) if done.any() else []
@@ -170,6 +202,7 @@ def analyze_full(
         schema_version=MAP_SCHEMA_VERSION,
         run_id=meta.get("run_id"),
         bundle=t.path,
+        instance=instance,
         producer=meta.get("producer"),
         model=(meta.get("model") or {}).get("name"),
         device=peaks,
@@ -187,7 +220,7 @@ def analyze_full(
         roofline=points,
         windows=win_verdicts,
         worst_requests=_worst(st, attr, metrics, done),
-        kv_usage=_kv_usage(sb),
+        kv_usage=_kv_usage(sb) if eng_ev is None else _kv_usage_samples(eng_frame),
         hardware=hw,
         cost=_cost(lat[0], gpu_hour_cost, hw, samples, meta),
         warnings=warnings,
@@ -307,6 +340,35 @@ def _signals(t, st, attr, share, sb, roof, points, lat_all, hw, samples, peaks, 
     v["token_to_byte_s"] = _token_to_byte(t)
     v["unattributed_share"] = share.get(attribution.UNATTRIBUTED, 0.0)
     return classify.Signals(share={c: share.get(c, 0.0) for c in CLASSES if c != "balanced"}, values=v, engine=engine)
+
+
+def _engine_sample_signals(sig: classify.Signals, ev: engine_samples.EngineEvidence) -> None:
+    """Step-less bundles: the engine's series in the samples stand in for the step counters."""
+    v = sig.values
+    v["engine_source"] = "samples"
+    v["engine_samples"] = ev.samples
+    v["running_cap"], v["cap_source"] = ev.running_cap, ev.cap_source
+    v["waiting_frac"] = ev.waiting_frac
+    v["mean_waiting"] = ev.mean_waiting
+    v["slots_full_frac"] = ev.slots_full_frac
+    v["kv_usage_p95"], v["kv_usage_max"], v["kv_time_full_frac"] = ev.kv_usage_p95, ev.kv_usage_max, ev.kv_full_frac
+    v["preemptions_counter"] = ev.preemptions
+    if ev.preemptions is not None and ev.preemptions > (v.get("preemptions") or 0):
+        v["preemptions"] = int(round(ev.preemptions))
+    v["prefix_hit_rate_counter"] = ev.prefix_hit_rate
+
+
+def _kv_usage_samples(eng: pd.DataFrame) -> dict[str, float | None]:
+    kv = eng["kv_cache_usage_ratio"].to_numpy()
+    kv = kv[np.isfinite(kv)]
+    if not len(kv):
+        return {}
+    return {
+        "mean": float(kv.mean()),
+        "p95": float(np.percentile(kv, 95)),
+        "max": float(kv.max()),
+        "time_above_95": float((kv >= attribution.KV_FULL).mean()),
+    }
 
 
 def _token_to_byte(t: Tables) -> float | None:

@@ -92,19 +92,21 @@ def _queueing(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
     waiting = sig.get("mean_waiting")
     if sig.get("queue_p95_s") is not None:
         ev.append(Evidence("queue_p95_s", sig.get("queue_p95_s"), "s", f"p95 queue time {_s(sig.get('queue_p95_s'))}"))
+    from_samples = sig.get("engine_source") == "samples"
     if waiting is not None:
-        ev.append(Evidence("mean_num_waiting", waiting, "count", f"{waiting:.1f} requests waiting on average per step"))
+        per = "engine sample (num_requests_waiting)" if from_samples else "step"
+        ev.append(
+            Evidence("mean_num_waiting", waiting, "count", f"{waiting:.1f} requests waiting on average per {per}")
+        )
         corr += 0.5 if waiting >= 1 else 0.0
     if slots is not None:
-        mns = sig.engine.get("max_num_seqs")
-        ev.append(
-            Evidence(
-                "slots_full_fraction",
-                slots,
-                "ratio",
-                f"running = max_num_seqs ({mns}) in {_pct(slots)} of steps with requests waiting",
-            )
-        )
+        if from_samples:
+            cap = sig.get("running_cap") or 0
+            whence = "max_num_seqs" if sig.get("cap_source") == "max_num_seqs" else "the most seen running"
+            text = f"num_requests_running at its cap ({cap:.0f}, {whence}) in {_pct(slots)} of engine samples with requests waiting"
+        else:
+            text = f"running = max_num_seqs ({sig.engine.get('max_num_seqs')}) in {_pct(slots)} of steps with requests waiting"
+        ev.append(Evidence("slots_full_fraction", slots, "ratio", text))
         corr += 0.5 * min(slots / 0.5, 1.0)
     kv = sig.get("kv_usage_p95")
     if kv is not None and kv < KV_HIGH and slots and slots > 0.5:
@@ -120,26 +122,26 @@ def _kv(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
     ev = [_share_ev(sig, "kv_cache_capacity", "blocked on KV blocks, preempted or recomputing")]
     corr = 0.0
     kv95, kvmax, full = sig.get("kv_usage_p95"), sig.get("kv_usage_max"), sig.get("kv_time_full_frac")
+    from_samples = sig.get("engine_source") == "samples"
     if kv95 is not None:
+        of = "of engine samples (kv_cache_usage_ratio)" if from_samples else "of step time"
         ev.append(
             Evidence(
                 "kv_usage_p95",
                 kv95,
                 "ratio",
-                f"KV cache usage p95 {_pct(kv95)}, max {_pct(kvmax)}, at or above 95% for {_pct(full)} of step time",
+                f"KV cache usage p95 {_pct(kv95)}, max {_pct(kvmax)}, at or above 95% for {_pct(full)} {of}",
                 KV_HIGH,
             )
         )
         corr += 0.5 if kv95 >= KV_HIGH else 0.0
     pre = sig.get("preemptions") or 0
-    ev.append(
-        Evidence(
-            "preemptions",
-            float(pre),
-            "count",
-            f"{pre} preemptions of {sig.get('preempted_requests') or 0} requests; requeue {_s(sig.get('requeue_s'))}, recompute {_s(sig.get('recompute_s'))} summed",
-        )
-    )
+    counter = sig.get("preemptions_counter")
+    if from_samples and counter is not None:
+        text = f"num_preemptions_total rose by {counter:.0f} over the run (engine samples); {sig.get('preempted_requests') or 0} requests carry preemption stamps"
+    else:
+        text = f"{pre} preemptions of {sig.get('preempted_requests') or 0} requests; requeue {_s(sig.get('requeue_s'))}, recompute {_s(sig.get('recompute_s'))} summed"
+    ev.append(Evidence("preemptions", float(pre), "count", text))
     corr += 0.5 if pre > 0 else 0.0
     mode = sig.engine.get("preemption_mode")
     rec = "raise --num-kv-blocks (more GPU memory for KV), or lower --max-num-seqs so admitted requests fit"

@@ -7,7 +7,7 @@ in float arrays, never zero.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,58 @@ def load(bundle_or_path: Bundle | Tables | str | os.PathLike[str]) -> Tables:
         path=str(bundle.path),
         warnings=list(bundle.warnings),
         **tables,
+    )
+
+
+# Sample sources that describe one serving instance (its engine series); every other source
+# (agent, dcgm-exporter, node-exporter) describes the host it runs on.
+ENGINE_SOURCES = ("prometheus:vllm",)
+
+
+def host_of(instance: str | None) -> str | None:
+    """The host part of an instance name (``host:port`` as Prometheus labels it)."""
+    if instance is None:
+        return None
+    host, sep, port = instance.rpartition(":")
+    return host if sep and port.isdigit() else instance
+
+
+def instances(tables: Tables) -> list[str]:
+    """Serving instances named in the requests table (nulls left out)."""
+    col = tables.requests.column("instance")
+    return sorted(v for v in pc.unique(col).to_pylist() if v is not None) if len(col) else []
+
+
+def for_instance(tables: Tables, instance: str) -> Tables:
+    """The tables of one serving instance: its requests and steps, the samples labelled with it,
+    and the host-level samples (any source but :data:`ENGINE_SOURCES`) of the same host.
+
+    ``meta["instance"]`` names the instance. Raises ValueError for an instance no request names.
+    """
+    known = instances(tables)
+    if instance not in known:
+        raise ValueError(f"instance {instance!r} is not in this bundle (instances: {', '.join(known) or 'none'})")
+
+    def col(t: pa.Table, name: str) -> np.ndarray:
+        return np.asarray(t.column(name).to_numpy(zero_copy_only=False), dtype=object)
+
+    s_inst = col(tables.samples, "instance")
+    host = host_of(instance)
+    s_host = np.array([host_of(i) for i in s_inst], dtype=object)
+    host_level = ~np.isin(col(tables.samples, "source"), ENGINE_SOURCES)
+    keep = (s_inst == instance) | (host_level & (s_host == host))
+    meta = dict(tables.meta)
+    meta["instance"] = instance
+
+    def where(t: pa.Table, mask: np.ndarray) -> pa.Table:
+        return t.filter(pa.array(np.asarray(mask, dtype=bool)))
+
+    return replace(
+        tables,
+        meta=meta,
+        requests=where(tables.requests, col(tables.requests, "instance") == instance),
+        steps=where(tables.steps, col(tables.steps, "instance") == instance),
+        samples=where(tables.samples, keep),
     )
 
 

@@ -318,6 +318,7 @@ class BottleneckMap(_Serial):
     end_ns: int | None
     duration_s: float
     window_s: float
+    instance: str | None = None  # the serving instance this map is restricted to (None: every request)
     slo: dict[str, float] = field(default_factory=dict)
     capabilities: dict[str, bool] = field(default_factory=dict)
     top: Verdict | None = None

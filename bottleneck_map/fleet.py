@@ -11,64 +11,24 @@ with the samples of that instance (its engine series) and the host-level samples
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-
 FLEET = "fleet"
-ENGINE_SOURCES = ("prometheus:vllm",)
-
-
-def host_of(instance: str | None) -> str | None:
-    if instance is None:
-        return None
-    host, sep, port = instance.rpartition(":")
-    return host if sep and port.isdigit() else instance
-
-
-def instances(requests: pa.Table) -> list[str]:
-    """Serving instances named in the requests table (nulls left out)."""
-    vals = pc.unique(requests.column("instance")).to_pylist()
-    return sorted(v for v in vals if v is not None)
-
-
-def _where(table: pa.Table, mask: Any) -> pa.Table:
-    return table.filter(pa.array(np.asarray(mask, dtype=bool)))
-
-
-def instance_tables(tables: Any, instance: str) -> Any:
-    """The analyzer's ``Tables`` restricted to one instance (see the module doc)."""
-    req_inst = tables.requests.column("instance").to_numpy(zero_copy_only=False)
-    step_inst = tables.steps.column("instance").to_numpy(zero_copy_only=False)
-    s_inst = tables.samples.column("instance").to_numpy(zero_copy_only=False)
-    source = tables.samples.column("source").to_numpy(zero_copy_only=False)
-    host = host_of(instance)
-    s_host = np.array([host_of(i) for i in s_inst], dtype=object)
-    host_level = ~np.isin(source, ENGINE_SOURCES)
-    keep = (s_inst == instance) | (host_level & (s_host == host))
-    meta = dict(tables.meta)
-    meta["instance"] = instance
-    return replace(
-        tables,
-        meta=meta,
-        requests=_where(tables.requests, req_inst == instance),
-        steps=_where(tables.steps, step_inst == instance),
-        samples=_where(tables.samples, keep),
-    )
 
 
 def fleet_maps(bundle: str | os.PathLike[str], **analyze_kw: Any) -> dict[str, Any]:
-    """``{"fleet": map of every request, instance: map of that instance, ...}``."""
+    """``{"fleet": map of every request, instance: map of that instance, ...}``.
+
+    Each instance's map is ``analyze(tables, instance=...)`` (see
+    :func:`bottleneck_map.analyzer.data.for_instance` for what it takes from the samples).
+    """
     from bottleneck_map.analyzer.api import analyze
-    from bottleneck_map.analyzer.data import load
+    from bottleneck_map.analyzer.data import instances, load
 
     tables = load(bundle)
     maps = {FLEET: analyze(tables, **analyze_kw)}
-    for inst in instances(tables.requests):
-        maps[inst] = analyze(instance_tables(tables, inst), **analyze_kw)
+    for inst in instances(tables):
+        maps[inst] = analyze(tables, instance=inst, **analyze_kw)
     return maps
 
 
