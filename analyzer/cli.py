@@ -27,12 +27,15 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _analyze(path: Path, window: float, slo: dict, cost: float | None, full: bool = False):
+def _analyze(path: Path, window: float, slo: dict, cost: float | None, full: bool = False, instance: str | None = None):
     from bottleneck_map.analyzer.api import analyze_full
+    from bottleneck_map.analyzer.data import UnknownInstance
     from bottleneck_map.bundle import BundleError
 
     try:
-        a = analyze_full(path, window_s=window, slo=slo, gpu_hour_cost=cost)
+        a = analyze_full(path, window_s=window, slo=slo, gpu_hour_cost=cost, instance=instance)
+    except UnknownInstance as exc:
+        raise typer.BadParameter(str(exc), param_hint="--instance") from None
     except BundleError as exc:
         raise _fail(str(exc)) from None
     except ValueError as exc:
@@ -57,6 +60,9 @@ def register(app: typer.Typer) -> None:
         gpu_hour_cost: float | None = typer.Option(
             None, "--gpu-hour-cost", help="Price of one GPU hour, for cost per million tokens."
         ),
+        instance: str | None = typer.Option(
+            None, "--instance", help="Analyse one serving instance of a fleet bundle (its `instance`, e.g. host:8000)."
+        ),
     ) -> None:
         """Find which constraint holds latency back, when, for which requests, and what to change."""
         from bottleneck_map.analyzer.latency import parse_slo
@@ -73,7 +79,7 @@ def register(app: typer.Typer) -> None:
             )
         if not bundle.exists():
             raise _fail(f"{bundle}: no such bundle directory")
-        a = _analyze(bundle, window, slo_d, gpu_hour_cost, full=True)
+        a = _analyze(bundle, window, slo_d, gpu_hour_cost, full=True, instance=instance)
         m = a.result
         if fmt is Format.json:
             text = m.to_json()

@@ -17,6 +17,11 @@ import pyarrow.compute as pc
 from bottleneck_map.bundle import Bundle, BundleError, read_bundle
 
 NA_NS = np.iinfo(np.int64).min
+TABLE_NAMES = ("requests", "steps", "samples")
+# Read dictionary-encoded: a step's request ids repeat every id once per step it was in (tens of
+# millions of strings in a large bundle); as codes into each segment's distinct ids they cost
+# 4 bytes each and join to the requests table without hashing every one (stages.step_membership).
+DICTIONARY_COLUMNS = {"steps": ("request_ids",)}
 
 
 @dataclass
@@ -50,7 +55,7 @@ def load(bundle_or_path: Bundle | Tables | str | os.PathLike[str]) -> Tables:
         return bundle_or_path
     bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else read_bundle(bundle_or_path)
     try:
-        tables = {name: bundle.table(name) for name in ("requests", "steps", "samples")}
+        tables = {name: bundle.table(name, dictionary=DICTIONARY_COLUMNS.get(name, ())) for name in TABLE_NAMES}
     except (pa.ArrowInvalid, OSError) as exc:
         raise BundleError(f"{bundle.path}: cannot read ({exc})") from exc
     return Tables(
@@ -64,6 +69,10 @@ def load(bundle_or_path: Bundle | Tables | str | os.PathLike[str]) -> Tables:
 # Sample sources that describe one serving instance (its engine series); every other source
 # (agent, dcgm-exporter, node-exporter) describes the host it runs on.
 ENGINE_SOURCES = ("prometheus:vllm",)
+
+
+class UnknownInstance(ValueError):
+    """An ``instance`` that no request of the bundle names."""
 
 
 def host_of(instance: str | None) -> str | None:
@@ -84,11 +93,12 @@ def for_instance(tables: Tables, instance: str) -> Tables:
     """The tables of one serving instance: its requests and steps, the samples labelled with it,
     and the host-level samples (any source but :data:`ENGINE_SOURCES`) of the same host.
 
-    ``meta["instance"]`` names the instance. Raises ValueError for an instance no request names.
+    ``meta["instance"]`` names the instance. Raises :class:`UnknownInstance` (a ValueError) for
+    an instance no request names.
     """
     known = instances(tables)
     if instance not in known:
-        raise ValueError(f"instance {instance!r} is not in this bundle (instances: {', '.join(known) or 'none'})")
+        raise UnknownInstance(f"instance {instance!r} is not in this bundle (instances: {', '.join(known) or 'none'})")
 
     def col(t: pa.Table, name: str) -> np.ndarray:
         return np.asarray(t.column(name).to_numpy(zero_copy_only=False), dtype=object)

@@ -166,7 +166,9 @@ def _others(m: BottleneckMap) -> Text:
 def render(m: BottleneckMap) -> Group:
     """The summary as a rich renderable."""
     head = Text(
-        f"{m.model or 'model ?'} on {m.device.name} ({m.device.kind}), {m.duration_s:.1f} s, bundle {m.bundle}\n",
+        f"{m.model or 'model ?'} on {m.device.name} ({m.device.kind}), {m.duration_s:.1f} s, bundle {m.bundle}"
+        + (f", instance {m.instance}" if m.instance else "")
+        + "\n",
         style="dim",
     )
     return Group(

@@ -132,3 +132,16 @@ def test_counters_sum_increases_per_instance_across_resets(fleet_bundle):
     vals[6:] = vals[6:] - 110  # the engine restarted: the counter starts again from 2
     reset.loc[sel, "num_preemptions_total"] = vals
     assert counter_increase(reset, "num_preemptions_total") == 10 + 2 + 10
+
+
+def test_analyze_cli_instance_flag(fleet_bundle):
+    from typer.testing import CliRunner
+
+    from bottleneck_map.cli import app
+
+    r = CliRunner().invoke(app, ["analyze", str(fleet_bundle), "--instance", KV])
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())  # the terminal summary wraps long lines
+    assert "Bottleneck: kv cache capacity" in out and f"instance {KV}" in out
+    r = CliRunner().invoke(app, ["analyze", str(fleet_bundle), "--instance", "nowhere:1"])
+    assert r.exit_code == 2 and "--instance" in r.output and KV in r.output
