@@ -24,6 +24,7 @@ log = logging.getLogger("bottleneck_map.agent")
 
 MIB = 1024 * 1024
 _get = object.__getattribute__
+_set = object.__setattr__
 MIN_SPACING_NS = 100_000_000
 MAX_WAIT_NS = 5_000_000
 
@@ -86,9 +87,12 @@ class GpmReader:
         self._values: dict[str, float] = {}
         self._req: Any = None
         self._wanted: list[GpmMetric] = []
+        self._ok = nvml.NVML_SUCCESS
+        self._not_supported = nvml.NVML_ERROR_NOT_SUPPORTED
 
     def read(self) -> dict[str, float]:
-        """GPM metrics (base units) between the previous sample and now.
+        """GPM metrics (base units) between the previous sample and now (a new dict
+        on every read that takes a sample; the caller may keep it).
 
         The first call only takes the first sample and returns ``{}``. The time
         of a sample is taken after ``nvmlGpmSampleGet`` returns and compared with
@@ -112,27 +116,28 @@ class GpmReader:
             self._prev, self._prev_ns = nxt, taken_ns
             return {}
         req = self._request()
-        req.sample1 = self._buffers[self._prev]
-        req.sample2 = self._buffers[nxt]
+        # pynvml's structures override attribute access (for printing); use the plain ctypes fields
+        _set(req, "sample1", self._buffers[self._prev])
+        _set(req, "sample2", self._buffers[nxt])
         self._prev, self._prev_ns = nxt, taken_ns
         self.nvml.nvmlGpmMetricsGet(req)
-        # pynvml's structures override attribute access (for printing); read the plain ctypes fields
         entries = _get(req, "metrics")
         values: dict[str, float] = {}
         dropped = False
+        ok, not_supported = self._ok, self._not_supported
         for i, m in enumerate(self._wanted):
             entry = entries[i]
             status = _get(entry, "nvmlReturn")
-            if status == self.nvml.NVML_SUCCESS:
+            if status == ok:
                 values[m.field] = _get(entry, "value") * m.scale
-            elif status == self.nvml.NVML_ERROR_NOT_SUPPORTED:
+            elif status == not_supported:
                 self.unsupported.add(m.field)
                 dropped = True
                 log.info("GPM metric %s is not supported on this device; not asked again", m.constant)
         if dropped:
             self._req = None
         self._values = values
-        return dict(values)
+        return values
 
     def _request(self) -> Any:
         """The metrics request, built once and rebuilt only when a metric is dropped."""

@@ -34,6 +34,7 @@ from bottleneck_map.agent.sample import GpuSample, Sample
 
 log = logging.getLogger("bottleneck_map.agent")
 
+_get = object.__getattribute__
 KB = 1000  # nvmlDeviceGetPcieThroughput reports KB/s (1 KB = 1000 bytes per NVML docs)
 MHZ = 1_000_000
 SLOW_INTERVAL_S = 1.0
@@ -71,6 +72,8 @@ class _Device:
     proc_util_ts_us: int = 0
     slow: dict[str, float | None] = field(default_factory=dict)
     slow_due: float = float("-inf")
+    # the per-tick scalar queries still asked: (key, function, argument or None, GpuSample field, scale)
+    plan: tuple[tuple[str, Callable[..., Any], Any, str, float], ...] = ()
 
 
 @dataclass
@@ -205,6 +208,14 @@ class NvmlSource:
         dev.static["mem_clock_max_hz"] = self._scaled(
             dev, "mem_max", n.nvmlDeviceGetMaxClockInfo, MHZ, n.NVML_CLOCK_MEM
         )
+        dev.plan = (
+            ("pcie_tx", n.nvmlDeviceGetPcieThroughput, n.NVML_PCIE_UTIL_TX_BYTES, "pcie_tx_bytes_per_s", KB),
+            ("pcie_rx", n.nvmlDeviceGetPcieThroughput, n.NVML_PCIE_UTIL_RX_BYTES, "pcie_rx_bytes_per_s", KB),
+            ("power", n.nvmlDeviceGetPowerUsage, None, "power_w", 1e-3),
+            ("energy", n.nvmlDeviceGetTotalEnergyConsumption, None, "energy_j", 1e-3),
+            ("sm_clock", n.nvmlDeviceGetClockInfo, n.NVML_CLOCK_SM, "sm_clock_hz", MHZ),
+            ("mem_clock", n.nvmlDeviceGetClockInfo, n.NVML_CLOCK_MEM, "mem_clock_hz", MHZ),
+        )
         if self.use_gpm and gpm_supported(n, dev.handle):
             try:
                 dev.gpm = GpmReader(n, dev.handle)
@@ -254,20 +265,24 @@ class NvmlSource:
             return None
         try:
             return fn(dev.handle, *args)
-        except self._unsupported_errors():
+        except Exception as exc:
+            self._failed(dev, key, exc)
+            return None
+
+    def _failed(self, dev: _Device, key: str, exc: Exception) -> None:
+        """Handle a failed query of ``key``: remember NotSupported (the field is not asked
+        again), raise ``_DeviceLost`` for a lost device, drop the field this tick otherwise."""
+        if isinstance(exc, self._unsupported_errors()):
             dev.unsupported.add(key)
+            dev.plan = tuple(q for q in dev.plan if q[0] != key)
             log.info("GPU %d: %s is not supported; not asked again", dev.index, key)
-            return None
-        except self._lost_errors() as exc:
+        elif isinstance(exc, self._lost_errors()):
             raise _DeviceLost(f"GPU {dev.index}: {key}: {exc}") from exc
-        except self._nvml.NVMLError as exc:
+        elif isinstance(exc, self._nvml.NVMLError):
             log.debug("GPU %d: %s failed this tick (%s)", dev.index, key, exc)
-            return None
-        except Exception as exc:  # not an NVML error (a binding bug): this field only, logged once
-            if (dev.index, key) not in self._reported:
-                self._reported.add((dev.index, key))
-                log.exception("GPU %d: %s raised %s; not logged again", dev.index, key, type(exc).__name__)
-            return None
+        elif (dev.index, key) not in self._reported:  # not an NVML error (a binding bug): logged once
+            self._reported.add((dev.index, key))
+            log.error("GPU %d: %s raised %s; not logged again", dev.index, key, type(exc).__name__, exc_info=exc)
 
     def _scaled(self, dev: _Device, key: str, fn: Callable[..., Any], scale: float, *args: Any) -> float | None:
         value = self._query(dev, key, fn, *args)
@@ -312,26 +327,25 @@ class NvmlSource:
     def _sample_device(self, dev: _Device) -> GpuSample:
         n = self._nvml
         q = self._query
-        g = GpuSample(index=dev.index, uuid=dev.uuid, name=dev.name, pci_bus_id=dev.pci_bus_id)
+        h = dev.handle
+        g = GpuSample(dev.index, dev.uuid, dev.name, dev.pci_bus_id)
         util = q(dev, "utilization", n.nvmlDeviceGetUtilizationRates)
-        if util is not None:
-            g.gpu_util_ratio = util.gpu / 100.0
-            g.mem_util_ratio = util.memory / 100.0
+        if util is not None:  # numeric ctypes fields: read past pynvml's attribute hooks
+            g.gpu_util_ratio = _get(util, "gpu") / 100.0
+            g.mem_util_ratio = _get(util, "memory") / 100.0
         mem = q(dev, "memory", n.nvmlDeviceGetMemoryInfo)
         if mem is not None:
-            g.gpu_mem_used_bytes = float(mem.used)
-            g.gpu_mem_free_bytes = float(mem.free)
-            g.gpu_mem_total_bytes = float(mem.total)
-        g.pcie_tx_bytes_per_s = self._scaled(
-            dev, "pcie_tx", n.nvmlDeviceGetPcieThroughput, KB, n.NVML_PCIE_UTIL_TX_BYTES
-        )
-        g.pcie_rx_bytes_per_s = self._scaled(
-            dev, "pcie_rx", n.nvmlDeviceGetPcieThroughput, KB, n.NVML_PCIE_UTIL_RX_BYTES
-        )
-        g.power_w = self._scaled(dev, "power", n.nvmlDeviceGetPowerUsage, 1e-3)
-        g.energy_j = self._scaled(dev, "energy", n.nvmlDeviceGetTotalEnergyConsumption, 1e-3)
-        g.sm_clock_hz = self._scaled(dev, "sm_clock", n.nvmlDeviceGetClockInfo, MHZ, n.NVML_CLOCK_SM)
-        g.mem_clock_hz = self._scaled(dev, "mem_clock", n.nvmlDeviceGetClockInfo, MHZ, n.NVML_CLOCK_MEM)
+            g.gpu_mem_used_bytes = float(_get(mem, "used"))
+            g.gpu_mem_free_bytes = float(_get(mem, "free"))
+            g.gpu_mem_total_bytes = float(_get(mem, "total"))
+        for key, fn, arg, attr, scale in dev.plan:  # each query on its own, as _query does
+            try:
+                value = fn(h) if arg is None else fn(h, arg)
+            except Exception as exc:
+                self._failed(dev, key, exc)
+                continue
+            if value is not None:
+                setattr(g, attr, float(value) * scale)
         g.sm_clock_max_hz = dev.static.get("sm_clock_max_hz")
         g.mem_clock_max_hz = dev.static.get("mem_clock_max_hz")
         reasons = q(dev, "clock_events", n.nvmlDeviceGetCurrentClocksEventReasons)
