@@ -97,7 +97,9 @@ class FakeNvml:
         self.gpm_requested: list[int] = []  # metric ids asked for, in order
         self._alloc: dict[int, Any] = {}  # keeps allocated opaque structs alive
         self._handles: dict[int, int] = {}  # handle address -> gpu index
-        self._handle_objs: list[Any] = []
+        self._handle_ids: dict[int, int] = {}  # id() of a handle this fake gave out -> gpu index (fast path)
+        self._handle_objs: list[Any] = []  # keeps every handle alive, so their id()s stay unique
+        self._gpm_entries: dict[tuple[int, int], tuple[Any, list[Any]]] = {}  # (id(request), n) -> entries
         self.module = self._build_module()
 
     # -- plumbing ----------------------------------------------------------------
@@ -111,11 +113,15 @@ class FakeNvml:
             raise self.error(real.NVML_ERROR_UNINITIALIZED)
 
     def _gpu(self, fn: str, handle: Any) -> FakeGpu:
-        self._enter(fn)
-        try:
-            index = self._handles[ctypes.addressof(handle.contents)]
-        except (KeyError, ValueError, AttributeError):
-            raise self.error(real.NVML_ERROR_INVALID_ARGUMENT) from None
+        self.calls[fn] += 1
+        if not self.initialised:
+            raise self.error(real.NVML_ERROR_UNINITIALIZED)
+        index = self._handle_ids.get(id(handle))
+        if index is None:  # a handle built elsewhere that points at one of ours
+            try:
+                index = self._handles[ctypes.addressof(handle.contents)]
+            except (KeyError, ValueError, AttributeError, TypeError):
+                raise self.error(real.NVML_ERROR_INVALID_ARGUMENT) from None
         self.calls_by_gpu[(index, fn)] += 1
         gpu = self.gpus[index]
         if gpu.lost:
@@ -158,6 +164,7 @@ class FakeNvml:
         self._enter("nvmlShutdown")
         self.initialised = False
         self._handles.clear()
+        self._handle_ids.clear()
 
     def nvmlSystemGetDriverVersion(self) -> str:
         self._enter("nvmlSystemGetDriverVersion")
@@ -176,6 +183,7 @@ class FakeNvml:
         handle = ctypes.pointer(real.struct_c_nvmlDevice_t())  # a real c_nvmlDevice_t
         self._handle_objs.append(handle)
         self._handles[ctypes.addressof(handle.contents)] = index
+        self._handle_ids[id(handle)] = index
         return handle
 
     # -- device queries --------------------------------------------------------------
@@ -308,16 +316,20 @@ class FakeNvml:
             raise self.error(real.NVML_ERROR_GPU_IS_LOST)
         self.gpm_metrics_log.append((i1, a1, a2, t2 - t1))
         get, put = object.__getattribute__, object.__setattr__  # plain ctypes access, as the C library writes
-        entries = get(metricsGet, "metrics")
-        for i in range(get(metricsGet, "numMetrics")):
-            m = entries[i]
+        n = get(metricsGet, "numMetrics")
+        cached = self._gpm_entries.get((id(metricsGet), n))
+        if cached is None or cached[0] is not metricsGet:  # views into the request's array, made once
+            entries = get(metricsGet, "metrics")
+            cached = self._gpm_entries[(id(metricsGet), n)] = (metricsGet, [entries[i] for i in range(n)])
+        values, statuses, ok = gpu.gpm_values, gpu.gpm_status, real.NVML_SUCCESS
+        for m in cached[1]:
             metric_id = get(m, "metricId")
             self.gpm_requested.append(metric_id)
-            status = gpu.gpm_status.get(metric_id, real.NVML_SUCCESS)
-            if status == real.NVML_SUCCESS and metric_id not in gpu.gpm_values:
+            status = statuses.get(metric_id, ok)
+            if status == ok and metric_id not in values:
                 status = real.NVML_ERROR_NOT_SUPPORTED
             put(m, "nvmlReturn", status)
-            put(m, "value", gpu.gpm_values.get(metric_id, 0.0) if status == real.NVML_SUCCESS else 0.0)
+            put(m, "value", values[metric_id] if status == ok else 0.0)
         return metricsGet
 
 
