@@ -167,7 +167,7 @@ def analyze_full(
         )
     hw_win = hardware.per_window(samples, start_ns, window_ns, n_windows) if not samples.empty else None
     spans = stages.preempted_spans(t.requests, pd.DataFrame(windows.bounds(st)))
-    timeline = windows.window_timeline(st, attr, sb, hw_win, start_ns, window_ns, n_windows, spans)
+    timeline = windows.window_timeline(st, attr, sb, hw_win, start_ns, window_ns, n_windows, spans, eng_frame)
     win_verdicts = windows.window_verdicts(timeline)
 
     # Signals for the rules.

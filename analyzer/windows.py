@@ -74,13 +74,16 @@ def window_timeline(
     window_ns: int,
     n_windows: int,
     preempted: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    engine: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per window: bounds, arrivals, completions, ns per class, ns per stage, engine and hardware means.
 
     Class columns are named after the class; stage columns are ``"stage:<stage>"``.
     ``preempted`` is :func:`~bottleneck_map.analyzer.stages.preempted_spans` (request row,
     start, end); with it ``requeue`` is placed span by span, without it at the midpoint of
-    scheduled -> finished.
+    scheduled -> finished. ``engine`` (:func:`~bottleneck_map.analyzer.engine_samples.engine_frame`)
+    gives KV usage, waiting and running for bundles without steps: per window each instance's
+    mean, KV usage averaged over instances, waiting and running summed.
     """
     idx = pd.RangeIndex(n_windows)
     df = pd.DataFrame(index=idx)
@@ -119,6 +122,16 @@ def window_timeline(
                 df[col] = g[col].mean().reindex(idx)
         if "tokens_out" in steps:
             df["output_tokens_per_s"] = g["tokens_out"].sum().reindex(idx).fillna(0) / (window_ns / 1e9)
+    elif engine is not None and not engine.empty:
+        per_inst = (
+            engine.assign(window=win(engine["ts_ns"].to_numpy()))
+            .groupby(["window", "instance"])[["kv_cache_usage_ratio", "num_requests_waiting", "num_requests_running"]]
+            .mean()
+            .groupby(level="window")
+        )
+        df["kv_usage"] = per_inst["kv_cache_usage_ratio"].mean().reindex(idx)
+        df["num_waiting"] = per_inst["num_requests_waiting"].sum(min_count=1).reindex(idx)
+        df["num_running"] = per_inst["num_requests_running"].sum(min_count=1).reindex(idx)
     if hw_windows is not None and not hw_windows.empty:
         for col in ("gpu_util_ratio", "sm_clock_ratio", "throttled", "gpm_dram_bw_util_ratio", "proc_cpu_ratio"):
             if col in hw_windows:

@@ -145,3 +145,15 @@ def test_analyze_cli_instance_flag(fleet_bundle):
     assert "Bottleneck: kv cache capacity" in out and f"instance {KV}" in out
     r = CliRunner().invoke(app, ["analyze", str(fleet_bundle), "--instance", "nowhere:1"])
     assert r.exit_code == 2 and "--instance" in r.output and KV in r.output
+
+
+def test_windows_carry_the_engine_series_without_steps(fleet_bundle):
+    from bottleneck_map.fleet import FLEET, fleet_maps
+
+    maps = fleet_maps(fleet_bundle, window_s=1.0)
+    kv = maps[KV].windows
+    assert kv[0].kv_usage == pytest.approx(0.5) and kv[0].num_waiting == 0 and kv[0].num_running == 6
+    assert kv[5].kv_usage == pytest.approx(0.98) and kv[5].num_waiting == 5 and kv[5].num_running == 3
+    # fleet-wide: waiting and running add up over instances, KV usage is their mean
+    w = maps[FLEET].windows[5]
+    assert (w.num_waiting, w.num_running) == (11, 7) and w.kv_usage == pytest.approx((0.98 + 0.3) / 2)
