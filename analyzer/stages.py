@@ -124,13 +124,43 @@ class Membership:
         return Membership(self.req[keep], self.step[keep], self.is_prefill[keep], self.q[keep], self.c[keep])
 
 
+def _request_rows(rid: pa.Array | pa.ChunkedArray, request_ids: pa.Array) -> np.ndarray:
+    """Row index in ``request_ids`` of every id in ``rid`` (-1 when absent or null).
+
+    Dictionary-encoded ids (``Bundle.table(..., dictionary=...)``) are joined on their codes: each
+    chunk's dictionary (its distinct ids) is looked up once and the int32 codes index the result,
+    so the millions of repeated ids in the steps are never hashed one by one.
+    """
+    if pa.types.is_dictionary(request_ids.type):
+        request_ids = request_ids.dictionary_decode()
+    if not pa.types.is_dictionary(rid.type):
+        return to_np(pc.index_in(rid, value_set=request_ids), -1, np.int64)
+    chunks = [c for c in (rid.chunks if isinstance(rid, pa.ChunkedArray) else [rid]) if len(c)]
+    if not chunks:
+        return np.empty(0, np.int64)
+    # Every segment has its own dictionary: look them all up in one call (one hash of the
+    # request ids), then shift each chunk's codes by where its dictionary starts.
+    dicts = [c.dictionary for c in chunks]
+    rows = to_np(pc.index_in(pa.concat_arrays(dicts), value_set=request_ids), -1, np.int64)
+    rows = np.append(rows, -1)  # null ids point here
+    out, start = [], 0
+    for c, d in zip(chunks, dicts, strict=True):
+        codes = c.indices.to_numpy(zero_copy_only=False) if not c.indices.null_count else None
+        if codes is None:
+            valid = c.indices.is_valid().to_numpy(zero_copy_only=False)
+            codes = np.where(valid, pc.fill_null(c.indices, 0).to_numpy(), len(rows) - 1 - start)
+        out.append(rows[codes.astype(np.int64, copy=False) + start])
+        start += len(d)
+    return np.concatenate(out)
+
+
 def step_membership(steps: pa.Table, request_ids: pa.Array) -> Membership:
     """Explode ``request_ids``, ``query_lens``, ``context_lens`` and ``is_prefill`` of every step once."""
     if steps.num_rows == 0:
         e = np.empty(0)
         return Membership(e.astype(np.int64), e.astype(np.int64), e.astype(bool), e, e)
     rid, parent = flat_list(steps, "request_ids")
-    req = to_np(pc.index_in(rid, value_set=request_ids), -1, np.int64)
+    req = _request_rows(rid, request_ids)
     qv = flat_values(steps, "query_lens")
     q = to_np(qv, 1, np.float64) if len(qv) == len(parent) else np.ones(len(parent))
     cv = flat_values(steps, "context_lens")

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 SLOTS = 64  # concurrent sequences (batch slots)
 STEP_NS = 10_000_000  # 10 ms per engine step
+SEGMENT_ROWS = 20_000  # rows per Parquet segment, BundleWriter's default flush_rows
 MODEL = {
     "name": "synthetic-llama-1b",
     "architecture": "LlamaForCausalLM",
@@ -174,9 +175,13 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
             table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type) for f in schema
         ]
         full = pa.Table.from_arrays(cols, schema=schema)
-        pq.write_table(
-            full, path / name / f"part-bench0000000-{1:06d}.parquet", compression="zstd", row_group_size=256_000
-        )
+        # Segments of SEGMENT_ROWS rows, as BundleWriter flushes them (its flush_rows default).
+        for seq, start in enumerate(range(0, max(full.num_rows, 1), SEGMENT_ROWS), 1):
+            pq.write_table(
+                full.slice(start, SEGMENT_ROWS),
+                path / name / f"part-bench0000000-{seq:06d}.parquet",
+                compression="zstd",
+            )
 
 
 _CHILD = r"""
