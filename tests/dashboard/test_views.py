@@ -102,6 +102,25 @@ def test_request_timeline_joins_lifecycle_and_steps(busy: Loaded) -> None:
     assert drilldown.request_timeline(busy, "no-such-request") is None
 
 
+def test_timeline_plots_the_analyzers_window_stage_shares(busy: Loaded) -> None:
+    from bottleneck_map.dashboard.views_timeline import timeline_figure_for
+
+    fig = timeline_figure_for(busy)
+    windows = busy.bmap.windows
+    stacked = {t.name: list(t.y) for t in fig.data if t.legendgroup == "stages"}
+    assert stacked, "the stage-share panel is drawn"
+    for group, ys in stacked.items():
+        expect = [100 * w.stage_share[group] for w in windows]
+        assert ys == pytest.approx(expect + expect[-1:]), group
+    queue = next(t for t in fig.data if t.legendgroup == "stages" and t.name == "queue")
+    assert "stage time" in queue.hovertemplate
+    verdicts = [t for t in fig.data if t.legendgroup == "verdicts"]
+    shown = {int(i): share for t in verdicts for _, i, share in t.customdata}
+    for w in windows:
+        top = max((v for c, v in w.class_share.items() if c != "unattributed"), default=0.0)
+        assert shown[w.index] == pytest.approx(100 * top)
+
+
 def test_cdf_points_are_bounded_and_monotone() -> None:
     x, p = cdf_points(np.random.default_rng(0).exponential(size=100_000))
     assert len(x) == 300 and np.all(np.diff(x) >= 0) and p[0] == 0 and p[-1] == 1
