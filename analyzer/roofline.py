@@ -148,11 +148,13 @@ def step_roofline(
 
         membership = step_membership(steps, pa.array([], pa.string()))
     parent, qv, cv, isp = membership.step, membership.q, membership.c, membership.is_prefill
-    dcv = cv * ~isp
-    d_ctx = np.bincount(parent, weights=dcv, minlength=n)
+    # One weighted pass over the (step, sequence) rows; the corrections touch only the few rows
+    # that are prefill chunks or have a query longer than one token (no row-sized temporaries).
     sum_ctx = np.bincount(parent, weights=cv, minlength=n)
-    qc = qv * cv
-    sum_qc = np.bincount(parent, weights=qc, minlength=n)
+    pre = np.flatnonzero(isp)
+    d_ctx = sum_ctx - np.bincount(parent[pre], weights=cv[pre], minlength=n)
+    multi = np.flatnonzero(qv != 1)
+    sum_qc = sum_ctx + np.bincount(parent[multi], weights=(qv[multi] - 1) * cv[multi], minlength=n)
     seqs = np.bincount(parent, minlength=n).astype(np.float64)
     counters = [f64(steps, c) for c in ("num_prefill_tokens", "num_prefill_seqs", "num_decode_seqs")]
     if all(np.isfinite(c).all() for c in counters) and n:
@@ -165,7 +167,7 @@ def step_roofline(
         d = (~isp).astype(np.float64)
         d_tok = np.bincount(parent, weights=qv * d, minlength=n)
         d_seqs = np.bincount(parent, weights=d, minlength=n)
-        d_qc = np.bincount(parent, weights=qc * d, minlength=n)
+        d_qc = np.bincount(parent, weights=qv * cv * d, minlength=n)
     # Steps recorded without per-sequence lists fall back to their counters.
     pre_tok = f64(steps, "num_prefill_tokens")
     dec = f64(steps, "num_decode_seqs")
