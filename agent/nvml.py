@@ -320,8 +320,9 @@ class NvmlSource:
             self.status.lost = True
             self._backoff = self.backoff_initial_s
             self._schedule_retry()
-        out.extend(GpuSample(index=i, lost=True) for i in sorted(self._lost_indices))
-        out.sort(key=lambda g: g.index)
+        if self._lost_indices:
+            out.extend(GpuSample(index=i, lost=True) for i in sorted(self._lost_indices))
+            out.sort(key=lambda g: g.index)
         return out
 
     def _sample_device(self, dev: _Device) -> GpuSample:

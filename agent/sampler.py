@@ -91,6 +91,9 @@ class Sampler:
         self._ring: deque[Sample] = deque(maxlen=buffer_size)
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        # held while the loop runs; stop() releases it, which wakes the loop's timed acquire at once
+        # (one C call per tick, where Event.wait builds a Condition waiter every time)
+        self._wake = threading.Lock()
         self._thread: threading.Thread | None = None
         self._started = False
         self._logged: dict[str, float] = {}
@@ -116,6 +119,7 @@ class Sampler:
             raise RuntimeError("sampler already started")
         self.open()
         self._stop.clear()
+        self._wake.acquire(blocking=False)
         self._thread = threading.Thread(target=self._run, name="bmap-agent-sampler", daemon=True)
         self._thread.start()
         return self
@@ -123,6 +127,10 @@ class Sampler:
     def stop(self, timeout: float | None = 5.0) -> None:
         """Stop the thread, close the sources and flush rows to the writer (the writer stays open)."""
         self._stop.set()
+        try:
+            self._wake.release()
+        except RuntimeError:  # not held: never started, or already stopped
+            pass
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -217,7 +225,9 @@ class Sampler:
                 self.stats.missed_ticks += skipped
                 k += skipped
                 due = t0 + k * interval
-            self._stop.wait(max(0.0, due - now))
+            if self._wake.acquire(timeout=max(0.0, due - now)):  # released by stop()
+                self._wake.release()
+                return
 
 
 def start_agent_in_process(
