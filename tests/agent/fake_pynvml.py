@@ -201,11 +201,13 @@ class FakeNvml:
 
     def nvmlDeviceGetUtilizationRates(self, handle: Any) -> Any:
         gpu = self._gpu("nvmlDeviceGetUtilizationRates", handle)
-        return real.c_nvmlUtilization_t(gpu=gpu.util_gpu, memory=gpu.util_mem)
+        return _fresh_struct(real.c_nvmlUtilization_t, gpu=gpu.util_gpu, memory=gpu.util_mem)
 
     def nvmlDeviceGetMemoryInfo(self, handle: Any, version: Any = None) -> Any:
         gpu = self._gpu("nvmlDeviceGetMemoryInfo", handle)
-        return real.c_nvmlMemory_t(total=gpu.mem_total, free=gpu.mem_total - gpu.mem_used, used=gpu.mem_used)
+        return _fresh_struct(
+            real.c_nvmlMemory_t, total=gpu.mem_total, free=gpu.mem_total - gpu.mem_used, used=gpu.mem_used
+        )
 
     def nvmlDeviceGetPcieThroughput(self, device: Any, counter: int) -> int:
         gpu = self._gpu("nvmlDeviceGetPcieThroughput", device)
@@ -331,6 +333,20 @@ class FakeNvml:
             put(m, "nvmlReturn", status)
             put(m, "value", values[metric_id] if status == ok else 0.0)
         return metricsGet
+
+
+_STRUCT_IMAGES: dict[tuple[Any, ...], bytes] = {}
+
+
+def _fresh_struct(cls: type, **values: Any) -> Any:
+    """A new ``cls`` structure holding ``values``, as the library returns one per call:
+    copied in C from a cached image of the same values instead of set field by field
+    through pynvml's Python attribute hooks."""
+    key = (cls, *values.items())
+    image = _STRUCT_IMAGES.get(key)
+    if image is None:
+        image = _STRUCT_IMAGES[key] = bytes(cls(**values))
+    return cls.from_buffer_copy(image)
 
 
 _FUNCTIONS = tuple(
