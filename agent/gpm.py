@@ -87,6 +87,7 @@ class GpmReader:
         self._values: dict[str, float] = {}
         self._req: Any = None
         self._wanted: list[GpmMetric] = []
+        self._entries: list[Any] = []
         self._ok = nvml.NVML_SUCCESS
         self._not_supported = nvml.NVML_ERROR_NOT_SUPPORTED
 
@@ -121,12 +122,10 @@ class GpmReader:
         _set(req, "sample2", self._buffers[nxt])
         self._prev, self._prev_ns = nxt, taken_ns
         self.nvml.nvmlGpmMetricsGet(req)
-        entries = _get(req, "metrics")
         values: dict[str, float] = {}
         dropped = False
         ok, not_supported = self._ok, self._not_supported
-        for i, m in enumerate(self._wanted):
-            entry = entries[i]
+        for m, entry in zip(self._wanted, self._entries, strict=True):
             status = _get(entry, "nvmlReturn")
             if status == ok:
                 values[m.field] = _get(entry, "value") * m.scale
@@ -148,6 +147,8 @@ class GpmReader:
             req.numMetrics = len(self._wanted)
             for i, m in enumerate(self._wanted):
                 req.metrics[i].metricId = getattr(self.nvml, m.constant)
+            entries = _get(req, "metrics")
+            self._entries = [entries[i] for i in range(len(self._wanted))]  # views into req, made once
             self._req = req
         return self._req
 

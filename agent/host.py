@@ -115,6 +115,17 @@ def per_core_busy_total(proc_stat: bytes) -> list[tuple[float, float]]:
     return out
 
 
+def meminfo_bytes(meminfo: bytes) -> dict[bytes, int]:
+    """``/proc/meminfo`` as {field name: bytes} (the file gives kB, as psutil multiplies)."""
+    out = {}
+    for line in meminfo.splitlines():
+        name, _, rest = line.partition(b":")
+        value = rest.split()
+        if value:
+            out[name] = int(value[0]) * 1024
+    return out
+
+
 def proc_cpu_seconds(proc_pid_stat: bytes) -> float:
     """User + system CPU seconds of a process from ``/proc/<pid>/stat`` (what
     ``psutil.Process.cpu_times()`` reads; the command name may hold spaces and parentheses)."""
@@ -148,6 +159,7 @@ class HostSource:
         self._proc: psutil.Process | None = None
         self._proc_gone = False
         self._cpu_file: ProcStatFile | None = None
+        self._meminfo_file: ProcStatFile | None = None
         self._proc_file: ProcStatFile | None = None
         self._last_cpu: list[tuple[float, float]] = []
         self._last_proc_cpu: tuple[float, float] | None = None  # (monotonic s, CPU s) of the watched pid
@@ -158,6 +170,7 @@ class HostSource:
 
     def start(self) -> bool:
         self._cpu_file = _open_proc_file(f"{PROC}/stat")
+        self._meminfo_file = _open_proc_file(f"{PROC}/meminfo")
         self._last_cpu = self._read_cpu()  # the per-core baseline
         if self.watch_pid is not None:
             try:
@@ -173,10 +186,10 @@ class HostSource:
 
     def close(self) -> None:
         self._proc = None
-        for f in (self._cpu_file, self._proc_file):
+        for f in (self._cpu_file, self._proc_file, self._meminfo_file):
             if f is not None:
                 f.close()
-        self._cpu_file = self._proc_file = None
+        self._cpu_file = self._proc_file = self._meminfo_file = None
 
     def _read_cpu(self) -> list[tuple[float, float]]:
         """Per-core (busy, total) CPU times: one pread of /proc/stat, or psutil without /proc."""
@@ -230,20 +243,36 @@ class HostSource:
         h.stale = stale
         return h
 
-    @staticmethod
-    def _sample_slow() -> HostSample:
+    def _read_meminfo(self) -> tuple[int, int, int, int] | None:
+        """MemTotal, MemAvailable, SwapTotal, SwapFree in bytes from one pread of
+        /proc/meminfo; None (psutil is used) without the file or these fields."""
+        if self._meminfo_file is None:
+            return None
+        try:
+            fields = meminfo_bytes(self._meminfo_file.read())
+            return fields[b"MemTotal"], fields[b"MemAvailable"], fields[b"SwapTotal"], fields[b"SwapFree"]
+        except (OSError, ValueError, KeyError):
+            self._meminfo_file.close()
+            self._meminfo_file = None
+            return None
+
+    def _sample_slow(self) -> HostSample:
         h = HostSample()
         try:
             h.load1, h.load5, h.load15 = os.getloadavg()
         except OSError:
             pass
-        vm = psutil.virtual_memory()
-        h.host_mem_total_bytes = float(vm.total)
-        h.host_mem_available_bytes = float(vm.available)
-        h.host_mem_used_bytes = float(vm.total - vm.available)
-        sw = psutil.swap_memory()
-        h.host_swap_total_bytes = float(sw.total)
-        h.host_swap_used_bytes = float(sw.used)
+        mem = self._read_meminfo()
+        if mem is not None:  # the /proc/meminfo fields psutil reads for these values
+            total, available, swap_total, swap_free = mem
+        else:
+            vm, sw = psutil.virtual_memory(), psutil.swap_memory()
+            total, available, swap_total, swap_free = vm.total, vm.available, sw.total, sw.free
+        h.host_mem_total_bytes = float(total)
+        h.host_mem_available_bytes = float(available)
+        h.host_mem_used_bytes = float(total - available)
+        h.host_swap_total_bytes = float(swap_total)
+        h.host_swap_used_bytes = float(swap_total - swap_free)
         nics = psutil.net_io_counters(pernic=True) or {}
         h.net = {
             name: NetCounters(float(c.bytes_recv), float(c.bytes_sent), float(c.packets_recv), float(c.packets_sent))

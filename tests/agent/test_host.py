@@ -158,3 +158,19 @@ def test_watched_process_cpu_is_measured_between_ticks():
         child.kill()
         child.wait()
     src.close()
+
+
+def test_meminfo_fields_match_psutil():
+    from bottleneck_map.agent.host import meminfo_bytes
+
+    text = b"MemTotal:       16000 kB\nMemAvailable:    4000 kB\nHugePages_Total:       0\nSwapFree: 10 kB\n"
+    fields = meminfo_bytes(text)
+    assert fields[b"MemTotal"] == 16000 * 1024 and fields[b"MemAvailable"] == 4000 * 1024
+    assert fields[b"HugePages_Total"] == 0 and fields[b"SwapFree"] == 10 * 1024
+    src = HostSource()
+    src.start()
+    h = src.sample_host()
+    vm, sw = psutil.virtual_memory(), psutil.swap_memory()
+    assert h.host_mem_total_bytes == vm.total and h.host_swap_total_bytes == sw.total
+    assert abs(h.host_mem_available_bytes - vm.available) < 0.05 * vm.total  # read a moment apart
+    src.close()
