@@ -207,20 +207,23 @@ def request_stages(
         req, st = mem.req, mem.step
         dur_step = (s_end - s_start).astype(np.float64)
         sw_step = np.minimum(s_swap, dur_step)
-        dur = dur_step[st]
-        sw = sw_step[st]
+        # Per-row arrays are gathered once each (every 32M-row temporary costs its page faults).
+        fwd = (dur_step - sw_step)[st]
         # A step belongs to the prefill phase when it started before the request's first token
         # (the engine stamps the first token inside the step that computed the last prompt chunk).
         prefill_phase = s_start[st] < t4[req]
         recompute = ~prefill_phase & mem.is_prefill
-        fwd = dur - sw
-        comp_pre = np.bincount(req, weights=fwd * prefill_phase, minlength=n)
+        pre = np.flatnonzero(prefill_phase)  # a few rows per request: sum those directly
+        comp_pre = np.bincount(req[pre], weights=fwd[pre], minlength=n)
         comp_all = np.bincount(req, weights=fwd, minlength=n)
-        recomp = np.bincount(req, weights=fwd * recompute, minlength=n) if recompute.any() else np.zeros(n)
+        if recompute.any():
+            rc = np.flatnonzero(recompute)
+            recomp = np.bincount(req[rc], weights=fwd[rc], minlength=n)
         comp_dec = comp_all - comp_pre - recomp
         if sw_step.any():
+            sw = sw_step[st]
             swap_all = np.bincount(req, weights=sw, minlength=n)
-            swap_pre = np.bincount(req, weights=sw * prefill_phase, minlength=n)
+            swap_pre = np.bincount(req[pre], weights=sw[pre], minlength=n)
             swap_dec = swap_all - swap_pre
         steps_in = np.bincount(req, minlength=n)
 
