@@ -105,8 +105,8 @@ def agent_series(rate_window: str) -> tuple[SeriesSpec, ...]:
         SeriesSpec("host_mem_used_bytes", _by("bmap_host_memory_used_bytes", "max"), "agent"),
         SeriesSpec("host_mem_total_bytes", _by("bmap_host_memory_total_bytes", "max"), "agent"),
         SeriesSpec("host_swap_used_bytes", _by("bmap_host_swap_used_bytes", "max"), "agent"),
-        SeriesSpec("net_rx_bytes_total", _by('bmap_host_network_receive_bytes_total'), "agent"),
-        SeriesSpec("net_tx_bytes_total", _by('bmap_host_network_transmit_bytes_total'), "agent"),
+        SeriesSpec("net_rx_bytes_total", _by("bmap_host_network_receive_bytes_total"), "agent"),
+        SeriesSpec("net_tx_bytes_total", _by("bmap_host_network_transmit_bytes_total"), "agent"),
         SeriesSpec("proc_cpu_ratio", _by("bmap_process_cpu_ratio"), "agent"),
         SeriesSpec("proc_num_threads", _by("bmap_process_threads"), "agent"),
         SeriesSpec("proc_rss_bytes", _by("bmap_process_resident_memory_bytes"), "agent"),
@@ -126,8 +126,8 @@ def node_series(rate_window: str) -> tuple[SeriesSpec, ...]:
             "host_mem_used_bytes", _by("node_memory_MemTotal_bytes - node_memory_MemAvailable_bytes", "max"), "node"
         ),
         SeriesSpec("host_mem_total_bytes", _by("node_memory_MemTotal_bytes", "max"), "node"),
-        SeriesSpec("net_rx_bytes_total", _by('node_network_receive_bytes_total'), "node"),
-        SeriesSpec("net_tx_bytes_total", _by('node_network_transmit_bytes_total'), "node"),
+        SeriesSpec("net_rx_bytes_total", _by("node_network_receive_bytes_total"), "node"),
+        SeriesSpec("net_tx_bytes_total", _by("node_network_transmit_bytes_total"), "node"),
     )
 
 
