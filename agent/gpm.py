@@ -138,6 +138,11 @@ class GpmReader:
         self._values = values
         return values
 
+    @property
+    def next_sample_ns(self) -> int | None:
+        """The earliest time (``clock_ns``) the next sample may be taken; None before the first."""
+        return None if self._prev_ns is None else self._prev_ns + self.min_spacing_ns
+
     def _request(self) -> Any:
         """The metrics request, built once and rebuilt only when a metric is dropped."""
         if self._req is None:

@@ -289,6 +289,15 @@ class NvmlSource:
         return None if value is None else float(value) * scale
 
     # -- one tick -----------------------------------------------------------
+    def not_before_ns(self) -> int | None:
+        """The earliest time (monotonic ns) the next tick can take a fresh GPM sample on the
+        first GPM device (the others follow in the same order); None without GPM. The sampler
+        starts a tick that would come a few ms earlier at this time instead, so GPM reads do
+        not each wait inside the tick."""
+        times = [d.gpm.next_sample_ns for d in self.devices if d.gpm is not None]
+        times = [t for t in times if t is not None]
+        return min(times) if times else None
+
     def collect(self, sample: Sample) -> None:
         """Append this tick's GPU readings to ``sample.gpus``."""
         sample.gpus.extend(self.sample(sample.ts_ns))

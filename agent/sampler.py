@@ -29,6 +29,7 @@ log = logging.getLogger("bottleneck_map.agent")
 
 DEFAULT_INTERVAL_S = 0.1
 DEFAULT_BUFFER = 3000  # five minutes at 10 Hz
+MAX_TICK_DELAY_S = 0.005  # a tick may start this much after its grid point for a source (GPM spacing)
 WRITE_EVERY_S = 1.0  # samples are handed to the bundle writer in batches this far apart
 ERROR_LOG_EVERY_S = 60.0
 
@@ -225,9 +226,25 @@ class Sampler:
                 self.stats.missed_ticks += skipped
                 k += skipped
                 due = t0 + k * interval
+            due = self._delay_for_sources(due)
             if self._wake.acquire(timeout=max(0.0, due - now)):  # released by stop()
                 self._wake.release()
                 return
+
+    def _delay_for_sources(self, due: float) -> float:
+        """``due``, or up to ``MAX_TICK_DELAY_S`` later when a source asks not to be read before
+        then (GPM samples at least 100 ms apart): one wake-up instead of a wait inside the tick.
+        Only this tick moves; the grid of the ones after it does not."""
+        for src in self.sources:
+            not_before = getattr(src, "not_before_ns", None)
+            try:
+                t = not_before() if not_before is not None else None
+            except Exception:
+                self._log_error(f"source {getattr(src, 'name', src)}: not_before_ns failed")
+                continue
+            if t is not None and due < t / 1e9 <= due + MAX_TICK_DELAY_S:
+                due = t / 1e9
+        return due
 
 
 def start_agent_in_process(

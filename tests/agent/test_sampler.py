@@ -147,3 +147,43 @@ def test_a_failing_source_is_logged_once_not_every_tick(caplog):
         s.sample_once()
     assert s.stats.source_errors == 4
     assert caplog.text.count("source tick failed this tick") == 1
+
+
+class NotBeforeSource(TickSource):
+    def __init__(self, not_before):
+        super().__init__()
+        self.not_before = not_before
+
+    def not_before_ns(self):
+        return self.not_before()
+
+
+def test_a_tick_waits_a_few_ms_for_a_source_that_asks_and_no_longer():
+    due = 1000.0
+
+    def delay(t):
+        return Sampler(interval_s=0.1, sources=[NotBeforeSource(t)])._delay_for_sources(due)
+
+    assert delay(lambda: int((due + 0.003) * 1e9)) == due + 0.003  # GPM spacing: start the tick 3 ms late
+    assert delay(lambda: int((due + 0.05) * 1e9)) == due  # too far: the tick keeps its grid point
+    assert delay(lambda: int((due - 0.01) * 1e9)) == due
+    assert delay(lambda: None) == due
+
+    def broken():
+        raise RuntimeError("scripted")
+
+    assert delay(broken) == due
+
+
+def test_nvml_source_asks_for_the_gpm_spacing(install_nvml):
+    from bottleneck_map.agent.nvml import NvmlSource
+
+    install_nvml(2)
+    src = NvmlSource()
+    src.start()
+    assert src.not_before_ns() is None  # no GPM sample yet
+    before = time.monotonic_ns()
+    src.sample(0)
+    nb = src.not_before_ns()
+    assert before + 100_000_000 <= nb <= time.monotonic_ns() + 100_000_000
+    src.close()
