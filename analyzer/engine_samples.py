@@ -154,3 +154,46 @@ def kv_blocked_fraction(
         frac = np.where(span > 0, (at(b) - at(a)) / np.where(span > 0, span, 1), state)
         out[sel] = np.clip(frac, 0, 1)
     return out
+
+
+SERIES_LEVELS = ("num_requests_running", "num_requests_waiting", "kv_cache_usage_ratio")
+SERIES_COUNTERS = ("num_preemptions_total", "prompt_tokens_total", "generation_tokens_total")
+
+
+def instance_series(samples: pa.Table) -> pd.DataFrame:
+    """The engine series over time, one row per instance and sample instant, as read (no verdict).
+
+    Columns: ``ts_ns``, ``instance``, the levels of :data:`SERIES_LEVELS` as sampled and, for
+    each counter of :data:`SERIES_COUNTERS`, ``<name>_increase`` (its increase since the same
+    instance's previous sample; a drop is a reset and the new value counts, as in
+    :func:`counter_increase`) and ``<name>_per_s`` (that increase over the time since the previous
+    sample). Both are null at an instance's first sample and wherever the counter is absent.
+    Rows without any of these columns are left out.
+    """
+    cols = [*SERIES_LEVELS, *SERIES_COUNTERS]
+    out_cols = ["ts_ns", "instance", *SERIES_LEVELS]
+    for c in SERIES_COUNTERS:
+        out_cols += [f"{c}_increase", f"{c}_per_s"]
+    if samples.num_rows == 0:
+        return pd.DataFrame(columns=out_cols)
+    df = pd.DataFrame({c: f64(samples, c) for c in cols})
+    df["ts_ns"] = samples.column("ts_ns").to_numpy().astype(np.int64)
+    df["instance"] = samples.column("instance").to_pandas().fillna("").astype(str).to_numpy()
+    df = df[df[cols].notna().any(axis=1)].sort_values(["instance", "ts_ns"], kind="stable", ignore_index=True)
+    for c in SERIES_COUNTERS:
+        inc = np.full(len(df), np.nan)
+        rate = np.full(len(df), np.nan)
+        for _, g in df[["instance", "ts_ns", c]].dropna().groupby("instance", sort=False):
+            if len(g) < 2:
+                continue
+            v, ts = g[c].to_numpy(), g["ts_ns"].to_numpy()
+            d = np.diff(v)
+            step = np.where(d >= 0, d, v[1:])
+            dt = np.diff(ts) / 1e9
+            idx = g.index.to_numpy()[1:]
+            inc[idx] = step
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rate[idx] = np.where(dt > 0, step / dt, np.nan)
+        df[f"{c}_increase"] = inc
+        df[f"{c}_per_s"] = rate
+    return df[out_cols]

@@ -3,6 +3,7 @@ queueing and kv_cache_capacity, per instance, with the measured numbers in the e
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from bottleneck_map.analyzer import analyze
@@ -157,3 +158,33 @@ def test_windows_carry_the_engine_series_without_steps(fleet_bundle):
     # fleet-wide: waiting and running add up over instances, KV usage is their mean
     w = maps[FLEET].windows[5]
     assert (w.num_waiting, w.num_running) == (11, 7) and w.kv_usage == pytest.approx((0.98 + 0.3) / 2)
+
+
+def test_instance_series_levels_and_counter_rates_per_instance(fleet_bundle, tmp_path):
+    from bottleneck_map.analyzer.engine_samples import instance_series
+
+    s = instance_series(read_bundle(fleet_bundle).table("samples"))
+    assert set(s["instance"]) == {KV, SLOTS}  # the agent's CPU-only rows are not engine rows
+    kv = s[s["instance"] == KV].reset_index(drop=True)
+    assert kv["ts_ns"].is_monotonic_increasing and len(kv) == 12
+    assert kv["kv_cache_usage_ratio"].tolist() == [0.5] + [0.98] * 11
+    assert kv["num_requests_waiting"].iloc[1] == 5.0 and kv["num_requests_running"].iloc[0] == 6.0
+    assert pd.isna(kv["num_preemptions_total_increase"].iloc[0])
+    assert kv["num_preemptions_total_increase"].iloc[1:].tolist() == [2.0] * 11
+    assert kv["num_preemptions_total_per_s"].iloc[1:].tolist() == pytest.approx([2.0] * 11)
+    assert kv["num_preemptions_total_increase"].sum() == counter_increase(
+        engine_frame(read_bundle(fleet_bundle).table("samples")), "num_preemptions_total"
+    )
+    assert kv["prompt_tokens_total_per_s"].isna().all()  # absent counter stays null
+    # a counter reset: the new value is the increase; the rate is per second of sample spacing
+    path = tmp_path / "reset"
+    w = BundleWriter(path, collect_meta())
+    for k, v in enumerate([100.0, 160.0, 30.0, 90.0]):
+        w.add_sample(
+            {"ts_ns": T0 + k * 2 * S, "source": "prometheus:vllm", "instance": KV, "generation_tokens_total": v}
+        )
+    w.close()
+    r = instance_series(read_bundle(path).table("samples"))
+    assert r["generation_tokens_total_increase"].tolist()[1:] == [60.0, 30.0, 60.0]
+    assert r["generation_tokens_total_per_s"].tolist()[1:] == pytest.approx([30.0, 15.0, 30.0])
+    assert instance_series(read_bundle(path).table("samples").slice(0, 0)).empty
