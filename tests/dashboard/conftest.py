@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from dashboard_server import ServerThread, free_port  # noqa: E402, F401  (kept importable from here)
 from dashboard_synth import make_bundle  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
@@ -41,32 +40,6 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "busy": make_bundle(root / "busy", n_requests=240, rate=120, num_kv_blocks=300, seed=1),
         "light": make_bundle(root / "light", n_requests=120, rate=25, num_kv_blocks=2000, seed=2),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerThread:
-    """A Dash app served by werkzeug on 127.0.0.1 in a background thread."""
-
-    def __init__(self, app) -> None:  # noqa: ANN001
-        from werkzeug.serving import make_server
-
-        self.port = free_port()
-        self.server = make_server("127.0.0.1", self.port, app.server, threaded=True)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.url = f"http://127.0.0.1:{self.port}/"
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.thread.join(timeout=10)
 
 
 def chrome(download_dir: Path | None = None):  # noqa: ANN201

@@ -191,7 +191,7 @@ def test_the_real_command_serves_on_loopback_only(bundles: dict[str, Path]) -> N
     import urllib.request
 
     import psutil
-    from conftest import free_port
+    from dashboard_server import free_port
 
     port = free_port()
     proc = subprocess.Popen(

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ServerThread
+from dashboard_server import ServerThread
 
 pytestmark = pytest.mark.browser
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ServerThread
+from dashboard_server import ServerThread
 from test_browser import graph_data, severe_console, wait_js
 
 from bottleneck_map.bundle import BundleWriter, read_bundle

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ServerThread
+from dashboard_server import ServerThread
 from test_browser import graph_data, open_tab, severe_console, shot
 
 from bottleneck_map.dashboard.bundles import resolve_default
