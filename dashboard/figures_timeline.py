@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from bottleneck_map.dashboard.series import HardwareFrame
+from bottleneck_map.dashboard.series import HardwareFrame, SampleEngineFrame
 from bottleneck_map.dashboard.style import GROUP_COLORS, base_layout, class_color, class_name
 
 ROW_PX = 150
@@ -30,6 +30,17 @@ _ENGINE_COLORS = {
     "prefill_tokens": "#4C78A8",
     "decode_tokens": "#2A9D8F",
 }
+# Engine rows drawn from the samples when there are no steps: (title, primary series, secondary series).
+_SAMPLE_ROWS = [
+    ("running (the batch) and waiting, per instance", [("num_running", "running"), ("num_waiting", "waiting")], []),
+    ("KV-cache usage and preemptions, per instance", [("kv_usage", "KV usage")], [("num_preempted", "preemptions")]),
+    (
+        "prompt and generation tokens per second, per instance",
+        [("prompt_tokens_per_s", "prompt tok/s"), ("generation_tokens_per_s", "generation tok/s")],
+        [],
+    ),
+]
+_SAMPLE_DASH = {"num_waiting": "dot", "prompt_tokens_per_s": "dot"}
 _HW_COLORS = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#9D755D", "#2A9D8F", "#666666"]
 
 
@@ -40,17 +51,24 @@ def timeline_figure(
     hardware: HardwareFrame,
     *,
     x_range: tuple[float, float] | None = None,
+    sample_engine: SampleEngineFrame | None = None,
 ) -> go.Figure:
     """Every panel shares one x axis (seconds since run start): zooming one zooms all.
 
     ``windows`` are the analyzer's WindowVerdicts; ``engine`` and ``hardware.frame`` are
-    already aggregated (see :func:`bottleneck_map.dashboard.series.bucket`).
+    already aggregated (see :func:`bottleneck_map.dashboard.series.bucket`). Without steps
+    (``engine`` empty), the engine panels come from ``sample_engine``, the engine's own series
+    in the samples, one line per instance.
     """
     rows: list[tuple[str, bool]] = []  # (title, has secondary y)
     if windows:
         rows += [("request time by stage group, per window", False), ("verdict per window (from class shares)", False)]
     if len(engine):
         rows += [(title, sec is not None) for title, _, sec in _ENGINE_ROWS]
+    sample_rows = []
+    if not len(engine) and sample_engine is not None and len(sample_engine):
+        sample_rows = [row for row in _SAMPLE_ROWS if any(k in sample_engine.series for k, _ in row[1] + row[2])]
+        rows += [(title, bool(sec)) for title, _, sec in sample_rows]
     hw_panels = [p for p in ("gpu_activity", "pcie", "power", "clock", "cpu") if p in hardware.groups]
     rows += [(_hw_title(p), False) for p in hw_panels]
     if not rows:
@@ -112,6 +130,9 @@ def timeline_figure(
                     visible="num_preempted" in engine and bool((engine["num_preempted"] > 0).any()),
                 )
             r += 1
+    for _title, primary, secondary in sample_rows:
+        _sample_engine_row(fig, sample_engine, primary, secondary, r)
+        r += 1
     clock_row = r
     for panel in hw_panels:
         frame = hardware.frame
@@ -169,6 +190,61 @@ def timeline_figure(
     if x_range is not None:
         fig.update_xaxes(range=list(x_range))
     return fig
+
+
+def _sample_engine_row(
+    fig: go.Figure,
+    sample: SampleEngineFrame,
+    primary: list[tuple[str, str]],
+    secondary: list[tuple[str, str]],
+    r: int,
+) -> None:
+    """One panel of engine series from the samples: a line per series and instance (colour = instance)."""
+    frame = sample.frame
+    for i, inst in enumerate(sample.instances):
+        color = _HW_COLORS[i % len(_HW_COLORS)]
+        for key, label in primary:
+            col = SampleEngineFrame.column(key, inst)
+            if col not in frame:
+                continue
+            part = frame[["t_s", col]].dropna()  # instances are scraped at their own instants
+            y = part[col] * 100 if key == "kv_usage" else part[col]
+            line = _line(part["t_s"], y, f"{label} {inst}", color, _legend(r))
+            line.line.dash = _SAMPLE_DASH.get(key, "solid")
+            fig.add_trace(line, row=r, col=1)
+        for key, label in secondary:
+            col = SampleEngineFrame.column(key, inst)
+            if col not in frame:
+                continue
+            hit = frame[frame[col] > 0]
+            if hit.empty:  # a counter that never moved draws nothing
+                continue
+            fig.add_trace(
+                go.Scattergl(
+                    x=hit["t_s"],
+                    y=hit[col],
+                    name=f"{label} {inst}",
+                    mode="markers",
+                    marker={"color": color, "symbol": "x-thin", "size": 7, "line": {"width": 1.5, "color": color}},
+                    legend=_legend(r),
+                ),
+                row=r,
+                col=1,
+                secondary_y=True,
+            )
+    keys = [k for k, _ in primary]
+    if "kv_usage" in keys:
+        fig.update_yaxes(title_text="KV %", range=[0, 105], row=r, col=1, secondary_y=False)
+    elif "num_running" in keys:
+        fig.update_yaxes(title_text="requests", rangemode="tozero", row=r, col=1)
+    else:
+        fig.update_yaxes(title_text="tokens/s", rangemode="tozero", row=r, col=1)
+    if secondary:
+        cols = [SampleEngineFrame.column(k, i) for k, _ in secondary for i in sample.instances]
+        shown = any(c in frame and bool((frame[c] > 0).any()) for c in cols)
+        fig.update_yaxes(
+            title_text="preempted", row=r, col=1, secondary_y=True, showgrid=False, rangemode="tozero", visible=shown
+        )
 
 
 def _hw_title(panel: str) -> str:

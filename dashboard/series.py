@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bottleneck_map.analyzer.engine_samples import instance_series
 from bottleneck_map.schema import CLOCK_EVENT_BITS, THROTTLE_FLAGS
 
 MAX_POINTS = 1500
@@ -96,6 +97,63 @@ def engine_frame(steps: pa.Table, t0_ns: int) -> pd.DataFrame:
             "decode_tokens": decode,
         }
     )
+
+
+# Engine series from the samples (bundles without steps): key -> (column of the analyzer's
+# ``instance_series``, how to aggregate a bucket).
+SAMPLE_ENGINE_SERIES = {
+    "num_running": ("num_requests_running", "mean"),
+    "num_waiting": ("num_requests_waiting", "max"),
+    "kv_usage": ("kv_cache_usage_ratio", "max"),
+    "num_preempted": ("num_preemptions_total_increase", "sum"),
+    "prompt_tokens_per_s": ("prompt_tokens_total_per_s", "mean"),
+    "generation_tokens_per_s": ("generation_tokens_total_per_s", "mean"),
+}
+
+
+@dataclass
+class SampleEngineFrame:
+    """The serving engine's own series (Prometheus samples), one column per series and instance."""
+
+    frame: pd.DataFrame  # t_s plus one column per (series key, instance), named by ``column``
+    instances: list[str]  # instances with any engine series, in name order
+    series: list[str]  # keys of SAMPLE_ENGINE_SERIES with data for some instance
+
+    @staticmethod
+    def column(key: str, instance: str) -> str:
+        return f"{key}@{instance}"
+
+    def agg(self) -> dict[str, str]:
+        return {c: SAMPLE_ENGINE_SERIES[c.split("@", 1)[0]][1] for c in self.frame.columns if c != "t_s"}
+
+    def __len__(self) -> int:
+        return len(self.frame) if self.series else 0
+
+
+def sample_engine_frame(samples: pa.Table, t0_ns: int) -> SampleEngineFrame:
+    """Engine series per instance from the samples' engine columns, read by the analyzer's
+    :func:`~bottleneck_map.analyzer.engine_samples.instance_series` (levels as sampled, counters
+    as their increase or per-second rate since the instance's previous sample)."""
+    df = instance_series(samples)
+    if df.empty:
+        return SampleEngineFrame(pd.DataFrame({"t_s": []}), [], [])
+    t_s = (df["ts_ns"].to_numpy().astype(np.int64) - t0_ns) / 1e9
+    inst = df["instance"].to_numpy()
+    columns: dict[str, np.ndarray] = {"t_s": t_s}
+    instances: set[str] = set()
+    keys: list[str] = []
+    for key, (src, _agg) in SAMPLE_ENGINE_SERIES.items():
+        values = df[src].to_numpy(dtype=np.float64)
+        for name in sorted(set(inst)):
+            v = np.where(inst == name, values, np.nan)
+            if np.all(np.isnan(v)):
+                continue
+            columns[SampleEngineFrame.column(key, name)] = v
+            instances.add(name)
+            if key not in keys:
+                keys.append(key)
+    frame = pd.DataFrame(columns).sort_values("t_s", kind="stable").reset_index(drop=True)
+    return SampleEngineFrame(frame, sorted(instances), keys)
 
 
 @dataclass

@@ -19,6 +19,12 @@ def timeline_data(loaded: Loaded) -> tuple[Any, Any]:
     return engine, hardware
 
 
+def sample_engine_data(loaded: Loaded) -> series.SampleEngineFrame:
+    """The engine's own series from the samples, per instance (drawn when the bundle has no steps)."""
+    t0 = drilldown.t0_ns(loaded)
+    return loaded.memoised("sample_engine_frame", lambda: series.sample_engine_frame(loaded.tables.samples, t0))
+
+
 def timeline_figure_for(loaded: Loaded, x_range: tuple[float, float] | None = None) -> Any:
     if x_range is None:
         return loaded.memoised("timeline:full", lambda: _timeline_figure(loaded, None))
@@ -32,14 +38,31 @@ def _timeline_figure(loaded: Loaded, x_range: tuple[float, float] | None) -> Any
     hw = series.HardwareFrame(
         series.bucket(hardware.frame, hw_cols, x_range=x_range), hardware.groups, hardware.missing, hardware.throttle
     )
-    return timeline_figure(loaded.bmap.windows, loaded.bmap.window_s, eng, hw, x_range=x_range)
+    sample = None
+    if not len(engine):
+        full = sample_engine_data(loaded)
+        sample = series.SampleEngineFrame(
+            series.bucket(full.frame, full.agg(), x_range=x_range), full.instances, full.series
+        )
+    return timeline_figure(loaded.bmap.windows, loaded.bmap.window_s, eng, hw, x_range=x_range, sample_engine=sample)
 
 
 def timeline_view(loaded: Loaded) -> html.Div:
     engine, hardware = timeline_data(loaded)
     notes = []
     if not len(engine):
-        notes.append("This bundle has no engine steps (for example an ingested vLLM trace): engine panels are hidden.")
+        sample = sample_engine_data(loaded)
+        if len(sample):
+            shown = sample.instances[0] if len(sample.instances) == 1 else f"{len(sample.instances)} instances"
+            notes.append(
+                "This bundle has no engine steps (for example an ingested vLLM deployment): the engine panels show "
+                f"the engine's own series from the samples ({shown}, one line per instance): running, waiting, "
+                "KV-cache usage, preemptions and tokens per second. Batch size and tokens per step need steps."
+            )
+        else:
+            notes.append(
+                "This bundle has no engine steps and no engine series in its samples: engine panels are hidden."
+            )
     if hardware.missing:
         notes.append(
             "Not in this bundle: " + "; ".join(hardware.missing) + ". Run with the agent on a GPU host to record them."
