@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from hf_checkpoints import COMMON, hf_checkpoint
 
 from bottleneck_map.embedded_engine.attention import AttentionMetadata
 from bottleneck_map.embedded_engine.kv_cache import allocate_kv_cache
-from bottleneck_map.embedded_engine.loader import PRESETS_DIR, load_model
 
 transformers = pytest.importorskip("transformers")
+
 
 ATOL = 1e-4
 BLOCK = 4
@@ -92,38 +93,6 @@ def generate_paged(loaded, prompts: list[list[int]], new_tokens: int, chunk: int
     return seqs
 
 
-def _randomize(model: torch.nn.Module, seed: int) -> None:
-    """Random weights with visible structure: non-zero biases and non-unit norms too."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            p.copy_(1 + 0.1 * noise if "norm" in name else 0.15 * noise)
-
-
-def _checkpoint(tmp_path, config) -> tuple:
-    torch.manual_seed(0)
-    hf = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    _randomize(hf, seed=1)
-    hf.eval()
-    hf.save_pretrained(tmp_path)
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_file=str(PRESETS_DIR / "tokenizer.json"), eos_token="<|im_end|>", bos_token="<|endoftext|>"
-    )
-    fast.save_pretrained(tmp_path)  # tokenizer.json + tokenizer_config.json as transformers writes them
-    return hf, load_model(str(tmp_path), device="cpu", dtype="float32")
-
-
-COMMON = dict(
-    vocab_size=8192,
-    hidden_size=64,
-    intermediate_size=160,
-    num_hidden_layers=2,
-    max_position_embeddings=256,
-    bos_token_id=0,
-    eos_token_id=2,
-)
-
 CONFIGS = {
     "llama": lambda: transformers.LlamaConfig(**COMMON, num_attention_heads=4, num_key_value_heads=4),
     "llama-gqa-rope-llama3": lambda: transformers.LlamaConfig(
@@ -159,7 +128,7 @@ def _prompts(vocab: int) -> list[list[int]]:
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_greedy_tokens_and_logits_match_transformers(tmp_path, name):
-    hf, ours = _checkpoint(tmp_path, CONFIGS[name]())
+    hf, ours = hf_checkpoint(tmp_path, CONFIGS[name]())
     assert ours.config.architecture == hf.config.architectures[0]
     prompts = _prompts(ours.config.vocab_size)
     seqs = generate_paged(ours, prompts, NEW_TOKENS)
@@ -182,7 +151,7 @@ def test_greedy_tokens_and_logits_match_transformers(tmp_path, name):
 @pytest.fixture(scope="module")
 def gqa_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("gqa")
-    return _checkpoint(path, CONFIGS["llama-gqa-rope-llama3"]())[1]
+    return hf_checkpoint(path, CONFIGS["llama-gqa-rope-llama3"]())[1]
 
 
 def test_chunked_prefill_equals_one_chunk(gqa_model):
