@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -426,7 +426,13 @@ class Bundle:
     warnings: list[str] = field(default_factory=list)
     _tables: dict[str, pa.Table] = field(default_factory=dict, repr=False)
 
-    def table(self, name: str, columns: Sequence[str] | None = None, dictionary: Sequence[str] = ()) -> pa.Table:
+    def table(
+        self,
+        name: str,
+        columns: Sequence[str] | None = None,
+        dictionary: Sequence[str] = (),
+        segments: Sequence[Path] | None = None,
+    ) -> pa.Table:
         """One table as Arrow, every segment concatenated (empty table when absent).
 
         ``columns`` reads only those columns (in schema order). ``dictionary`` names string
@@ -434,8 +440,11 @@ class Bundle:
         each segment then holds its distinct strings once and int32 codes into them, instead
         of one string per value (step ``request_ids`` repeat every id once per step). Such a
         column's type is ``dictionary<int32, string>`` (or a list of it); every segment is one
-        chunk with its own dictionary. Without options the result is cached per table.
+        chunk with its own dictionary. ``segments`` (from :meth:`segments`) reads those segment
+        files only. Without options the result is cached per table.
         """
+        if segments is not None:
+            return pa.concat_tables(list(self.iter_table(name, columns, dictionary, segments=segments)))
         schema = schema_for(name)
         if columns is None and not dictionary:
             if name not in self._tables:
@@ -445,14 +454,58 @@ class Bundle:
         unknown = wanted.union(dictionary) - set(schema.names)
         if unknown:
             raise ValueError(f"table {name!r} has no column(s) {', '.join(sorted(map(repr, unknown)))}")
-        fields = []
-        for fld in schema:
-            if fld.name not in wanted:
-                continue
-            if fld.name in dictionary:
-                fld = fld.with_type(_dictionary_type(fld.type, fld.name))
-            fields.append(fld)
-        return self._load(name, pa.schema(fields, metadata=schema.metadata), tuple(dictionary))
+        return self._load(name, _read_schema(schema, wanted, dictionary), tuple(dictionary))
+
+    def segments(self, name: str) -> list[Path]:
+        """The segment files of one table now, in read order (for :meth:`table` and :meth:`iter_table`)."""
+        return segment_paths(self.path, name)
+
+    def iter_table(
+        self,
+        name: str,
+        columns: Sequence[str] | None = None,
+        dictionary: Sequence[str] = (),
+        batch_rows: int | None = None,
+        segments: Sequence[Path] | None = None,
+    ) -> Iterator[pa.Table]:
+        """The table piece by piece, in the row order of :meth:`table`: one table per segment, or
+        per ``batch_rows`` rows of a larger one (``ParquetFile.iter_batches``), with the
+        ``columns`` and ``dictionary`` options of :meth:`table`. ``segments`` fixes the files read
+        (two reads of a bundle still being written then see the same rows). A corrupt newest
+        segment of a writer is skipped with a warning, as :meth:`table` does, when it cannot be
+        opened; one that fails part-way raises BundleError."""
+        base = schema_for(name)
+        wanted = set(base.names if columns is None else columns)
+        unknown = wanted.union(dictionary) - set(base.names)
+        if unknown:
+            raise ValueError(f"table {name!r} has no column(s) {', '.join(sorted(map(repr, unknown)))}")
+        schema = _read_schema(base, wanted, dictionary)
+        read_dictionary = [p for c in dictionary for p in (c, f"{c}.list.element", f"{c}.list.item")] or None
+        paths = list(self.segments(name) if segments is None else segments)
+        newest = {_segment_sort_key(p)[0]: p for p in paths}
+        for p in paths:
+            first = True
+            try:
+                md = pq.read_metadata(p)
+                leaves = {md.schema.column(i).path for i in range(md.num_columns)}
+                rd = [c for c in read_dictionary or () if c in leaves] or None
+                f = pq.ParquetFile(p, metadata=md, read_dictionary=rd)
+                present = set(f.schema_arrow.names)
+                cols = [c for c in schema.names if c in present]
+                if batch_rows is None or f.metadata.num_rows <= batch_rows:
+                    pieces: Iterable[pa.Table] = [f.read(columns=cols)]
+                else:
+                    pieces = (pa.Table.from_batches([b]) for b in f.iter_batches(batch_size=batch_rows, columns=cols))
+                for raw in pieces:
+                    first = False
+                    yield _conform(raw, schema, p)
+            except (pa.ArrowInvalid, OSError) as exc:
+                if first and newest.get(_segment_sort_key(p)[0]) == p:
+                    msg = f"{p}: truncated or corrupt last segment skipped ({exc})"
+                    self.warnings.append(msg)
+                    warnings.warn(msg, BundleWarning, stacklevel=2)
+                    continue
+                raise BundleError(f"{p}: corrupt segment ({exc})") from exc
 
     def frame(self, name: str) -> pd.DataFrame:
         return self.table(name).to_pandas()
@@ -503,6 +556,18 @@ class Bundle:
         if not parts:
             return schema.empty_table()
         return pa.concat_tables(parts)
+
+
+def _read_schema(schema: pa.Schema, wanted: set[str], dictionary: Sequence[str]) -> pa.Schema:
+    """``schema`` restricted to ``wanted`` (in schema order), the ``dictionary`` columns encoded."""
+    fields = []
+    for fld in schema:
+        if fld.name not in wanted:
+            continue
+        if fld.name in dictionary:
+            fld = fld.with_type(_dictionary_type(fld.type, fld.name))
+        fields.append(fld)
+    return pa.schema(fields, metadata=schema.metadata)
 
 
 def read_bundle(path: str | os.PathLike[str]) -> Bundle:
