@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from bottleneck_map.analyzer import (
     attribution,
@@ -18,9 +21,10 @@ from bottleneck_map.analyzer import (
     latency,
     roofline,
     stages,
+    steprows,
     windows,
 )
-from bottleneck_map.analyzer.data import NA_NS, Tables, f64, flat_list, for_instance, load
+from bottleneck_map.analyzer.data import NA_NS, Tables, f64, for_instance, load, to_np
 from bottleneck_map.analyzer.devices import device_peaks
 from bottleneck_map.analyzer.result import (
     CLASSES,
@@ -39,23 +43,32 @@ from bottleneck_map.bundle import Bundle, BundleError
 WORST_REQUESTS = 5
 # Up to this many (step, sequence) rows the own-step class make-up is computed exactly.
 EXACT_OWN_ROWS = 2_000_000
+# Requests whose token lists are read and reduced at a time (about 1.6M token stamps, 13 MB).
+CHUNK_REQUESTS = 50_000
 MAX_WINDOWS = 100_000
 
 
 @dataclass
 class Analysis:
-    """Intermediate tables of one analysis, kept for drill-down (dashboard, tests)."""
+    """Intermediate tables of one analysis, kept for drill-down (dashboard, tests).
+
+    ``tables`` reads the bundle's whole tables on first use; ``itl`` (every pooled inter-token
+    gap, :func:`~bottleneck_map.analyzer.latency.inter_token_latencies`) is built on first use.
+    """
 
     tables: Tables
     stages: pd.DataFrame
     metrics: pd.DataFrame
-    itl: pd.DataFrame
     roofline: pd.DataFrame
     steps: pd.DataFrame
     attributed: pd.DataFrame
     timeline: pd.DataFrame
     samples: pd.DataFrame
     result: BottleneckMap
+
+    @cached_property
+    def itl(self) -> pd.DataFrame:
+        return latency.inter_token_latencies(self.tables.requests)
 
 
 def analyze(
@@ -65,19 +78,69 @@ def analyze(
     slo: Mapping[str, float] | None = None,
     gpu_hour_cost: float | None = None,
     instance: str | None = None,
+    chunk_rows: int | None = None,
 ) -> BottleneckMap:
     """Analyse a bundle (path or opened :class:`~bottleneck_map.bundle.Bundle`) into its bottleneck map.
 
     ``instance`` (a value of the tables' ``instance`` column, e.g. ``"host:8000"``) restricts
     every table to that serving instance: its requests and steps, its engine samples and the
     host-level samples of its host (:func:`~bottleneck_map.analyzer.data.for_instance`).
+    ``chunk_rows`` sets how many steps (and requests) the per-sequence and per-token lists are
+    read and reduced at a time (default :data:`~bottleneck_map.analyzer.steprows.CHUNK_STEPS`
+    steps, :data:`CHUNK_REQUESTS` requests); the result does not depend on it.
 
     Raises :class:`~bottleneck_map.bundle.BundleError` for a bundle that cannot be
     analysed (unreadable, or no requests) and ValueError for bad arguments (an unknown instance).
     """
     return analyze_full(
-        bundle_or_path, window_s=window_s, slo=slo, gpu_hour_cost=gpu_hour_cost, instance=instance
+        bundle_or_path,
+        window_s=window_s,
+        slo=slo,
+        gpu_hour_cost=gpu_hour_cost,
+        instance=instance,
+        chunk_rows=chunk_rows,
     ).result
+
+
+def _lookup(requests: pa.Table, life: pd.DataFrame) -> steprows.RequestLookup:
+    """Request rows by id for the step chunks; a request spans arrival -> last byte (unbounded when unfinished)."""
+    hi = np.where(life["complete"].to_numpy(), life["t6"].to_numpy(), np.iinfo(np.int64).max)
+    return steprows.RequestLookup(stages._ids(requests), life["t0"].to_numpy(), hi)
+
+
+def _counters_complete(steps: pa.Table) -> bool:
+    cols = ("num_prefill_tokens", "num_prefill_seqs", "num_decode_seqs")
+    return steps.num_rows > 0 and all(steps.column(c).null_count == 0 for c in cols)
+
+
+def _token_pass(t: Tables, codes: np.ndarray, n_classes: int, rows: int) -> tuple[latency.GapPool, float | None]:
+    """One pass over the requests' token lists, ``rows`` requests at a time: the pooled ITL gaps
+    (from ``delivered_ns``, else ``token_ns``) and the mean token -> byte delay (None unless every
+    request's ``delivered_ns`` pairs with its ``token_ns``)."""
+    delivered = any(c.column(0).null_count < c.num_rows for c in t.chunks("requests", ["delivered_ns"], rows))
+    if not delivered:
+        gaps = latency.pooled_gaps((c.column(0) for c in t.chunks("requests", ["token_ns"], rows)), codes, n_classes)
+        return gaps, None
+    acc = {"sum": 0, "count": 0, "paired": True, "tokens": 0}
+
+    def lists():
+        for c in t.chunks("requests", ["token_ns", "delivered_ns"], rows):
+            tok, dl = c.column("token_ns"), c.column("delivered_ns")
+            tl = to_np(pc.list_value_length(tok), 0, np.int64)
+            acc["tokens"] += int(tl.sum())
+            if acc["paired"] and np.array_equal(tl, to_np(pc.list_value_length(dl), 0, np.int64)):
+                a, b = pc.list_flatten(tok), pc.list_flatten(dl)
+                ok = np.asarray(pc.and_(pc.is_valid(a), pc.is_valid(b)).to_numpy(zero_copy_only=False), bool)
+                d = to_np(b, 0, np.int64)[ok] - to_np(a, 0, np.int64)[ok]
+                acc["sum"] += int(d.sum())
+                acc["count"] += len(d)
+            else:
+                acc["paired"] = False
+            yield dl
+
+    gaps = latency.pooled_gaps(lists(), codes, n_classes)
+    paired = acc["paired"] and acc["tokens"] > 0 and acc["count"] > 0
+    return gaps, (acc["sum"] / acc["count"] / 1e9 if paired else None)
 
 
 def analyze_full(
@@ -87,29 +150,41 @@ def analyze_full(
     slo: Mapping[str, float] | None = None,
     gpu_hour_cost: float | None = None,
     instance: str | None = None,
+    chunk_rows: int | None = None,
 ) -> Analysis:
     """Like :func:`analyze`, also returning the per-request, per-step and per-window tables."""
     if not window_s or window_s <= 0 or not np.isfinite(window_s):
         raise ValueError(f"window_s must be a positive number of seconds, got {window_s!r}")
     if gpu_hour_cost is not None and (gpu_hour_cost < 0 or not np.isfinite(gpu_hour_cost)):
         raise ValueError(f"gpu_hour_cost must be a non-negative number, got {gpu_hour_cost!r}")
+    if chunk_rows is not None and chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be a positive number of rows, got {chunk_rows!r}")
     slo = dict(slo or {})
     t = load(bundle_or_path)
     if instance is not None:
         t = for_instance(t, instance)
     meta = t.meta
-    if t.requests.num_rows == 0:
+    requests, steps = t.lean("requests"), t.lean("steps")
+    if requests.num_rows == 0:
         raise BundleError(f"{t.path}: bundle has no requests; nothing to analyse")
     caps = t.capabilities
     engine = dict(meta.get("engine") or {})
     peaks = device_peaks(meta.get("device"))
-    warnings = list(t.warnings)
+    warnings = t.warnings
 
-    # Per-step tables.
+    # One pass over the steps' per-sequence lists, a chunk of steps at a time: per-step sums for
+    # the roofline, per-request own step time for the stages.
     has_steps = caps["steps"]
+    step_chunk = chunk_rows or steprows.CHUNK_STEPS
+    life = stages.lifecycle(requests)
+    lookup = _lookup(requests, life) if has_steps else None
+    step_sums = req_sums = None
+    if has_steps:
+        step_sums, req_sums = steprows.reduce_steps(
+            t, steps, lookup, life["t4"].to_numpy(), list_sums=not _counters_complete(steps), chunk_rows=step_chunk
+        )
     samples = hardware.sample_frame(t.samples) if caps["samples"] else hardware.sample_frame(t.samples.slice(0, 0))
-    membership = stages.step_membership(t.steps, stages._ids(t.requests)) if has_steps else None
-    roof = roofline.step_roofline(t.steps, meta.get("model"), peaks, membership) if has_steps else pd.DataFrame()
+    roof = roofline.step_roofline(steps, meta.get("model"), peaks, sums=step_sums) if has_steps else pd.DataFrame()
     throttle_loss = None
     if has_steps and not samples.empty:
         clocked = samples[samples["has_reasons"] | samples["sm_clock_ratio"].notna()]
@@ -120,19 +195,24 @@ def analyze_full(
             throttle_loss = np.where(throttled & np.isfinite(ratio), 1 - np.clip(ratio, 0, 1), 0.0)
     ptf = roof["prefill_time_frac"].to_numpy() if has_steps and "prefill_time_frac" in roof else None
     mt = roof["model_time_s"].to_numpy() * 1e9 if has_steps and "model_time_s" in roof else None
-    sb = attribution.step_breakdown(t.steps, engine, throttle_loss, ptf, mt) if has_steps else None
+    sb = attribution.step_breakdown(steps, engine, throttle_loss, ptf, mt) if has_steps else None
     if sb is not None:
-        sb["tokens_out"] = np.nan_to_num(f64(t.steps, "num_decode_seqs")) + np.nan_to_num(
-            f64(t.steps, "num_prefill_seqs")
-        )
+        sb["tokens_out"] = np.nan_to_num(f64(steps, "num_decode_seqs")) + np.nan_to_num(f64(steps, "num_prefill_seqs"))
 
     # Per-request tables.
-    st = stages.request_stages(t.requests, t.steps if has_steps else None, membership)
-    metrics = latency.request_metrics(t.requests)
-    itl = latency.inter_token_latencies(t.requests)
-    # Exact own-step make-up when the exploded steps are small; the interval make-up otherwise.
-    exact = has_steps and len(membership.req) <= EXACT_OWN_ROWS
-    own = attribution.own_step_time(membership, sb, len(st), st["first_token_ns"].to_numpy()) if exact else None
+    st = stages.request_stages(requests, sums=req_sums, life=life)
+    del life
+    metrics = latency.request_metrics(requests)
+    codes, classes = latency.class_codes(metrics)
+    itl, token_to_byte = _token_pass(t, codes, len(classes), chunk_rows or CHUNK_REQUESTS)
+    # Exact own-step make-up when the exploded steps are small (a second pass over them); the
+    # interval make-up otherwise.
+    exact = has_steps and int(step_sums.seqs.sum()) <= EXACT_OWN_ROWS
+    own = (
+        steprows.own_step_sums(t, steps, lookup, sb, st["first_token_ns"].to_numpy(), chunk_rows=step_chunk)
+        if exact
+        else None
+    )
     attr = attribution.attribute(st, own, sb)
     # Without steps, the engine's own series in the samples are the evidence for queueing vs KV blocks.
     eng_frame = engine_samples.engine_frame(t.samples) if not has_steps and caps["samples"] else None
@@ -140,7 +220,7 @@ def analyze_full(
     if eng_frame is not None and not eng_frame.empty:
         eng_ev = engine_samples.evidence(eng_frame, engine.get("max_num_seqs"))
         b = windows.bounds(st)
-        inst = t.requests.column("instance").to_pandas().to_numpy()
+        inst = requests.column("instance").to_pandas().to_numpy()
         frac = engine_samples.kv_blocked_fraction(eng_frame, engine.get("max_num_seqs"), inst, b["t2"], b["t3"])
         moved = st["queue"].to_numpy().astype(float) * frac
         attr["kv_cache_capacity"] += moved
@@ -166,7 +246,7 @@ def analyze_full(
             f"--window {window_s} s gives {n_windows} windows over {duration_s:.0f} s; use a larger window"
         )
     hw_win = hardware.per_window(samples, start_ns, window_ns, n_windows) if not samples.empty else None
-    spans = stages.preempted_spans(t.requests, pd.DataFrame(windows.bounds(st)))
+    spans = stages.preempted_spans(requests, pd.DataFrame(windows.bounds(st)))
     timeline = windows.window_timeline(st, attr, sb, hw_win, start_ns, window_ns, n_windows, spans, eng_frame)
     win_verdicts = windows.window_verdicts(timeline)
 
@@ -183,10 +263,11 @@ def analyze_full(
         else np.empty(0, bool)
     )
     hw = hardware.summary(samples, busy)
-    sig = _signals(t, st, attr, share, sb, roof, points, lat[0], hw, samples, peaks, engine, done)
+    sig = _signals(requests, steps, st, attr, share, sb, roof, points, lat[0], hw, samples, peaks, engine, done)
+    sig.values["token_to_byte_s"] = token_to_byte
     if eng_ev is not None:
         _engine_sample_signals(sig, eng_ev)
-    sig.unreachable, unreachable = _unreachable(t, caps, samples)
+    sig.unreachable, unreachable = _unreachable(requests, caps, samples)
     # No finished request: there is no latency to attribute, so no verdict (rather than "balanced").
     verdicts = classify.verdicts(sig) if done.any() else []
     for v in verdicts:
@@ -225,9 +306,7 @@ def analyze_full(
         cost=_cost(lat[0], gpu_hour_cost, hw, samples, meta),
         warnings=warnings,
     )
-    return Analysis(
-        t, st, metrics, itl, roof, sb if sb is not None else pd.DataFrame(), attr, timeline, samples, result
-    )
+    return Analysis(t, st, metrics, roof, sb if sb is not None else pd.DataFrame(), attr, timeline, samples, result)
 
 
 def _p(a: np.ndarray, q: float) -> float | None:
@@ -246,7 +325,9 @@ def _union_length(a: np.ndarray, b: np.ndarray) -> float:
     return float(reach[-1] - a[0] - gaps.sum())
 
 
-def _signals(t, st, attr, share, sb, roof, points, lat_all, hw, samples, peaks, engine, done) -> classify.Signals:
+def _signals(
+    requests, steps, st, attr, share, sb, roof, points, lat_all, hw, samples, peaks, engine, done
+) -> classify.Signals:
     v: dict[str, Any] = {}
     d = st[done]
     sec = 1e9
@@ -266,9 +347,9 @@ def _signals(t, st, attr, share, sb, roof, points, lat_all, hw, samples, peaks, 
     )
     v["ttft_p50_s"] = lat_all.ttft.p50
     v["tpot_p50_s"] = lat_all.tpot.p50
-    prompt = t.requests.column("prompt_tokens")
+    prompt = requests.column("prompt_tokens")
     v["mean_prompt_tokens"] = (
-        float(np.nanmean(f64(t.requests, "prompt_tokens"))) if prompt.null_count < len(prompt) else None
+        float(np.nanmean(f64(requests, "prompt_tokens"))) if prompt.null_count < len(prompt) else None
     )
     v["preemptions"] = lat_all.preemptions
     v["preempted_requests"] = lat_all.preempted_requests
@@ -300,11 +381,11 @@ def _signals(t, st, attr, share, sb, roof, points, lat_all, hw, samples, peaks, 
         lo, hi = windows.bounds(st)["t3"][done], windows.bounds(st)["t5"][done]
         union = _union_length(lo, hi)
         v["idle_frac"] = max(0.0, 1 - float(dur.sum()) / union) if union > 0 else None
-        so = np.nan_to_num(f64(t.steps, "swap_out_bytes")) + np.nan_to_num(f64(t.steps, "swap_in_bytes"))
+        so = np.nan_to_num(f64(steps, "swap_out_bytes")) + np.nan_to_num(f64(steps, "swap_in_bytes"))
         v["swap_bytes"] = float(so.sum()) or None
         swap_time = float(sb["pcie_transfer"].sum()) / sec
         v["swap_bytes_per_s"] = float(so.sum()) / swap_time if swap_time > 0 and so.sum() > 0 else None
-        dec = f64(t.steps, "num_decode_seqs")
+        dec = f64(steps, "num_decode_seqs")
         dsel = np.nan_to_num(dec) > 0
         v["decode_batch"] = float(dec[dsel].mean()) if dsel.any() else None
     for p in points:
@@ -337,7 +418,7 @@ def _signals(t, st, attr, share, sb, roof, points, lat_all, hw, samples, peaks, 
     v["throttle_reasons"] = hardware.throttle_reasons(samples) if not samples.empty else {}
     for k in ("power_w", "power_limit_w", "temperature_c"):
         v[k] = hw.get(k)
-    v["token_to_byte_s"] = _token_to_byte(t)
+    v["token_to_byte_s"] = None  # from the pass over the token lists (analyze_full)
     v["unattributed_share"] = share.get(attribution.UNATTRIBUTED, 0.0)
     return classify.Signals(share={c: share.get(c, 0.0) for c in CLASSES if c != "balanced"}, values=v, engine=engine)
 
@@ -371,18 +452,7 @@ def _kv_usage_samples(eng: pd.DataFrame) -> dict[str, float | None]:
     }
 
 
-def _token_to_byte(t: Tables) -> float | None:
-    tok, tp = flat_list(t.requests, "token_ns")
-    dl, dp = flat_list(t.requests, "delivered_ns")
-    if not len(tp) or len(tp) != len(dp) or not np.array_equal(tp, dp):
-        return None
-    a = np.asarray(tok.to_numpy(zero_copy_only=False), dtype=float)
-    b = np.asarray(dl.to_numpy(zero_copy_only=False), dtype=float)
-    d = (b - a)[np.isfinite(a) & np.isfinite(b)]
-    return float(d.mean() / 1e9) if len(d) else None
-
-
-def _unreachable(t: Tables, caps: dict[str, bool], samples: pd.DataFrame) -> tuple[set[str], list[Unreachable]]:
+def _unreachable(req: pa.Table, caps: dict[str, bool], samples: pd.DataFrame) -> tuple[set[str], list[Unreachable]]:
     out: list[Unreachable] = []
     if not caps["steps"]:
         why = "the bundle has no step records (for example ingested from a deployment), so prefill/decode time cannot be split into compute, waiting and host overhead, and there is no roofline"
@@ -395,7 +465,6 @@ def _unreachable(t: Tables, caps: dict[str, bool], samples: pd.DataFrame) -> tup
                 "power_thermal", "no GPU samples with clock-event reasons or SM clocks (no agent ran, or no GPU)"
             )
         )
-    req = t.requests
     if req.column("last_byte_ns").null_count == req.num_rows:
         out.append(Unreachable("streaming", "no last_byte_ns: the producer did not record byte delivery"))
     if req.column("tokenize_start_ns").null_count == req.num_rows:
@@ -436,15 +505,17 @@ def _stage_stats(st: pd.DataFrame, attr: pd.DataFrame, sig: classify.Signals, do
     out = []
     for stage in STAGES:
         v = d[stage].to_numpy().astype(float) / 1e9
+        fin = v[np.isfinite(v)]
+        p50, p95, p99 = (float(x) for x in np.percentile(fin, [50, 95, 99])) if len(fin) else (None, None, None)
         out.append(
             StageStats(
                 stage=stage,
                 group=group_of[stage],
                 share=float(v.sum() * 1e9 / total) if total > 0 else 0.0,
                 mean_s=float(v.mean()) if len(v) else None,
-                p50_s=_p(v, 50),
-                p95_s=_p(v, 95),
-                p99_s=_p(v, 99),
+                p50_s=p50,
+                p95_s=p95,
+                p99_s=p99,
                 max_s=float(v.max()) if len(v) else None,
                 total_s=float(v.sum()),
                 requests_with_stage=int((v > 0).sum()),
@@ -524,13 +595,18 @@ def _cost(lat_all, gpu_hour_cost: float | None, hw: dict, samples: pd.DataFrame,
 def request_stages(bundle_or_path: Bundle | Tables | str | os.PathLike[str]) -> pd.DataFrame:
     """Per-request stages (int64 ns, one column per stage, adding up to ``e2e_ns``) of a bundle."""
     t = load(bundle_or_path)
-    has_steps = t.capabilities["steps"]
-    return stages.request_stages(t.requests, t.steps if has_steps else None)
+    requests, steps = t.lean("requests"), t.lean("steps")
+    life = stages.lifecycle(requests)
+    sums = None
+    if t.capabilities["steps"] and requests.num_rows:
+        t4 = life["t4"].to_numpy()
+        sums = steprows.reduce_steps(t, steps, _lookup(requests, life), t4, list_sums=False)[1]
+    return stages.request_stages(requests, sums=sums, life=life)
 
 
 def request_metrics(bundle_or_path: Bundle | Tables | str | os.PathLike[str]) -> pd.DataFrame:
     """Per-request TTFT / TPOT / E2E (seconds) as ``vllm bench serve`` defines them."""
-    return latency.request_metrics(load(bundle_or_path).requests)
+    return latency.request_metrics(load(bundle_or_path).lean("requests"))
 
 
 def step_roofline(

@@ -7,7 +7,7 @@ in float arrays, never zero.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bottleneck_map.bundle import Bundle, BundleError, read_bundle
+from bottleneck_map.schema import schema_for
 
 NA_NS = np.iinfo(np.int64).min
 TABLE_NAMES = ("requests", "steps", "samples")
@@ -24,46 +25,144 @@ TABLE_NAMES = ("requests", "steps", "samples")
 DICTIONARY_COLUMNS = {"steps": ("request_ids",)}
 
 
-@dataclass
-class Tables:
-    """The three tables of a bundle (Arrow, every segment concatenated) and its meta."""
+# Columns the analysis reads chunk by chunk (``Tables.chunks``) instead of with the rest of the
+# table (``Tables.lean``): the per-token and per-sequence lists, and free text.
+HEAVY_COLUMNS = {
+    "requests": ("scheduled_ns", "token_ns", "delivered_ns", "prompt_text", "output_text"),
+    "steps": ("request_ids", "query_lens", "context_lens", "is_prefill"),
+    "samples": (),
+}
 
-    meta: dict[str, Any]
-    requests: pa.Table
-    steps: pa.Table
-    samples: pa.Table
-    path: str = ""
-    warnings: list[str] = field(default_factory=list)
+
+class Tables:
+    """The three tables of a bundle and its meta.
+
+    ``requests``/``steps``/``samples`` are the whole tables (Arrow, every segment concatenated,
+    steps' ``request_ids`` dictionary-encoded), read on first use. The analysis itself reads
+    :meth:`lean` (the table without :data:`HEAVY_COLUMNS`) and the heavy columns :meth:`chunks`
+    at a time, so a large bundle's per-token and per-sequence lists are never all in memory.
+    Every read of a bundle sees the segments that were there at its first read.
+    """
+
+    def __init__(
+        self,
+        meta: dict[str, Any],
+        requests: pa.Table | None = None,
+        steps: pa.Table | None = None,
+        samples: pa.Table | None = None,
+        path: str = "",
+        warnings: list[str] | None = None,
+        bundle: Bundle | None = None,
+    ) -> None:
+        self.meta = meta
+        self.path = path
+        self.warnings = list(warnings or [])
+        self.bundle = bundle
+        self._full: dict[str, pa.Table] = {}
+        self._lean: dict[str, pa.Table] = {}
+        self._segments: dict[str, list] = {}
+        for name, table in (("requests", requests), ("steps", steps), ("samples", samples)):
+            if table is not None:
+                self._full[name] = table
+            elif bundle is None:
+                self._full[name] = schema_for(name).empty_table()
+
+    @property
+    def requests(self) -> pa.Table:
+        return self.table("requests")
+
+    @property
+    def steps(self) -> pa.Table:
+        return self.table("steps")
+
+    @property
+    def samples(self) -> pa.Table:
+        return self.table("samples")
+
+    def _read(self, fn: Any) -> Any:
+        try:
+            return fn()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise BundleError(f"{self.path}: cannot read ({exc})") from exc
+
+    def _segs(self, name: str) -> list:
+        if name not in self._segments:
+            self._segments[name] = self.bundle.segments(name)
+        return self._segments[name]
+
+    def table(self, name: str) -> pa.Table:
+        """The whole table (read once, then kept)."""
+        if name not in self._full:
+            dictionary = DICTIONARY_COLUMNS.get(name, ())
+            self._full[name] = self._read(
+                lambda: self.bundle.table(name, dictionary=dictionary, segments=self._segs(name))
+            )
+            self.warnings += [w for w in self.bundle.warnings if w not in self.warnings]
+        return self._full[name]
+
+    def lean(self, name: str) -> pa.Table:
+        """The table without its :data:`HEAVY_COLUMNS` (read once, then kept)."""
+        if name not in self._lean:
+            heavy = HEAVY_COLUMNS[name]
+            if name in self._full:
+                full = self._full[name]
+                self._lean[name] = full.drop_columns([c for c in heavy if c in full.column_names])
+            else:
+                cols = [c for c in schema_for(name).names if c not in heavy]
+                self._lean[name] = self._read(lambda: self.bundle.table(name, columns=cols, segments=self._segs(name)))
+                self.warnings += [w for w in self.bundle.warnings if w not in self.warnings]
+        return self._lean[name]
+
+    def chunks(self, name: str, columns: Sequence[str], rows: int) -> Iterator[pa.Table]:
+        """``columns`` of the table about ``rows`` rows at a time, in row order (the rows of
+        :meth:`lean`); string lists listed in :data:`DICTIONARY_COLUMNS` come dictionary-encoded."""
+        rows = max(int(rows), 1)
+        if name in self._full or self.bundle is None:
+            t = self.table(name).select(list(columns))
+            for start in range(0, t.num_rows, rows):
+                yield t.slice(start, rows)
+            return
+        dictionary = [c for c in DICTIONARY_COLUMNS.get(name, ()) if c in columns]
+        pieces = self.bundle.iter_table(name, columns, dictionary, batch_rows=rows, segments=self._segs(name))
+        pending: list[pa.Table] = []
+        n = 0
+        try:
+            for piece in pieces:
+                pending.append(piece)
+                n += piece.num_rows
+                if n >= rows:
+                    yield pa.concat_tables(pending) if len(pending) > 1 else pending[0]
+                    pending, n = [], 0
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise BundleError(f"{self.path}: cannot read ({exc})") from exc
+        if pending:
+            yield pa.concat_tables(pending) if len(pending) > 1 else pending[0]
 
     @property
     def capabilities(self) -> dict[str, bool]:
+        requests, steps, samples = self.lean("requests"), self.lean("steps"), self.lean("samples")
         caps = dict(self.meta.get("capabilities") or {})
-        caps.setdefault("steps", self.steps.num_rows > 0)
-        caps.setdefault("samples", self.samples.num_rows > 0)
+        caps.setdefault("steps", steps.num_rows > 0)
+        caps.setdefault("samples", samples.num_rows > 0)
         caps.setdefault(
             "streaming",
-            bool(self.requests.num_rows) and self.requests.column("last_byte_ns").null_count < self.requests.num_rows,
+            bool(requests.num_rows) and requests.column("last_byte_ns").null_count < requests.num_rows,
         )
-        caps["steps"] = bool(caps["steps"]) and self.steps.num_rows > 0
-        caps["samples"] = bool(caps["samples"]) and self.samples.num_rows > 0
+        caps["steps"] = bool(caps["steps"]) and steps.num_rows > 0
+        caps["samples"] = bool(caps["samples"]) and samples.num_rows > 0
         return caps
 
 
 def load(bundle_or_path: Bundle | Tables | str | os.PathLike[str]) -> Tables:
-    """Open a bundle (path or :class:`Bundle`) and read its tables; raises BundleError on bad data."""
+    """Open a bundle (path or :class:`Bundle`) and read its tables but the heavy columns
+    (:meth:`Tables.lean`); raises BundleError on bad data."""
     if isinstance(bundle_or_path, Tables):
         return bundle_or_path
     bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else read_bundle(bundle_or_path)
-    try:
-        tables = {name: bundle.table(name, dictionary=DICTIONARY_COLUMNS.get(name, ())) for name in TABLE_NAMES}
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise BundleError(f"{bundle.path}: cannot read ({exc})") from exc
-    return Tables(
-        meta=bundle.meta,
-        path=str(bundle.path),
-        warnings=list(bundle.warnings),
-        **tables,
-    )
+    t = Tables(meta=bundle.meta, path=str(bundle.path), warnings=list(bundle.warnings), bundle=bundle)
+    for name in TABLE_NAMES:
+        t.lean(name)
+    return t
 
 
 # Sample sources that describe one serving instance (its engine series); every other source
@@ -85,7 +184,7 @@ def host_of(instance: str | None) -> str | None:
 
 def instances(tables: Tables) -> list[str]:
     """Serving instances named in the requests table (nulls left out)."""
-    col = tables.requests.column("instance")
+    col = tables.lean("requests").column("instance")
     return sorted(v for v in pc.unique(col).to_pylist() if v is not None) if len(col) else []
 
 
@@ -114,9 +213,10 @@ def for_instance(tables: Tables, instance: str) -> Tables:
     def where(t: pa.Table, mask: np.ndarray) -> pa.Table:
         return t.filter(pa.array(np.asarray(mask, dtype=bool)))
 
-    return replace(
-        tables,
+    return Tables(
         meta=meta,
+        path=tables.path,
+        warnings=tables.warnings,
         requests=where(tables.requests, col(tables.requests, "instance") == instance),
         steps=where(tables.steps, col(tables.steps, "instance") == instance),
         samples=where(tables.samples, keep),

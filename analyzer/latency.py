@@ -13,7 +13,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -69,20 +70,16 @@ def request_metrics(requests: pa.Table) -> pd.DataFrame:
     )
 
 
-def inter_token_latencies(requests: pa.Table) -> pd.DataFrame:
-    """Every gap between consecutive delivered chunks: ``req`` (row index) and ``itl_s``."""
-    col = "delivered_ns"
-    if requests.num_rows == 0 or requests.column(col).null_count == requests.num_rows:
-        col = "token_ns"
-    lists = requests.column(col)
+def _gaps(lists: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Gaps between consecutive values of every list (int64), and the list (row) each is in."""
     values = pc.list_flatten(lists) if len(lists) else pa.array([], pa.int64())
     if len(values) < 2:
-        return pd.DataFrame({"req": np.empty(0, np.int64), "itl_s": np.empty(0)})
+        return np.empty(0, np.int64), np.empty(0, np.int64)
     if values.null_count:
-        _, parent = flat_list(requests, col)
+        parent = to_np(pc.list_parent_indices(lists), 0, np.int64)
         v = to_np(values, NA_NS, np.int64)
         valid = (parent[1:] == parent[:-1]) & (v[1:] != NA_NS) & (v[:-1] != NA_NS)
-        return pd.DataFrame({"req": parent[1:][valid], "itl_s": np.diff(v)[valid] / 1e9})
+        return parent[1:][valid], np.diff(v)[valid]
     # No nulls: drop the gaps that cross from one request's list to the next (cheaper than parent indices).
     v = to_np(values, 0, np.int64)
     lengths = to_np(pc.list_value_length(lists), 0, np.int64)
@@ -90,7 +87,99 @@ def inter_token_latencies(requests: pa.Table) -> pd.DataFrame:
     valid = np.ones(len(v) - 1, bool)
     valid[ends[(lengths > 0) & (ends < len(v))] - 1] = False
     req = np.repeat(np.arange(len(lengths)), np.maximum(lengths - 1, 0))
-    return pd.DataFrame({"req": req, "itl_s": np.diff(v)[valid] / 1e9})
+    return req, np.diff(v)[valid]
+
+
+def itl_column(requests: pa.Table) -> str:
+    """The list column ITL is taken from: ``delivered_ns``, or ``token_ns`` when nothing was delivered."""
+    col = "delivered_ns"
+    if requests.num_rows == 0 or requests.column(col).null_count == requests.num_rows:
+        col = "token_ns"
+    return col
+
+
+def inter_token_latencies(requests: pa.Table) -> pd.DataFrame:
+    """Every gap between consecutive delivered chunks: ``req`` (row index) and ``itl_s``."""
+    req, gaps = _gaps(requests.column(itl_column(requests)))
+    return pd.DataFrame({"req": req, "itl_s": gaps / 1e9})
+
+
+@dataclass
+class GapPool:
+    """Pooled inter-token gaps in integer ns, sorted, one array per workload class (code order of
+    :func:`class_codes`): uint32 when every gap is in 0..~4.3 s, else int64. Exact, and 4 bytes a gap."""
+
+    by_class: list[np.ndarray]
+
+    def percentiles(self, k: int | None = None) -> Percentiles:
+        """The ITL percentiles (seconds) of class ``k``, or of all gaps (numpy's linear method)."""
+        arrays = [a for a in (self.by_class if k is None else self.by_class[k : k + 1]) if len(a)]
+        n = sum(len(a) for a in arrays)
+        if not n:
+            return Percentiles(count=0)
+        q = np.true_divide(np.array([50.0, 90.0, 95.0, 99.0]), 100)
+        virtual = (n - 1) * q  # numpy's "linear" method, step by step
+        prev = np.floor(virtual)
+        nxt = prev + 1
+        above, below = virtual >= n - 1, virtual < 0
+        prev[above], nxt[above] = n - 1, n - 1
+        prev[below], nxt[below] = 0, 0
+        gamma = virtual - prev
+        a = np.array([_kth(arrays, int(i)) for i in prev], np.float64) / 1e9
+        b = np.array([_kth(arrays, int(i)) for i in nxt], np.float64) / 1e9
+        diff = b - a
+        lerp = a + diff * gamma
+        np.subtract(b, diff * (1 - gamma), out=lerp, where=gamma >= 0.5)
+        total = sum(int(x.sum(dtype=np.int64)) for x in arrays)
+        p50, p90, p95, p99 = (float(x) for x in lerp)
+        mx = max(int(x[-1]) for x in arrays)
+        return Percentiles(mean=total / n / 1e9, p50=p50, p90=p90, p95=p95, p99=p99, max=mx / 1e9, count=n)
+
+
+def _kth(arrays: list[np.ndarray], k: int) -> int:
+    """The k-th smallest value (0-based) of the union of sorted arrays (binary search on the value)."""
+    if len(arrays) == 1:
+        return int(arrays[0][k])
+    lo, hi = min(int(a[0]) for a in arrays), max(int(a[-1]) for a in arrays)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if sum(int(np.searchsorted(a, mid, side="right")) for a in arrays) >= k + 1:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def class_codes(metrics: pd.DataFrame) -> tuple[np.ndarray, pd.Index]:
+    """Per request, the code of its workload class, and the classes (sorted)."""
+    return pd.factorize(metrics["workload_class"], sort=True)
+
+
+def pooled_gaps(chunks: Iterable[pa.ChunkedArray | pa.Array], codes: np.ndarray, n_classes: int) -> GapPool:
+    """:class:`GapPool` of the ITL lists given a chunk of requests at a time (in row order);
+    ``codes`` is each request's class code (:func:`class_codes`)."""
+    parts: list[list[np.ndarray]] = [[] for _ in range(max(n_classes, 1))]
+    off = 0
+    for lists in chunks:
+        req, gaps = _gaps(lists)
+        if len(gaps):
+            small = int(gaps.min()) >= 0 and int(gaps.max()) < 2**32
+            gaps = gaps.astype(np.uint32) if small else gaps
+            if n_classes > 1:
+                c = codes[req + off]
+                for k in range(n_classes):
+                    parts[k].append(gaps[c == k])
+            else:
+                parts[0].append(gaps)
+        off += len(lists)
+    dtype = np.uint32 if all(p.dtype == np.uint32 for ps in parts for p in ps) else np.int64
+    out = []
+    for k, ps in enumerate(parts):
+        a = np.concatenate(ps, dtype=dtype) if ps else np.empty(0, dtype)
+        parts[k] = []  # the pieces go as their class array is built
+        a.sort()
+        out.append(a)
+    return GapPool(out)
 
 
 def percentiles(values: np.ndarray | pd.Series, *, finite: bool = False, owned: bool = False) -> Percentiles:
@@ -121,7 +210,7 @@ def meets_slo(metrics: pd.DataFrame, slo: Mapping[str, float]) -> np.ndarray:
 
 def summarize(
     metrics: pd.DataFrame,
-    itl: pd.DataFrame | np.ndarray,
+    itl: pd.DataFrame | np.ndarray | Percentiles,
     *,
     workload_class: str = "all",
     duration_s: float | None = None,
@@ -133,9 +222,14 @@ def summarize(
     if duration_s is None:
         duration_s = _duration_s(metrics)
     dur = duration_s if duration_s and duration_s > 0 else float("nan")
-    # ITL: the ``inter_token_latencies`` frame, or an array we own (a class subset) that may be reordered.
-    itl_owned = isinstance(itl, np.ndarray)
-    itl_v = itl if itl_owned else (itl["itl_s"].to_numpy() if len(itl) else np.empty(0))
+    # ITL: percentiles already taken (a GapPool's), the ``inter_token_latencies`` frame, or an
+    # array we own (a class subset) that may be reordered.
+    if isinstance(itl, Percentiles):
+        itl_p = itl
+    else:
+        itl_owned = isinstance(itl, np.ndarray)
+        itl_v = itl if itl_owned else (itl["itl_s"].to_numpy() if len(itl) else np.empty(0))
+        itl_p = percentiles(itl_v, finite=True, owned=itl_owned)
     prompt = int(done["prompt_tokens"].sum())
     output = int(done["output_tokens"].sum())
     summary = LatencySummary(
@@ -149,7 +243,7 @@ def summarize(
         total_token_throughput=_rate(prompt + output, dur),
         ttft=percentiles(done["ttft_s"]),
         tpot=percentiles(done["tpot_s"]),
-        itl=percentiles(itl_v, finite=True, owned=itl_owned),
+        itl=itl_p,
         e2e=percentiles(done["e2e_s"]),
         prefix_cache_hit_rate=(
             float(metrics["cached_prompt_tokens"].sum() / metrics["prompt_tokens"].sum())
@@ -180,21 +274,23 @@ def _duration_s(metrics: pd.DataFrame) -> float:
 
 
 def latency_summaries(
-    metrics: pd.DataFrame, itl: pd.DataFrame, slo: Mapping[str, float] | None = None
+    metrics: pd.DataFrame, itl: pd.DataFrame | GapPool, slo: Mapping[str, float] | None = None
 ) -> list[LatencySummary]:
-    """``all`` first, then one summary per workload class (when there is more than one)."""
+    """``all`` first, then one summary per workload class (when there is more than one).
+
+    ``itl``: the :func:`inter_token_latencies` frame, or a :class:`GapPool` by :func:`class_codes`.
+    """
     duration = _duration_s(metrics)
-    out = [summarize(metrics, itl, duration_s=duration, slo=slo)]
-    codes, classes = pd.factorize(metrics["workload_class"], sort=True)
+    pooled = isinstance(itl, GapPool)
+    out = [summarize(metrics, itl.percentiles() if pooled else itl, duration_s=duration, slo=slo)]
+    codes, classes = class_codes(metrics)
     if len(classes) > 1:
-        itl_v = itl["itl_s"].to_numpy()
-        itl_codes = codes[itl["req"].to_numpy()] if len(itl) else np.empty(0, np.int64)
+        if not pooled:
+            itl_v = itl["itl_s"].to_numpy()
+            itl_codes = codes[itl["req"].to_numpy()] if len(itl) else np.empty(0, np.int64)
         for k, c in enumerate(classes):
-            out.append(
-                summarize(
-                    metrics[codes == k], itl_v[itl_codes == k], workload_class=str(c), duration_s=duration, slo=slo
-                )
-            )
+            per = itl.percentiles(k) if pooled else itl_v[itl_codes == k]
+            out.append(summarize(metrics[codes == k], per, workload_class=str(c), duration_s=duration, slo=slo))
     return out
 
 

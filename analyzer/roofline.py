@@ -135,39 +135,33 @@ def step_costs(
 
 
 def step_roofline(
-    steps: pa.Table, model: Mapping[str, Any] | None, peaks: DevicePeaks, membership: Any = None
+    steps: pa.Table, model: Mapping[str, Any] | None, peaks: DevicePeaks, membership: Any = None, sums: Any = None
 ) -> pd.DataFrame:
     """One row per step: phase, tokens, FLOPs, bytes, time, achieved FLOP/s and bytes/s, intensity, bound.
 
-    ``membership`` (:class:`~bottleneck_map.analyzer.stages.Membership`) avoids exploding the lists again.
+    ``sums`` (:class:`~bottleneck_map.analyzer.steprows.StepSums`, reduced chunk by chunk) or
+    ``membership`` (:class:`~bottleneck_map.analyzer.stages.Membership`) avoid exploding the lists again.
     """
+    from bottleneck_map.analyzer.steprows import StepSums
+
     n = steps.num_rows
     shape = ModelShape.from_meta(model)
-    if membership is None:
-        from bottleneck_map.analyzer.stages import step_membership
-
-        membership = step_membership(steps, pa.array([], pa.string()))
-    parent, qv, cv, isp = membership.step, membership.q, membership.c, membership.is_prefill
-    # One weighted pass over the (step, sequence) rows; the corrections touch only the few rows
-    # that are prefill chunks or have a query longer than one token (no row-sized temporaries).
-    sum_ctx = np.bincount(parent, weights=cv, minlength=n)
-    pre = np.flatnonzero(isp)
-    d_ctx = sum_ctx - np.bincount(parent[pre], weights=cv[pre], minlength=n)
-    multi = np.flatnonzero(qv != 1)
-    sum_qc = sum_ctx + np.bincount(parent[multi], weights=(qv[multi] - 1) * cv[multi], minlength=n)
-    seqs = np.bincount(parent, minlength=n).astype(np.float64)
     counters = [f64(steps, c) for c in ("num_prefill_tokens", "num_prefill_seqs", "num_decode_seqs")]
-    if all(np.isfinite(c).all() for c in counters) and n:
+    from_counters = all(np.isfinite(c).all() for c in counters) and n > 0
+    if sums is None:
+        if membership is None:
+            from bottleneck_map.analyzer.stages import step_membership
+
+            membership = step_membership(steps, pa.array([], pa.string()))
+        sums = StepSums.of(membership, n, lists=not from_counters)
+    seqs, sum_ctx, d_ctx, sum_qc = sums.seqs, sums.sum_ctx, sums.d_ctx, sums.sum_qc
+    if from_counters:
         # Step counters give tokens and decode rows directly (decode rows have query length 1).
         tokens = counters[0] + counters[2]
         d_seqs = counters[2]
         d_tok, d_qc = d_seqs, d_ctx
     else:
-        tokens = np.bincount(parent, weights=qv, minlength=n)
-        d = (~isp).astype(np.float64)
-        d_tok = np.bincount(parent, weights=qv * d, minlength=n)
-        d_seqs = np.bincount(parent, weights=d, minlength=n)
-        d_qc = np.bincount(parent, weights=qv * cv * d, minlength=n)
+        tokens, d_tok, d_seqs, d_qc = sums.list_tokens, sums.list_d_tok, sums.list_d_seqs, sums.list_d_qc
     # Steps recorded without per-sequence lists fall back to their counters.
     pre_tok = f64(steps, "num_prefill_tokens")
     dec = f64(steps, "num_decode_seqs")
@@ -185,7 +179,7 @@ def step_roofline(
     if np.isfinite(pre_tok).all():
         prefill_tokens = pre_tok
     else:
-        prefill_tokens = np.where(np.isfinite(pre_tok), pre_tok, np.bincount(parent, weights=qv * isp, minlength=n))
+        prefill_tokens = np.where(np.isfinite(pre_tok), pre_tok, sums.list_prefill_tokens)
     phase = np.where(prefill_tokens <= 0, "decode", np.where(prefill_tokens >= tokens, "prefill", "mixed"))
     out = pd.DataFrame(
         {

@@ -22,6 +22,7 @@ by request id; everything is vectorised.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,6 +118,11 @@ class Membership:
     q: np.ndarray
     c: np.ndarray
 
+    @classmethod
+    def empty(cls) -> Membership:
+        e = np.empty(0)
+        return cls(e.astype(np.int64), e.astype(np.int64), e.astype(bool), e, e)
+
     def known(self) -> Membership:
         keep = self.req >= 0
         if keep.all():
@@ -124,12 +130,15 @@ class Membership:
         return Membership(self.req[keep], self.step[keep], self.is_prefill[keep], self.q[keep], self.c[keep])
 
 
-def _request_rows(rid: pa.Array | pa.ChunkedArray, request_ids: pa.Array) -> np.ndarray:
+def _request_rows(
+    rid: pa.Array | pa.ChunkedArray, request_ids: pa.Array, rows_of: Callable[[pa.Array], np.ndarray] | None = None
+) -> np.ndarray:
     """Row index in ``request_ids`` of every id in ``rid`` (-1 when absent or null).
 
     Dictionary-encoded ids (``Bundle.table(..., dictionary=...)``) are joined on their codes: each
     chunk's dictionary (its distinct ids) is looked up once and the int32 codes index the result,
-    so the millions of repeated ids in the steps are never hashed one by one.
+    so the millions of repeated ids in the steps are never hashed one by one. ``rows_of`` maps
+    the dictionaries' ids to request rows (-1 when absent) instead of ``pc.index_in``.
     """
     if pa.types.is_dictionary(request_ids.type):
         request_ids = request_ids.dictionary_decode()
@@ -141,7 +150,11 @@ def _request_rows(rid: pa.Array | pa.ChunkedArray, request_ids: pa.Array) -> np.
     # Every segment has its own dictionary: look them all up in one call (one hash of the
     # request ids), then shift each chunk's codes by where its dictionary starts.
     dicts = [c.dictionary for c in chunks]
-    rows = to_np(pc.index_in(pa.concat_arrays(dicts), value_set=request_ids), -1, np.int64)
+    all_ids = pa.concat_arrays(dicts)
+    if rows_of is not None:
+        rows = rows_of(all_ids)
+    else:
+        rows = to_np(pc.index_in(all_ids, value_set=request_ids), -1, np.int64)
     rows = np.append(rows, -1)  # null ids point here
     out, start = [], 0
     for c, d in zip(chunks, dicts, strict=True):
@@ -154,13 +167,15 @@ def _request_rows(rid: pa.Array | pa.ChunkedArray, request_ids: pa.Array) -> np.
     return np.concatenate(out)
 
 
-def step_membership(steps: pa.Table, request_ids: pa.Array) -> Membership:
-    """Explode ``request_ids``, ``query_lens``, ``context_lens`` and ``is_prefill`` of every step once."""
+def step_membership(
+    steps: pa.Table, request_ids: pa.Array, rows_of: Callable[[pa.Array], np.ndarray] | None = None
+) -> Membership:
+    """Explode ``request_ids``, ``query_lens``, ``context_lens`` and ``is_prefill`` of every step once
+    (``rows_of``: see :func:`_request_rows`)."""
     if steps.num_rows == 0:
-        e = np.empty(0)
-        return Membership(e.astype(np.int64), e.astype(np.int64), e.astype(bool), e, e)
+        return Membership.empty()
     rid, parent = flat_list(steps, "request_ids")
-    req = _request_rows(rid, request_ids)
+    req = _request_rows(rid, request_ids, rows_of)
     qv = flat_values(steps, "query_lens")
     q = to_np(qv, 1, np.float64) if len(qv) == len(parent) else np.ones(len(parent))
     cv = flat_values(steps, "context_lens")
@@ -181,51 +196,102 @@ def _ids(requests: pa.Table) -> pa.Array:
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
+@dataclass
+class RequestSums:
+    """Per request (float64 ns unless said), summed over the (step, sequence) rows: own step time
+    (forward, swap excluded) in the prefill phase, in all steps and in recompute steps; swap time
+    in all steps and in the prefill phase; steps taken part in (int64); and the rows counted."""
+
+    comp_pre: np.ndarray
+    comp_all: np.ndarray
+    recomp: np.ndarray
+    swap_all: np.ndarray
+    swap_pre: np.ndarray
+    steps_in: np.ndarray
+    rows: int = 0
+
+    @classmethod
+    def zeros(cls, n: int) -> RequestSums:
+        return cls(*(np.zeros(n) for _ in range(5)), np.zeros(n, np.int64))
+
+    def add(
+        self,
+        mem: Membership,
+        s_start: np.ndarray,
+        fwd_step: np.ndarray,
+        sw_step: np.ndarray | None,
+        first_token_ns: np.ndarray,
+    ) -> None:
+        """Add the rows of ``mem`` (steps indexed into ``s_start``/``fwd_step``/``sw_step``: start,
+        forward time, swap time; ``sw_step`` None when no step swapped); ``first_token_ns`` is t4."""
+        mem = mem.known()
+        req, st = mem.req, mem.step
+        if not len(req):
+            return
+        self.rows += len(req)
+        lo = int(req.min())
+        width = int(req.max()) - lo + 1
+
+        def add(acc: np.ndarray, r: np.ndarray, w: np.ndarray | None = None) -> None:
+            if len(r):
+                acc[lo : lo + width] += np.bincount(r - lo, weights=w, minlength=width)[:width]
+
+        fwd = fwd_step[st]
+        # A step belongs to the prefill phase when it started before the request's first token
+        # (the engine stamps the first token inside the step that computed the last prompt chunk).
+        # The mask is computed once per row; the rows it selects are a few per request.
+        prefill_phase = s_start[st] < first_token_ns[req]
+        pre = np.flatnonzero(prefill_phase)
+        add(self.comp_all, req, fwd)
+        add(self.comp_pre, req[pre], fwd[pre])
+        pf = np.flatnonzero(mem.is_prefill)
+        add(self.recomp, req[pf[~prefill_phase[pf]]], fwd[pf[~prefill_phase[pf]]])  # prefill after t4
+        if sw_step is not None:
+            sw = sw_step[st]
+            add(self.swap_all, req, sw)
+            add(self.swap_pre, req[pre], sw[pre])
+        add(self.steps_in, req)
+
+
+def step_times(steps: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Per step: start (ns), forward time (duration less swap, float ns), swap time (None when no step swapped)."""
+    s_start, s_end = ns(steps, "start_ns"), ns(steps, "end_ns")
+    s_swap = np.clip(to_np(steps.column("swap_ns"), 0, np.int64), 0, None)
+    dur_step = (s_end - s_start).astype(np.float64)
+    sw_step = np.minimum(s_swap, dur_step)
+    return s_start, dur_step - sw_step, sw_step if sw_step.any() else None
+
+
 def request_stages(
-    requests: pa.Table, steps: pa.Table | None = None, membership: pd.DataFrame | None = None
+    requests: pa.Table,
+    steps: pa.Table | None = None,
+    membership: Membership | None = None,
+    *,
+    sums: RequestSums | None = None,
+    life: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per request: ids, lifecycle bounds, ``e2e_ns``, ``ttft_ns`` and one int64 ns column per stage.
 
     Incomplete requests (no ``finished_ns``) are kept with ``complete`` False; their stages
-    are computed up to the last stamp they reached.
+    are computed up to the last stamp they reached. The own step time comes from ``sums``
+    (:class:`RequestSums`, reduced chunk by chunk by the analysis), or else from ``steps`` (exploded
+    here unless ``membership`` is given); ``life`` is :func:`lifecycle` of ``requests`` when known.
     """
     n = requests.num_rows
-    t = lifecycle(requests)
+    t = life if life is not None else lifecycle(requests)
     in_pre, in_dec, n_preempt = _preemption_overlaps(requests, t)
     t3, t4, t5 = t["t3"].to_numpy(), t["t4"].to_numpy(), t["t5"].to_numpy()
 
-    comp_pre = np.zeros(n)
-    swap_pre = np.zeros(n)
-    comp_dec = np.zeros(n)
-    swap_dec = np.zeros(n)
-    recomp = np.zeros(n)
-    steps_in = np.zeros(n, np.int64)
-    if steps is not None and steps.num_rows and n:
-        mem = (membership if membership is not None else step_membership(steps, _ids(requests))).known()
-        s_start, s_end = ns(steps, "start_ns"), ns(steps, "end_ns")
-        s_swap = np.clip(to_np(steps.column("swap_ns"), 0, np.int64), 0, None)
-        req, st = mem.req, mem.step
-        dur_step = (s_end - s_start).astype(np.float64)
-        sw_step = np.minimum(s_swap, dur_step)
-        # Per-row arrays are gathered once each (every 32M-row temporary costs its page faults).
-        fwd = (dur_step - sw_step)[st]
-        # A step belongs to the prefill phase when it started before the request's first token
-        # (the engine stamps the first token inside the step that computed the last prompt chunk).
-        prefill_phase = s_start[st] < t4[req]
-        recompute = ~prefill_phase & mem.is_prefill
-        pre = np.flatnonzero(prefill_phase)  # a few rows per request: sum those directly
-        comp_pre = np.bincount(req[pre], weights=fwd[pre], minlength=n)
-        comp_all = np.bincount(req, weights=fwd, minlength=n)
-        if recompute.any():
-            rc = np.flatnonzero(recompute)
-            recomp = np.bincount(req[rc], weights=fwd[rc], minlength=n)
-        comp_dec = comp_all - comp_pre - recomp
-        if sw_step.any():
-            sw = sw_step[st]
-            swap_all = np.bincount(req, weights=sw, minlength=n)
-            swap_pre = np.bincount(req[pre], weights=sw[pre], minlength=n)
-            swap_dec = swap_all - swap_pre
-        steps_in = np.bincount(req, minlength=n)
+    if sums is None and steps is not None and steps.num_rows and n:
+        mem = membership if membership is not None else step_membership(steps, _ids(requests))
+        sums = RequestSums.zeros(n)
+        sums.add(mem, *step_times(steps), t4)
+    if sums is None:
+        sums = RequestSums.zeros(n)
+    comp_pre, swap_pre, recomp = sums.comp_pre, sums.swap_pre, sums.recomp
+    comp_dec = sums.comp_all - comp_pre - recomp
+    swap_dec = sums.swap_all - swap_pre
+    steps_in = sums.steps_in
 
     # Prefill interval: own steps + requeue + wait, own time capped by what is available.
     avail_pre = np.clip((t4 - t3) - in_pre, 0, None).astype(np.float64)
