@@ -18,6 +18,7 @@ from flask import Response
 
 from bottleneck_map.dashboard import callbacks, layout
 from bottleneck_map.dashboard.bundles import BundleRegistry
+from bottleneck_map.dashboard.index_page import Dash
 from bottleneck_map.dashboard.store import Store
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -42,7 +43,7 @@ def create_app(
     """
     registry = bundles if isinstance(bundles, BundleRegistry) else BundleRegistry(bundles, runs_dir=runs_dir)
     store = store or Store(registry, window_s=window_s, slo=dict(slo or {}), live=live)
-    app = dash.Dash(
+    app = Dash(
         __name__,
         title="bottleneck-map",
         update_title=None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dash import Dash, Input, Output, State, dcc, html, no_update
+from dash import ClientsideFunction, Dash, Input, Output, State, dcc, html, no_update
 
 from bottleneck_map.dashboard import drilldown, layout
 from bottleneck_map.dashboard.components import GRAPH_CONFIG
@@ -19,17 +19,27 @@ from bottleneck_map.dashboard.views_timeline import timeline_figure_for
 
 
 def register(app: Dash, store: Store) -> None:
+    # A tab change first passes through the browser, which loads the component libraries the view
+    # needs and were left out of the page (index_page.LAZY_LIBRARIES); then the server renders it.
+    app.clientside_callback(
+        ClientsideFunction(namespace="bmap", function_name="viewReady"),
+        Output("view-ready", "data"),
+        Input("tabs", "value"),
+        prevent_initial_call=True,
+    )
+
     @app.callback(
         Output("tab-content", "children"),
         Output("run-summary", "children"),
         Output("bundle-sig", "data"),
-        Input("tabs", "value"),
+        Input("view-ready", "data"),
         Input("bundle", "value"),
         Input("bundle-sig", "data"),
+        State("tabs", "value"),
         State("compare-store", "data"),
         prevent_initial_call=True,
     )
-    def render_tab(tab: str, bid: str, sig: Any, compare_id: Any) -> tuple[Any, Any, Any]:
+    def render_tab(_ready: Any, bid: str, sig: Any, tab: str, compare_id: Any) -> tuple[Any, Any, Any]:
         loaded = store.get(bid)
         current = store.current_signature(bid) if loaded is None else loaded.signature
         new_sig = None if current is None else repr(current)

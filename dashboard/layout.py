@@ -75,6 +75,7 @@ def page(registry: BundleRegistry, store: Store, live: bool, interval_ms: int = 
             dcc.Interval(id="live-tick", interval=interval_ms, disabled=not live),
             dcc.Store(id="bundle-sig", data=None if loaded is None else repr(loaded.signature)),
             dcc.Store(id="compare-store"),
+            dcc.Store(id="view-ready"),
         ],
     )
 

@@ -31,11 +31,14 @@ def _render_tab(client: Any, tab: str, bundle_value: Any) -> Any:
             {"id": "bundle-sig", "property": "data"},
         ],
         "inputs": [
-            {"id": "tabs", "property": "value", "value": tab},
+            {"id": "view-ready", "property": "data", "value": tab},
             {"id": "bundle", "property": "value", "value": bundle_value},
             {"id": "bundle-sig", "property": "data", "value": None},
         ],
-        "state": [{"id": "compare-store", "property": "data", "value": None}],
+        "state": [
+            {"id": "tabs", "property": "value", "value": tab},
+            {"id": "compare-store", "property": "data", "value": None},
+        ],
         "changedPropIds": ["bundle.value"],
     }
     return client.post("/_dash-update-component", json=body)
@@ -91,6 +94,30 @@ def test_first_view_is_compressed(app) -> None:  # noqa: ANN001
     ]
     resp = client.get(js[0], headers={"Accept-Encoding": "gzip, br"})
     assert resp.headers.get("Content-Encoding") in ("gzip", "br")
+
+
+def test_the_grid_library_is_left_out_of_the_page_and_served_on_demand(app) -> None:  # noqa: ANN001
+    client = app.server.test_client()
+    page = client.get("/").get_data(as_text=True)
+    scripts = [chunk.split('"')[0] for chunk in page.split('<script src="')[1:]]
+    assert scripts and not any("dash_ag_grid" in s for s in scripts)
+    assert any("dash_renderer" in s for s in scripts) and any("dash_core_components" in s for s in scripts)
+    meta = page.split('<meta name="bmap-lazy-scripts" content="')[1].split('"')[0]
+    lib, urls = meta.split("=", 1)
+    assert lib == "dash_ag_grid"
+    for url in urls.split(","):
+        resp = client.get(url)
+        assert resp.status_code == 200 and b"AgGrid" in resp.get_data()
+    assert client.get("/assets/lazy-libraries.js").status_code == 200
+
+
+def test_the_first_views_late_scripts_are_preloaded_and_served(app) -> None:  # noqa: ANN001
+    client = app.server.test_client()
+    page = client.get("/").get_data(as_text=True)
+    hrefs = [c.split('"')[0] for c in page.split('<link rel="preload" as="script" href="')[1:]]
+    assert any(h.endswith("plotly.min.js") for h in hrefs)
+    for href in hrefs:
+        assert client.get(href).status_code == 200, href
 
 
 def test_live_store_reanalyses_when_the_bundle_grows(bundles: dict[str, Path], tmp_path: Path) -> None:

@@ -162,6 +162,23 @@ def test_request_explorer_selects_a_request_and_shows_its_waterfall(driver, url,
     assert severe_console(driver) == []
 
 
+def test_the_explorer_opened_before_the_first_figure_waits_for_its_grid_library(driver, url) -> None:  # noqa: ANN001
+    driver.get("about:blank")
+    driver.get(url)
+    # click as soon as the tab exists: the grid library is not in the page, nothing has loaded it yet
+    wait_js(driver, "return document.getElementById('tab-requests')").click()
+    wait_js(driver, "return document.querySelector('#req-grid .ag-row .ag-cell')")
+    fetched = driver.execute_script(
+        "return performance.getEntriesByType('resource').map(r => r.name).filter(n => n.includes('/dash_ag_grid/dash_ag_grid.'))"
+    )
+    assert len(fetched) == 1, fetched
+    plotly = driver.execute_script(
+        "return performance.getEntriesByType('resource').map(r => r.name).filter(n => n.endsWith('plotly.min.js'))"
+    )
+    assert len(plotly) <= 1, f"preloaded plotly.js fetched again: {plotly}"
+    assert severe_console(driver) == []
+
+
 def test_roofline_points_by_phase(driver, url, artifacts) -> None:  # noqa: ANN001
     open_tab(driver, url, "roofline")
     traces = graph_data(driver, "roofline-graph")
