@@ -24,7 +24,7 @@ from bottleneck_map.analyzer import (
     steprows,
     windows,
 )
-from bottleneck_map.analyzer.data import NA_NS, Tables, f64, for_instance, load, to_np
+from bottleneck_map.analyzer.data import NA_NS, Tables, f64, for_instance, load, release, to_np
 from bottleneck_map.analyzer.devices import device_peaks
 from bottleneck_map.analyzer.result import (
     CLASSES,
@@ -43,8 +43,8 @@ from bottleneck_map.bundle import Bundle, BundleError
 WORST_REQUESTS = 5
 # Up to this many (step, sequence) rows the own-step class make-up is computed exactly.
 EXACT_OWN_ROWS = 2_000_000
-# Requests whose token lists are read and reduced at a time (about 1.6M token stamps, 13 MB).
-CHUNK_REQUESTS = 50_000
+# Requests whose token lists are read and reduced at a time (about 500k token stamps, 4 MB).
+CHUNK_REQUESTS = 16_384
 MAX_WINDOWS = 100_000
 
 
@@ -183,6 +183,7 @@ def analyze_full(
         step_sums, req_sums = steprows.reduce_steps(
             t, steps, lookup, life["t4"].to_numpy(), list_sums=not _counters_complete(steps), chunk_rows=step_chunk
         )
+        release()
     samples = hardware.sample_frame(t.samples) if caps["samples"] else hardware.sample_frame(t.samples.slice(0, 0))
     roof = roofline.step_roofline(steps, meta.get("model"), peaks, sums=step_sums) if has_steps else pd.DataFrame()
     throttle_loss = None
@@ -205,6 +206,7 @@ def analyze_full(
     metrics = latency.request_metrics(requests)
     codes, classes = latency.class_codes(metrics)
     itl, token_to_byte = _token_pass(t, codes, len(classes), chunk_rows or CHUNK_REQUESTS)
+    release()
     # Exact own-step make-up when the exploded steps are small (a second pass over them); the
     # interval make-up otherwise.
     exact = has_steps and int(step_sums.seqs.sum()) <= EXACT_OWN_ROWS
@@ -213,7 +215,9 @@ def analyze_full(
         if exact
         else None
     )
+    del lookup
     attr = attribution.attribute(st, own, sb)
+    del own
     # Without steps, the engine's own series in the samples are the evidence for queueing vs KV blocks.
     eng_frame = engine_samples.engine_frame(t.samples) if not has_steps and caps["samples"] else None
     eng_ev = None

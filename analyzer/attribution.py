@@ -169,15 +169,37 @@ class Timeline:
         return np.clip(self.at(b)[col] - self.at(a)[col], 0, None)
 
 
-def attribute(stages: pd.DataFrame, own: pd.DataFrame | None, sb: pd.DataFrame | None) -> pd.DataFrame:  # noqa: C901
+# Requests attributed at a time (bounds the temporaries: a few dozen float arrays of this length).
+ATTRIBUTE_ROWS = 65_536
+
+
+def attribute(
+    stages: pd.DataFrame, own: pd.DataFrame | None, sb: pd.DataFrame | None, rows: int = ATTRIBUTE_ROWS
+) -> pd.DataFrame:
     """Per request ns per class (columns = CLASSES without balanced, plus ``unattributed``).
 
     ``own`` optionally holds the exact per-request own-step time per step class (from
     :func:`own_step_time`, one pass over the exploded steps); without it the class make-up of the
     steps in the request's prefill and decode intervals is used (a running sequence is in every
     step of its interval). ``sb`` is :func:`step_breakdown`. Without steps, prefill and decode
-    time is unattributed.
+    time is unattributed. Requests are attributed ``rows`` at a time (each one on its own).
     """
+    n = len(stages)
+    cols = [c for c in CLASSES if c != "balanced"] + [UNATTRIBUTED]
+    tl = Timeline(sb) if sb is not None and not sb.empty else None
+    if n <= rows:
+        return _attribute(stages, own, sb, tl)
+    out = {c: np.empty(n) for c in cols}
+    for a in range(0, n, rows):
+        part = _attribute(stages.iloc[a : a + rows], None if own is None else own.iloc[a : a + rows], sb, tl)
+        for c in cols:
+            out[c][a : a + len(part)] = part[c].to_numpy()
+    return pd.DataFrame(out, index=stages.index, copy=False)
+
+
+def _attribute(  # noqa: C901
+    stages: pd.DataFrame, own: pd.DataFrame | None, sb: pd.DataFrame | None, tl: Timeline | None
+) -> pd.DataFrame:
     n = len(stages)
     out = pd.DataFrame(0.0, index=stages.index, columns=[c for c in CLASSES if c != "balanced"] + [UNATTRIBUTED])
     out["tokenization"] = (stages["receive"] + stages["tokenize"]).astype(float)
@@ -191,7 +213,6 @@ def attribute(stages: pd.DataFrame, own: pd.DataFrame | None, sb: pd.DataFrame |
             stages["prefill_compute"] + stages["prefill_wait"] + stages["decode_compute"] + stages["decode_wait"]
         ).astype(float)
         return out
-    tl = Timeline(sb)
     t2 = stages["arrival_ns"].to_numpy() + (stages["receive"] + stages["tokenize"]).to_numpy()
     t3 = t2 + stages["queue"].to_numpy()
     t4 = stages["first_token_ns"].to_numpy()

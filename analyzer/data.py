@@ -6,6 +6,7 @@ in float arrays, never zero.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -126,6 +127,7 @@ class Tables:
         pieces = self.bundle.iter_table(name, columns, dictionary, batch_rows=rows, segments=self._segs(name))
         pending: list[pa.Table] = []
         n = 0
+        pool = pa.default_memory_pool()
         try:
             for piece in pieces:
                 pending.append(piece)
@@ -133,6 +135,10 @@ class Tables:
                 if n >= rows:
                     yield pa.concat_tables(pending) if len(pending) > 1 else pending[0]
                     pending, n = [], 0
+                    # Hand the pages of the chunks read so far back (the allocator would keep them
+                    # cached, and the resident size would grow by about a chunk per chunk).
+                    pool.release_unused()
+                    release_freed()
         except (pa.ArrowInvalid, OSError) as exc:
             raise BundleError(f"{self.path}: cannot read ({exc})") from exc
         if pending:
@@ -153,6 +159,32 @@ class Tables:
         return caps
 
 
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release() -> None:
+    """Hand freed memory back: Arrow's pool (``release_unused``) and the C heap (:func:`release_freed`)."""
+    pa.default_memory_pool().release_unused()
+    release_freed()
+
+
+def release_freed() -> None:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim``; nothing elsewhere).
+
+    numpy's temporaries come from the C heap; freed, they stay resident until reused, so a pass
+    that allocates a few arrays per chunk grows the resident size though little is alive.
+    """
+    if _TRIM is not None:
+        _TRIM(0)
+
+
 def load(bundle_or_path: Bundle | Tables | str | os.PathLike[str]) -> Tables:
     """Open a bundle (path or :class:`Bundle`) and read its tables but the heavy columns
     (:meth:`Tables.lean`); raises BundleError on bad data."""
@@ -162,6 +194,7 @@ def load(bundle_or_path: Bundle | Tables | str | os.PathLike[str]) -> Tables:
     t = Tables(meta=bundle.meta, path=str(bundle.path), warnings=list(bundle.warnings), bundle=bundle)
     for name in TABLE_NAMES:
         t.lean(name)
+    release()  # the Parquet reader's buffers
     return t
 
 

@@ -66,7 +66,8 @@ def request_metrics(requests: pa.Table) -> pd.DataFrame:
             "output_tokens": out_tok,
             "cached_prompt_tokens": cached,
             "preemptions": np.bincount(parent, minlength=requests.num_rows) if len(parent) else 0,
-        }
+        },
+        copy=False,
     )
 
 

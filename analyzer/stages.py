@@ -53,7 +53,9 @@ def lifecycle(requests: pa.Table) -> pd.DataFrame:
     t4 = _fill(ft, _fill(fin, t3))
     t5 = _fill(fin, t4)
     t6 = _fill(ns(requests, "last_byte_ns"), t5)
-    m = np.maximum.accumulate(np.stack([t0, t1, t2, t3, t4, t5, t6]), axis=0)
+    m = [t0, t1, t2, t3, t4, t5, t6]
+    for i in range(1, 7):  # running maximum, in place
+        np.maximum(m[i], m[i - 1], out=m[i])
     out = pd.DataFrame({f"t{i}": m[i] for i in range(7)})
     out["complete"] = fin != NA_NS
     return out
@@ -82,7 +84,7 @@ def preempted_spans(requests: pa.Table, t: pd.DataFrame) -> tuple[np.ndarray, np
         idx = pd.Index(key_r).get_indexer(key_p)
         hit = idx >= 0
         r[hit] = r_vals[idx[hit]]
-    t3, t5 = t["t3"].to_numpy()[parent], t["t5"].to_numpy()[parent]
+    t3, t5 = np.asarray(t["t3"])[parent], np.asarray(t["t5"])[parent]
     r = np.where((r == NA_NS) | (r < p), t5, r)
     valid = p != NA_NS
     start = np.clip(p[valid], t3[valid], t5[valid])
@@ -98,7 +100,7 @@ def _preemption_overlaps(requests: pa.Table, t: pd.DataFrame) -> tuple[np.ndarra
     req, a, b = preempted_spans(requests, t)
     if not len(req):
         return np.zeros(n, np.int64), np.zeros(n, np.int64), count
-    t3, t4, t5 = (t[c].to_numpy()[req] for c in ("t3", "t4", "t5"))
+    t3, t4, t5 = (np.asarray(t[c])[req] for c in ("t3", "t4", "t5"))
     in_pre = np.bincount(req, weights=_overlap(a, b, t3, t4), minlength=n).astype(np.int64)
     in_dec = np.bincount(req, weights=_overlap(a, b, t4, t5), minlength=n).astype(np.int64)
     return in_pre, in_dec, count
@@ -151,20 +153,27 @@ def _request_rows(
     # request ids), then shift each chunk's codes by where its dictionary starts.
     dicts = [c.dictionary for c in chunks]
     all_ids = pa.concat_arrays(dicts)
-    if rows_of is not None:
-        rows = rows_of(all_ids)
-    else:
-        rows = to_np(pc.index_in(all_ids, value_set=request_ids), -1, np.int64)
-    rows = np.append(rows, -1)  # null ids point here
-    out, start = [], 0
+    null_row = len(all_ids)  # null ids point here
+    codes, start = [], 0
     for c, d in zip(chunks, dicts, strict=True):
-        codes = c.indices.to_numpy(zero_copy_only=False) if not c.indices.null_count else None
-        if codes is None:
+        k = c.indices.to_numpy(zero_copy_only=False) if not c.indices.null_count else None
+        if k is None:
             valid = c.indices.is_valid().to_numpy(zero_copy_only=False)
-            codes = np.where(valid, pc.fill_null(c.indices, 0).to_numpy(), len(rows) - 1 - start)
-        out.append(rows[codes.astype(np.int64, copy=False) + start])
+            codes.append(np.where(valid, pc.fill_null(c.indices, 0).to_numpy().astype(np.int64) + start, null_row))
+        else:
+            codes.append(k.astype(np.int64) + start)
         start += len(d)
-    return np.concatenate(out)
+    code = np.concatenate(codes) if len(codes) > 1 else codes[0]
+    rows = np.full(null_row + 1, -1, np.int64)
+    if rows_of is not None:
+        # Only the ids the rows use (a batch of a segment carries the whole segment's dictionary).
+        used = np.zeros(null_row + 1, bool)
+        used[code] = True
+        idx = np.flatnonzero(used[:null_row])
+        rows[idx] = rows_of(all_ids.take(pa.array(idx)))
+    else:
+        rows[:null_row] = to_np(pc.index_in(all_ids, value_set=request_ids), -1, np.int64)
+    return rows[code]
 
 
 def step_membership(
@@ -279,19 +288,41 @@ def request_stages(
     """
     n = requests.num_rows
     t = life if life is not None else lifecycle(requests)
-    in_pre, in_dec, n_preempt = _preemption_overlaps(requests, t)
-    t3, t4, t5 = t["t3"].to_numpy(), t["t4"].to_numpy(), t["t5"].to_numpy()
-
     if sums is None and steps is not None and steps.num_rows and n:
         mem = membership if membership is not None else step_membership(steps, _ids(requests))
         sums = RequestSums.zeros(n)
-        sums.add(mem, *step_times(steps), t4)
+        sums.add(mem, *step_times(steps), t["t4"].to_numpy())
     if sums is None:
         sums = RequestSums.zeros(n)
-    comp_pre, swap_pre, recomp = sums.comp_pre, sums.swap_pre, sums.recomp
-    comp_dec = sums.comp_all - comp_pre - recomp
-    swap_dec = sums.swap_all - swap_pre
-    steps_in = sums.steps_in
+    head = {
+        "request_id": requests.column("request_id").to_pandas(),
+        "workload_class": pc.fill_null(requests.column("workload_class"), "default").to_pandas(),
+        "complete": t["complete"].to_numpy(),
+        "arrival_ns": t["t0"].to_numpy(),
+        "first_token_ns": t["t4"].to_numpy(),
+        "end_ns": t["t6"].to_numpy(),
+    }
+    cols = {name: np.empty(n, np.int64) for name in (*STAGES, "e2e_ns", "preemptions")}
+    bounds = {k: t[k].to_numpy() for k in ("t0", "t1", "t2", "t3", "t4", "t5", "t6")}
+    # A slice of requests at a time: each is on its own, and the temporaries stay small.
+    for a in range(0, n, STAGE_ROWS):
+        z = min(a + STAGE_ROWS, n)
+        part = _stage_part(requests.slice(a, z - a), {k: v[a:z] for k, v in bounds.items()}, sums, a, z)
+        for name, v in part.items():
+            cols[name][a:z] = v
+    return pd.DataFrame({**head, **cols, "steps": sums.steps_in}, copy=False)
+
+
+# Requests whose stages are computed at a time.
+STAGE_ROWS = 65_536
+
+
+def _stage_part(requests: pa.Table, b: dict[str, np.ndarray], sums: RequestSums, a: int, z: int) -> dict:
+    t3, t4, t5 = b["t3"], b["t4"], b["t5"]
+    in_pre, in_dec, n_preempt = _preemption_overlaps(requests, b)
+    comp_pre, swap_pre, recomp = sums.comp_pre[a:z], sums.swap_pre[a:z], sums.recomp[a:z]
+    comp_dec = sums.comp_all[a:z] - comp_pre - recomp
+    swap_dec = sums.swap_all[a:z] - swap_pre
 
     # Prefill interval: own steps + requeue + wait, own time capped by what is available.
     avail_pre = np.clip((t4 - t3) - in_pre, 0, None).astype(np.float64)
@@ -303,37 +334,22 @@ def request_stages(
     k = np.where(own_dec > avail_dec, avail_dec / np.where(own_dec > 0, own_dec, 1), 1.0)
     comp_dec, swap_dec, recomp = comp_dec * k, swap_dec * k, recomp * k
 
-    out = pd.DataFrame(
-        {
-            "request_id": requests.column("request_id").to_pandas(),
-            "workload_class": pc.fill_null(requests.column("workload_class"), "default").to_pandas(),
-            "complete": t["complete"].to_numpy(),
-            "arrival_ns": t["t0"].to_numpy(),
-            "first_token_ns": t4,
-            "end_ns": t["t6"].to_numpy(),
-        }
-    )
     cols = {
-        "receive": t["t1"] - t["t0"],
-        "tokenize": t["t2"] - t["t1"],
-        "queue": t["t3"] - t["t2"],
+        "receive": b["t1"] - b["t0"],
+        "tokenize": b["t2"] - b["t1"],
+        "queue": t3 - b["t2"],
         "prefill_compute": np.rint(comp_pre),
-        "prefill_wait": None,
+        "prefill_wait": (t4 - t3) - in_pre - np.rint(comp_pre) - np.rint(swap_pre),
         "requeue": in_pre + in_dec,
         "recompute": np.rint(recomp),
         "swap": np.rint(swap_pre) + np.rint(swap_dec),
         "decode_compute": np.rint(comp_dec),
-        "decode_wait": None,
-        "streaming": t["t6"] - t["t5"],
+        "decode_wait": (t5 - t4) - in_dec - np.rint(comp_dec) - np.rint(swap_dec) - np.rint(recomp),
+        "streaming": b["t6"] - t5,
+        "e2e_ns": b["t6"] - b["t0"],
+        "preemptions": n_preempt,
     }
-    cols["prefill_wait"] = (t4 - t3) - in_pre - np.rint(comp_pre) - np.rint(swap_pre)
-    cols["decode_wait"] = (t5 - t4) - in_dec - np.rint(comp_dec) - np.rint(swap_dec) - np.rint(recomp)
-    for name in STAGES:
-        out[name] = np.asarray(cols[name]).astype(np.int64)
-    out["e2e_ns"] = out["end_ns"] - out["arrival_ns"]
-    out["preemptions"] = n_preempt
-    out["steps"] = steps_in
-    return out
+    return {name: np.asarray(v).astype(np.int64) for name, v in cols.items()}
 
 
 def stage_totals(stages: pd.DataFrame) -> pd.Series:

@@ -30,8 +30,9 @@ from bottleneck_map.analyzer.data import HEAVY_COLUMNS, Tables, ns
 from bottleneck_map.analyzer.stages import Membership, RequestSums, step_membership, step_times
 from bottleneck_map.bundle import BundleError
 
-# Steps per chunk: about 1.3M (step, sequence) rows at 64 sequences per step, ~10 MB per row array.
-CHUNK_STEPS = 20_000
+# Steps per chunk: about 260k (step, sequence) rows at 64 sequences per step, ~2 MB per row array
+# (smaller chunks stay in cache and keep the temporaries small; the per-chunk overhead is small).
+CHUNK_STEPS = 4096
 _LIST_COLUMNS = HEAVY_COLUMNS["steps"]
 
 
@@ -70,6 +71,13 @@ class RequestLookup:
                 first = np.r_[True, p[1:] != p[:-1]]
                 out[p[first]] = r[first]
         missing = np.flatnonzero(out < 0)
+        if len(missing) and len(missing) < n:
+            # An id repeated in the dictionary (the dictionaries of two batches of one segment):
+            # take the row of its first occurrence.
+            first = pc.index_in(dictionary.take(pa.array(missing)), value_set=dictionary).fill_null(-1).to_numpy()
+            first = np.asarray(first, np.int64)
+            out[missing] = np.where(first >= 0, out[np.maximum(first, 0)], -1)
+            missing = np.flatnonzero(out < 0)
         if len(missing):
             found = pc.index_in(dictionary.take(pa.array(missing)), value_set=self.ids)
             out[missing] = found.fill_null(-1).to_numpy().astype(np.int64)
