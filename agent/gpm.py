@@ -13,7 +13,10 @@ for that read only.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import operator
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +26,6 @@ from typing import Any
 log = logging.getLogger("bottleneck_map.agent")
 
 MIB = 1024 * 1024
-_get = object.__getattribute__
 _set = object.__setattr__
 MIN_SPACING_NS = 100_000_000
 MAX_WAIT_NS = 5_000_000
@@ -58,6 +60,19 @@ def gpm_supported(nvml: ModuleType, handle: Any) -> bool:
         return False
 
 
+def _status_value_reader(request_type: type, n: int) -> tuple[Callable[..., tuple[Any, ...]], int]:
+    """``(unpack_from, offset)`` reading ``(nvmlReturn, value)`` of the first ``n`` metric entries
+    of a ``c_nvmlGpmMetricsGet_t`` from its bytes, laid out as ctypes lays the structure out."""
+    entry = dict(request_type._fields_)["metrics"]._type_  # c_nvmlGpmMetric_t
+    status, value, size = entry.nvmlReturn, entry.value, ctypes.sizeof(entry)
+    if status.size != 4 or value.size != 8 or value.offset < status.offset + 4:
+        raise TypeError(f"unexpected layout of {entry.__name__}")
+    one = f"I{value.offset - status.offset - 4}xd"
+    gap = f"{size - value.offset - 8 + status.offset}x"
+    fmt = "=" + gap.join([one] * n)
+    return struct.Struct(fmt).unpack_from, request_type.metrics.offset + status.offset
+
+
 class GpmReader:
     """Double-buffered GPM sampling of one device. Errors other than per-metric
     statuses (GpuIsLost, ...) propagate to the caller, which owns device health."""
@@ -87,7 +102,11 @@ class GpmReader:
         self._values: dict[str, float] = {}
         self._req: Any = None
         self._wanted: list[GpmMetric] = []
-        self._entries: list[Any] = []
+        self._unpack: Callable[..., tuple[Any, ...]] | None = None  # statuses and values of the request
+        self._offset = 0
+        self._all_ok: tuple[int, ...] = ()
+        self._fields: tuple[str, ...] = ()
+        self._scales: tuple[float, ...] = ()
         self._ok = nvml.NVML_SUCCESS
         self._not_supported = nvml.NVML_ERROR_NOT_SUPPORTED
 
@@ -122,20 +141,26 @@ class GpmReader:
         _set(req, "sample2", self._buffers[nxt])
         self._prev, self._prev_ns = nxt, taken_ns
         self.nvml.nvmlGpmMetricsGet(req)
-        values: dict[str, float] = {}
-        dropped = False
-        ok, not_supported = self._ok, self._not_supported
-        for m, entry in zip(self._wanted, self._entries, strict=True):
-            status = _get(entry, "nvmlReturn")
-            if status == ok:
-                values[m.field] = _get(entry, "value") * m.scale
-            elif status == not_supported:
-                self.unsupported.add(m.field)
-                dropped = True
-                log.info("GPM metric %s is not supported on this device; not asked again", m.constant)
-        if dropped:
-            self._req = None
+        # every metric's nvmlReturn and value in one unpack of the request's bytes (no attribute access)
+        raw = self._unpack(req, self._offset)
+        statuses = raw[0::2]
+        if statuses == self._all_ok:
+            values = dict(zip(self._fields, map(operator.mul, raw[1::2], self._scales), strict=True))
+        else:
+            values = self._checked(statuses, raw[1::2])
         self._values = values
+        return values
+
+    def _checked(self, statuses: tuple[int, ...], raw: tuple[float, ...]) -> dict[str, float]:
+        """Values of the metrics that succeeded; NotSupported drops a metric for good."""
+        values: dict[str, float] = {}
+        for m, status, value in zip(self._wanted, statuses, raw, strict=True):
+            if status == self._ok:
+                values[m.field] = value * m.scale
+            elif status == self._not_supported:
+                self.unsupported.add(m.field)
+                self._req = None  # rebuilt without it on the next read
+                log.info("GPM metric %s is not supported on this device; not asked again", m.constant)
         return values
 
     @property
@@ -152,8 +177,10 @@ class GpmReader:
             req.numMetrics = len(self._wanted)
             for i, m in enumerate(self._wanted):
                 req.metrics[i].metricId = getattr(self.nvml, m.constant)
-            entries = _get(req, "metrics")
-            self._entries = [entries[i] for i in range(len(self._wanted))]  # views into req, made once
+            self._unpack, self._offset = _status_value_reader(type(req), len(self._wanted))
+            self._all_ok = (self._ok,) * len(self._wanted)
+            self._fields = tuple(m.field for m in self._wanted)
+            self._scales = tuple(m.scale for m in self._wanted)
             self._req = req
         return self._req
 

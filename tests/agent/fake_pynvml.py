@@ -14,6 +14,7 @@ Install it with :func:`install` (tests: ``monkeypatch.setitem(sys.modules, "pynv
 from __future__ import annotations
 
 import ctypes
+import struct
 import sys
 import time
 import types
@@ -99,7 +100,8 @@ class FakeNvml:
         self._handles: dict[int, int] = {}  # handle address -> gpu index
         self._handle_ids: dict[int, int] = {}  # id() of a handle this fake gave out -> gpu index (fast path)
         self._handle_objs: list[Any] = []  # keeps every handle alive, so their id()s stay unique
-        self._gpm_entries: dict[tuple[int, int], tuple[Any, list[Any]]] = {}  # (id(request), n) -> entries
+        self._gpm_images: dict[tuple[Any, ...], bytes] = {}  # filled metric entries, by request and values
+        self._last_index = -1  # the GPU the last device call was for
         self.module = self._build_module()
 
     # -- plumbing ----------------------------------------------------------------
@@ -123,6 +125,7 @@ class FakeNvml:
             except (KeyError, ValueError, AttributeError, TypeError):
                 raise self.error(real.NVML_ERROR_INVALID_ARGUMENT) from None
         self.calls_by_gpu[(index, fn)] += 1
+        self._last_index = index
         gpu = self.gpus[index]
         if gpu.lost:
             raise self.error(real.NVML_ERROR_GPU_IS_LOST)
@@ -294,18 +297,19 @@ class FakeNvml:
         if addr not in self._alloc:
             raise self.error(real.NVML_ERROR_INVALID_ARGUMENT)
         t = self.clock_ns()
-        index = self.gpus.index(gpu)
+        index = self._last_index  # set by _gpu
         self.gpm_samples[addr] = (index, t)
         self.gpm_sample_log.append((index, addr, t))
         return gpmSample
 
     def nvmlGpmMetricsGet(self, metricsGet: Any) -> Any:  # noqa: N803
         self._enter("nvmlGpmMetricsGet")
-        if metricsGet.version != real.NVML_GPM_METRICS_GET_VERSION:
+        get = object.__getattribute__  # plain ctypes access, as the C library reads and writes the request
+        if get(metricsGet, "version") != real.NVML_GPM_METRICS_GET_VERSION:
             raise self.error(real.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
         try:
-            a1 = ctypes.addressof(metricsGet.sample1.contents)
-            a2 = ctypes.addressof(metricsGet.sample2.contents)
+            a1 = ctypes.addressof(get(metricsGet, "sample1").contents)
+            a2 = ctypes.addressof(get(metricsGet, "sample2").contents)
         except ValueError:  # NULL sample pointer
             raise self.error(real.NVML_ERROR_INVALID_ARGUMENT) from None
         if a1 == a2 or a1 not in self.gpm_samples or a2 not in self.gpm_samples:
@@ -317,22 +321,40 @@ class FakeNvml:
         if gpu.lost:
             raise self.error(real.NVML_ERROR_GPU_IS_LOST)
         self.gpm_metrics_log.append((i1, a1, a2, t2 - t1))
-        get, put = object.__getattribute__, object.__setattr__  # plain ctypes access, as the C library writes
         n = get(metricsGet, "numMetrics")
-        cached = self._gpm_entries.get((id(metricsGet), n))
-        if cached is None or cached[0] is not metricsGet:  # views into the request's array, made once
-            entries = get(metricsGet, "metrics")
-            cached = self._gpm_entries[(id(metricsGet), n)] = (metricsGet, [entries[i] for i in range(n)])
-        values, statuses, ok = gpu.gpm_values, gpu.gpm_status, real.NVML_SUCCESS
-        for m in cached[1]:
-            metric_id = get(m, "metricId")
-            self.gpm_requested.append(metric_id)
-            status = statuses.get(metric_id, ok)
-            if status == ok and metric_id not in values:
-                status = real.NVML_ERROR_NOT_SUPPORTED
-            put(m, "nvmlReturn", status)
-            put(m, "value", values[metric_id] if status == ok else 0.0)
+        layout = _gpm_layout(n)
+        base = ctypes.addressof(metricsGet) + _GPM_METRICS_OFFSET
+        ids = layout.unpack_from(metricsGet, _GPM_METRICS_OFFSET)[0::4]  # every entry's metricId
+        self.gpm_requested.extend(ids)
+        values, ok = gpu.gpm_values, real.NVML_SUCCESS
+        statuses = tuple(gpu.gpm_status.get(i, ok) for i in ids)
+        key = (n, ids, statuses, tuple(map(values.get, ids)))
+        image = self._gpm_images.get(key)
+        if image is None:  # entries as NVML fills them: the metric's status, its value when it succeeded
+            fill = []
+            for metric_id, status in zip(ids, statuses, strict=True):
+                if status == ok and metric_id not in values:
+                    status = real.NVML_ERROR_NOT_SUPPORTED
+                fill += (metric_id, status, values[metric_id] if status == ok else 0.0, b"")
+            image = self._gpm_images[key] = layout.pack(*fill)
+        ctypes.memmove(base, image, len(image))
         return metricsGet
+
+
+_GPM_METRIC = real.c_nvmlGpmMetric_t
+_GPM_METRICS_OFFSET = real.c_nvmlGpmMetricsGet_t.metrics.offset
+_GPM_LAYOUTS: dict[int, struct.Struct] = {}
+
+
+def _gpm_layout(n: int) -> struct.Struct:
+    """``n`` metric entries as (metricId, nvmlReturn, value, metricInfo bytes as one zero pad)."""
+    layout = _GPM_LAYOUTS.get(n)
+    if layout is None:
+        info = _GPM_METRIC.metricInfo
+        assert (_GPM_METRIC.metricId.offset, _GPM_METRIC.nvmlReturn.offset, _GPM_METRIC.value.offset) == (0, 4, 8)
+        assert info.offset == 16 and ctypes.sizeof(_GPM_METRIC) == 16 + info.size
+        layout = _GPM_LAYOUTS[n] = struct.Struct("=" + f"IId{info.size}s" * n)
+    return layout
 
 
 _STRUCT_IMAGES: dict[tuple[Any, ...], bytes] = {}
