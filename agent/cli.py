@@ -16,6 +16,10 @@ import typer
 
 BASIC_AUTH_ENV = "BMAP_AGENT_BASIC_AUTH"
 FLUSH_INTERVAL_S = 5.0  # bundle segments: a crash loses at most the last 5 s of samples
+# the sampler thread writes the segments itself, right after a tick, every FLUSH_INTERVAL_S; the
+# writer's own flusher thread (BundleWriter always runs one) finds nothing buffered, so its timer is
+# set long enough that it never wakes up during a run
+WRITER_TIMER_S = 3600.0
 
 
 class MetricNames(str, Enum):
@@ -102,7 +106,13 @@ def agent(
 
     logging.basicConfig(level=logging.WARNING, format="bottleneck-map agent: %(message)s")
     hostname = socket.gethostname()
-    sampler = Sampler(interval_s=interval, watch_pid=watch_pid, instance=hostname)
+    sampler = Sampler(
+        interval_s=interval,
+        watch_pid=watch_pid,
+        instance=hostname,
+        write_every_s=FLUSH_INTERVAL_S,
+        flush_writes=True,
+    )
 
     from prometheus_client import CollectorRegistry
 
@@ -128,14 +138,14 @@ def agent(
     if out is not None:
         try:
             if (out / META_FILE).exists():
-                writer = BundleWriter(out, None, tables=("samples",), flush_interval_s=FLUSH_INTERVAL_S)
+                writer = BundleWriter(out, None, tables=("samples",), flush_interval_s=WRITER_TIMER_S)
             else:
                 meta = new_meta(
                     "bottleneck-map agent",
                     capabilities={"steps": False, "samples": True, "streaming": False},
                     agent=_agent_meta(sampler, metric_names.value),
                 )
-                writer = BundleWriter(out, meta, tables=("samples",), flush_interval_s=FLUSH_INTERVAL_S)
+                writer = BundleWriter(out, meta, tables=("samples",), flush_interval_s=WRITER_TIMER_S)
                 created = True
         except (BundleError, OSError) as exc:
             sampler.stop()

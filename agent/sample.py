@@ -10,10 +10,10 @@ A field the hardware or driver cannot report is ``None`` (never zero). One
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
-from typing import Any
+from typing import Any, ClassVar
 
 from bottleneck_map.schema import SAMPLES
 
@@ -60,6 +60,7 @@ class GpuSample:
     proc_gpu_util_ratio: float | None = None
     # fields carried over from an earlier tick (slow cadence): exposed on /metrics, null in bundle rows
     stale: frozenset[str] = frozenset()
+    null: ClassVar[None] = None  # what a stale field reads as in bundle rows (see to_columns)
 
 
 @dataclass(slots=True)
@@ -196,6 +197,21 @@ _NO_GPU_VALUES = (None,) * len(_GPU_COLUMNS)
 _NO_HOST_VALUES = (None,) * len(_HOST_COLUMNS)
 
 
+_GPU_GETTERS: dict[frozenset[str], Callable[[GpuSample], tuple[Any, ...]]] = {}
+
+
+def _gpu_values_without(stale: frozenset[str]) -> Callable[[GpuSample], tuple[Any, ...]]:
+    """A getter of a GpuSample's row values that reads the ``stale`` columns from the class's
+    ``null`` (None): one tuple built in C per row, no test per field. Made once per stale
+    set (a handful: the slow fields, GPM, both) and cached."""
+    getter = _GPU_GETTERS.get(stale)
+    if getter is None:
+        getter = attrgetter(*("null" if n in stale else n for n in _GPU_COLUMNS))
+        if len(_GPU_GETTERS) < 64:
+            _GPU_GETTERS[stale] = getter
+    return getter
+
+
 def to_columns(samples: Sequence[Sample], instance: str | None = None) -> dict[str, list[Any]]:
     """The rows :func:`to_rows` gives for ``samples``, in the same order, as columns
     (column name -> one value per row), for ``BundleWriter.extend_columns``. GPU rows
@@ -207,10 +223,8 @@ def to_columns(samples: Sequence[Sample], instance: str | None = None) -> dict[s
             host = host_row(ts, sample.host, sample.proc, instance)
             rows.append((ts, "host", "host", instance, *_NO_GPU_VALUES, *map(host.get, _HOST_COLUMNS)))
         for g in sample.gpus:
-            values = _GPU_VALUES(g)
-            if g.stale:
-                stale = g.stale
-                values = tuple(None if n in stale else v for n, v in zip(_GPU_COLUMNS, values, strict=True))
+            stale = g.stale
+            values = (_GPU_VALUES if not stale else _gpu_values_without(stale))(g)
             rows.append((ts, "gpu", str(g.index), instance, *values, *_NO_HOST_VALUES))
     if not rows:
         return {}

@@ -7,7 +7,10 @@ Each tick asks every source to fill one :class:`Sample`, keeps it in a bounded
 ring buffer (memory does not grow with run length) and, when a bundle writer is
 given, appends its rows to the bundle's ``samples`` table: column-wise, once
 every ``write_every_s`` (1 s) for the ticks since the last hand-over, so no
-tick builds row dicts, and the rest at ``stop()``.
+tick builds row dicts, and the rest at ``stop()``. With ``flush_writes`` (the
+standalone agent, which owns its writer) each hand-over also writes the
+segment, on the sampler thread right after the tick, so no other thread wakes
+up for the bundle.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ class Sampler:
         buffer_size: int = DEFAULT_BUFFER,
         instance: str | None = None,
         write_every_s: float = WRITE_EVERY_S,
+        flush_writes: bool = False,
     ) -> None:
         if not interval_s > 0:
             raise ValueError(f"interval_s must be positive, got {interval_s}")
@@ -101,6 +105,7 @@ class Sampler:
         # samples not yet handed to the writer: at most write_every_s worth (bounded)
         self._unwritten: list[Sample] = []
         self._write_every = max(1, round(write_every_s / interval_s))
+        self.flush_writes = flush_writes  # each hand-over also flushes the writer's samples segment
 
     # -- lifecycle ------------------------------------------------------------
     def open(self) -> None:
@@ -202,6 +207,8 @@ class Sampler:
         try:
             self.writer.extend_columns("samples", columns)
             self.stats.rows_written += len(columns.get("ts_ns", ()))
+            if self.flush_writes:
+                self.writer.flush("samples")
         except Exception:
             self._log_error("writing samples to the bundle failed")
 

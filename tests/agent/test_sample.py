@@ -88,20 +88,23 @@ def test_stale_fields_are_null_in_rows_but_kept_on_the_sample():
 
 def test_columns_hold_the_same_rows_in_the_same_order():
     stale_gpu = GpuSample(index=3, power_w=1.0, temperature_c=60.0, stale=frozenset({"temperature_c"}))
+    other = GpuSample(index=4, power_w=2.0, temperature_c=61.0, gpm_sm_util_ratio=0.5, stale=frozenset({"power_w"}))
     stale_host = HostSample(cpu_util_ratio=0.5, load1=2.0, stale=frozenset({"load1"}))
     samples = [
         _sample(),
-        Sample(ts_ns=200, host=stale_host, gpus=[stale_gpu]),
+        Sample(ts_ns=200, host=stale_host, gpus=[stale_gpu, other, stale_gpu]),
         Sample(ts_ns=300, proc=ProcSample(pid=1, cpu_ratio=0.1)),
         Sample(ts_ns=400),  # nothing measured: no row
     ]
     rows = [row for s in samples for row in to_rows(s, "node-1")]
     columns = to_columns(samples, "node-1")
-    assert all(len(values) == len(rows) == 6 for values in columns.values())
+    assert all(len(values) == len(rows) == 8 for values in columns.values())
     for i, row in enumerate(rows):
         assert {name: values[i] for name, values in columns.items() if name in row} == row
         assert all(values[i] is None for name, values in columns.items() if name not in row)
     assert columns["temperature_c"][4] is None and columns["power_w"][4] == 1.0 and columns["load1"][3] is None
+    assert columns["power_w"][5] is None and columns["temperature_c"][5] == 61.0  # each row its own stale set
+    assert columns["gpm_sm_util_ratio"][5] == 0.5 and columns["temperature_c"][6] is None
     assert to_columns([Sample(ts_ns=1)]) == {}
 
 

@@ -111,6 +111,25 @@ def test_rows_are_handed_to_the_writer_once_a_second_and_the_rest_at_stop(tmp_pa
     assert list(read_bundle(tmp_path / "b").samples["cpu_util_ratio"]) == [0.001, 0.002, 0.003, 0.004, 0.005]
 
 
+def test_flush_writes_puts_each_batch_in_a_segment_on_the_sampler_thread(tmp_path):
+    w = BundleWriter(tmp_path / "b", new_meta("test"), tables=("samples",), flush_interval_s=3600)
+    s = Sampler(interval_s=0.1, sources=[TickSource()], writer=w, write_every_s=0.5, flush_writes=True)
+    segments = lambda: sorted((tmp_path / "b" / "samples").glob("part-*.parquet"))  # noqa: E731
+    for _ in range(4):
+        s.sample_once()
+    assert segments() == []  # the writer's own timer never fired; nothing handed over yet
+    s.sample_once()
+    assert len(segments()) == 1 and s.stats.rows_written == 5  # written at the hand-over, no timer
+    for _ in range(5):
+        s.sample_once()
+    assert len(segments()) == 2
+    s.sample_once()
+    s.stop()
+    w.close()
+    assert len(segments()) == 3
+    assert list(read_bundle(tmp_path / "b").samples["cpu_util_ratio"]) == [n / 1000 for n in range(1, 12)]
+
+
 def test_start_agent_in_process_writes_gpu_and_host_rows(tmp_path, install_nvml):
     install_nvml(2)
     w = BundleWriter(tmp_path / "run", new_meta("engine"))
