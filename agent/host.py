@@ -22,6 +22,8 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import fields
+from operator import attrgetter
 from typing import Any
 
 import psutil
@@ -46,11 +48,17 @@ SLOW_HOST_FIELDS = frozenset(
         "disk",
     }
 )
+# HostSample's fields from load1 to disk, in order: a sample is built in one call from the slow reading
+_SLOW_ORDER = [f.name for f in fields(HostSample)][3:-1]
+assert set(_SLOW_ORDER) == SLOW_HOST_FIELDS, _SLOW_ORDER
+_slow_values = attrgetter(*_SLOW_ORDER)
 SLOW_PROC_FIELDS = frozenset({"num_threads", "rss_bytes", "ctx_switches_voluntary", "ctx_switches_involuntary"})
 
 
 PROC = "/proc"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+SECTOR_SIZE = 512  # /proc/diskstats counts 512-byte sectors whatever the device's own sector size
 
 
 def _busy_total(t: Any) -> tuple[float, float]:
@@ -133,6 +141,56 @@ def proc_cpu_seconds(proc_pid_stat: bytes) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def proc_threads_rss(proc_pid_stat: bytes) -> tuple[int, int]:
+    """Threads and resident bytes of a process from ``/proc/<pid>/stat`` (``num_threads``
+    and ``rss`` in pages: the kernel counters ``psutil.Process.num_threads()`` and
+    ``memory_info().rss`` read from ``/proc/<pid>/status`` and ``statm``)."""
+    fields = proc_pid_stat[proc_pid_stat.rindex(b")") + 2 :].split(None, 22)
+    return int(fields[17]), int(fields[21]) * PAGE_SIZE
+
+
+def proc_ctx_switches(proc_pid_status: bytes) -> tuple[int, int]:
+    """Voluntary and involuntary context switches from ``/proc/<pid>/status`` (as
+    ``psutil.Process.num_ctx_switches()`` reads them)."""
+    vol = proc_pid_status.index(b"\nvoluntary_ctxt_switches:") + 25
+    invol = proc_pid_status.index(b"\nnonvoluntary_ctxt_switches:") + 28
+    return int(proc_pid_status[vol : proc_pid_status.index(b"\n", vol)]), int(
+        proc_pid_status[invol : proc_pid_status.index(b"\n", invol)]
+    )
+
+
+def net_dev_counters(net_dev: bytes) -> dict[str, NetCounters]:
+    """Per-interface counters from ``/proc/net/dev`` (the fields ``psutil.net_io_counters(pernic=True)``
+    reads: received bytes and packets are the first two numbers, sent bytes and packets the ninth and tenth)."""
+    out = {}
+    for line in net_dev.split(b"\n")[2:]:
+        name, colon, rest = line.rpartition(b":")
+        if not colon:
+            continue
+        v = rest.split()
+        out[name.strip().decode()] = NetCounters(float(v[0]), float(v[8]), float(v[1]), float(v[9]))
+    return out
+
+
+def diskstats_counters(diskstats: bytes) -> dict[str, DiskCounters]:
+    """Per-device read and written bytes from ``/proc/diskstats`` (sectors of 512 bytes; the
+    line formats and fields ``psutil.disk_io_counters(perdisk=True)`` reads)."""
+    out = {}
+    for line in diskstats.split(b"\n"):
+        v = line.split()
+        n = len(v)
+        if n == 14 or n >= 18:  # Linux 2.6+, a disk: name, reads, merged, sectors read, ms, writes, merged, sectors
+            name, rd, wr = v[2], v[5], v[9]
+        elif n == 7:  # Linux 2.6+, a partition: name, reads, sectors read, writes, sectors written
+            name, rd, wr = v[2], v[4], v[6]
+        elif n == 15:  # Linux 2.4: major, minor, reads, name, merged, sectors read, ..., sectors written
+            name, rd, wr = v[3], v[5], v[9]
+        else:
+            continue
+        out[name.decode()] = DiskCounters(float(int(rd) * SECTOR_SIZE), float(int(wr) * SECTOR_SIZE))
+    return out
+
+
 def _open_proc_file(path: str) -> ProcStatFile | None:
     """The file kept open for per-tick reads, or None (no /proc: psutil is used instead)."""
     try:
@@ -160,22 +218,29 @@ class HostSource:
         self._proc_gone = False
         self._cpu_file: ProcStatFile | None = None
         self._meminfo_file: ProcStatFile | None = None
+        self._net_file: ProcStatFile | None = None
+        self._disk_file: ProcStatFile | None = None
         self._proc_file: ProcStatFile | None = None
+        self._proc_status_file: ProcStatFile | None = None
+        self._proc_stat = b""  # the watched process's /proc/<pid>/stat as read this tick
         self._last_cpu: list[tuple[float, float]] = []
         self._last_proc_cpu: tuple[float, float] | None = None  # (monotonic s, CPU s) of the watched pid
         self._slow: HostSample | None = None
-        self._proc_slow: tuple[float, float, Any] | None = None
+        self._proc_slow: tuple[float, float, float, float] | None = None
         self._proc_slow_due = 0.0
         self._slow_due = 0.0
 
     def start(self) -> bool:
         self._cpu_file = _open_proc_file(f"{PROC}/stat")
         self._meminfo_file = _open_proc_file(f"{PROC}/meminfo")
+        self._net_file = _open_proc_file(f"{PROC}/net/dev")
+        self._disk_file = _open_proc_file(f"{PROC}/diskstats")
         self._last_cpu = self._read_cpu()  # the per-core baseline
         if self.watch_pid is not None:
             try:
                 self._proc = psutil.Process(self.watch_pid)
                 self._proc_file = _open_proc_file(f"{PROC}/{self.watch_pid}/stat")
+                self._proc_status_file = _open_proc_file(f"{PROC}/{self.watch_pid}/status")
                 self._last_proc_cpu = None
                 self._proc_cpu_percent()  # the process baseline
             except (psutil.Error, OSError) as exc:
@@ -186,10 +251,17 @@ class HostSource:
 
     def close(self) -> None:
         self._proc = None
-        for f in (self._cpu_file, self._proc_file, self._meminfo_file):
+        self._close_proc_files()
+        for f in (self._cpu_file, self._meminfo_file, self._net_file, self._disk_file):
             if f is not None:
                 f.close()
-        self._cpu_file = self._proc_file = self._meminfo_file = None
+        self._cpu_file = self._meminfo_file = self._net_file = self._disk_file = None
+
+    def _close_proc_files(self) -> None:
+        for f in (self._proc_file, self._proc_status_file):
+            if f is not None:
+                f.close()
+        self._proc_file = self._proc_status_file = None
 
     def _read_cpu(self) -> list[tuple[float, float]]:
         """Per-core (busy, total) CPU times: one pread of /proc/stat, or psutil without /proc."""
@@ -208,7 +280,8 @@ class HostSource:
         ``OSError`` or ``psutil.Error`` when the process is gone."""
         if self._proc_file is None:
             return self._proc.cpu_percent()
-        cpu_s = proc_cpu_seconds(self._proc_file.read())
+        self._proc_stat = data = self._proc_file.read()
+        cpu_s = proc_cpu_seconds(data)
         now = time.monotonic()
         last, self._last_proc_cpu = self._last_proc_cpu, (now, cpu_s)
         if last is None or now <= last[0]:
@@ -223,14 +296,9 @@ class HostSource:
     def sample_host(self) -> HostSample:
         """CPU every call; load, memory, swap, network and disk every ``slow_interval_s``
         (carried over in between and listed in ``stale``)."""
-        h = HostSample()
         now_cpu = self._read_cpu()
         per_core = busy_ratios(self._last_cpu, now_cpu) if self._last_cpu else []
         self._last_cpu = now_cpu
-        if per_core:
-            h.cpu_util_per_core = per_core
-            h.cpu_util_ratio = sum(per_core) / len(per_core)
-            h.cpu_util_max_core_ratio = max(per_core)
         now = self._clock()
         if self._slow is None or now >= self._slow_due:
             self._slow_due = now + self.slow_interval_s
@@ -238,10 +306,9 @@ class HostSource:
             stale: frozenset[str] = frozenset()
         else:
             stale = SLOW_HOST_FIELDS
-        for name in SLOW_HOST_FIELDS:
-            setattr(h, name, getattr(self._slow, name))
-        h.stale = stale
-        return h
+        if not per_core:
+            return HostSample(None, [], None, *_slow_values(self._slow), stale)
+        return HostSample(sum(per_core) / len(per_core), per_core, max(per_core), *_slow_values(self._slow), stale)
 
     def _read_meminfo(self) -> tuple[int, int, int, int] | None:
         """MemTotal, MemAvailable, SwapTotal, SwapFree in bytes from one pread of
@@ -273,17 +340,37 @@ class HostSource:
         h.host_mem_used_bytes = float(total - available)
         h.host_swap_total_bytes = float(swap_total)
         h.host_swap_used_bytes = float(swap_total - swap_free)
+        h.net = self._read_net()
+        h.disk = self._read_disk()
+        return h
+
+    def _read_net(self) -> dict[str, NetCounters]:
+        """Per-interface counters: one pread of /proc/net/dev, or psutil without it."""
+        if self._net_file is not None:
+            try:
+                return net_dev_counters(self._net_file.read())
+            except (OSError, ValueError, IndexError, UnicodeDecodeError):
+                self._net_file.close()
+                self._net_file = None
         nics = psutil.net_io_counters(pernic=True) or {}
-        h.net = {
+        return {
             name: NetCounters(float(c.bytes_recv), float(c.bytes_sent), float(c.packets_recv), float(c.packets_sent))
             for name, c in nics.items()
         }
+
+    def _read_disk(self) -> dict[str, DiskCounters]:
+        """Per-device counters: one pread of /proc/diskstats, or psutil without it."""
+        if self._disk_file is not None:
+            try:
+                return diskstats_counters(self._disk_file.read())
+            except (OSError, ValueError, IndexError, UnicodeDecodeError):
+                self._disk_file.close()
+                self._disk_file = None
         try:
             disks = psutil.disk_io_counters(perdisk=True, nowrap=True) or {}
         except (OSError, RuntimeError):
             disks = {}
-        h.disk = {name: DiskCounters(float(c.read_bytes), float(c.write_bytes)) for name, c in disks.items()}
-        return h
+        return {name: DiskCounters(float(c.read_bytes), float(c.write_bytes)) for name, c in disks.items()}
 
     def sample_proc(self) -> ProcSample | None:
         """CPU every call; threads, RSS and context switches every ``slow_interval_s``."""
@@ -294,26 +381,28 @@ class HostSource:
         try:
             cpu = self._proc_cpu_percent()
             if slow:
-                with p.oneshot():
-                    ctx = p.num_ctx_switches()
-                    self._proc_slow = (float(p.num_threads()), float(p.memory_info().rss), ctx)
+                self._proc_slow = self._read_proc_slow(p)
                 self._proc_slow_due = self._clock() + self.slow_interval_s
         except (psutil.Error, OSError) as exc:
             if not self._proc_gone:
                 log.warning("watched pid %s is gone (%s); process metrics stop", self.watch_pid, exc)
             self._proc_gone = True
             self._proc = None
-            if self._proc_file is not None:
-                self._proc_file.close()
-                self._proc_file = None
+            self._close_proc_files()
             return None
-        threads, rss, ctx = self._proc_slow
-        return ProcSample(
-            pid=p.pid,
-            cpu_ratio=cpu / 100.0,
-            num_threads=threads,
-            rss_bytes=rss,
-            ctx_switches_voluntary=float(ctx.voluntary),
-            ctx_switches_involuntary=float(ctx.involuntary),
-            stale=frozenset() if slow else SLOW_PROC_FIELDS,
-        )
+        return ProcSample(p.pid, cpu / 100.0, *self._proc_slow, frozenset() if slow else SLOW_PROC_FIELDS)
+
+    def _read_proc_slow(self, p: psutil.Process) -> tuple[float, float, float, float]:
+        """Threads, RSS, voluntary and involuntary context switches: from this tick's
+        /proc/<pid>/stat and one pread of /proc/<pid>/status, or psutil without them."""
+        if self._proc_file is not None and self._proc_status_file is not None:
+            try:
+                threads, rss = proc_threads_rss(self._proc_stat)
+                vol, invol = proc_ctx_switches(self._proc_status_file.read())
+                return float(threads), float(rss), float(vol), float(invol)
+            except (ValueError, IndexError):
+                self._proc_status_file.close()
+                self._proc_status_file = None
+        with p.oneshot():
+            ctx = p.num_ctx_switches()
+            return float(p.num_threads()), float(p.memory_info().rss), float(ctx.voluntary), float(ctx.involuntary)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import psutil
+import pytest
 
 from bottleneck_map.agent.host import HostSource
 from bottleneck_map.agent.sample import Sample
@@ -174,3 +175,57 @@ def test_meminfo_fields_match_psutil():
     assert h.host_mem_total_bytes == vm.total and h.host_swap_total_bytes == sw.total
     assert abs(h.host_mem_available_bytes - vm.available) < 0.05 * vm.total  # read a moment apart
     src.close()
+
+
+DISKSTATS = b"""   8       0 sda 100 5 2000 30 50 4 800 20 0 40 50 0 0 0 0 0 0
+   8       1 sda1 10 400 20 160
+   3     0   8 hda 1 9 8 6 2 11 8 8 8 8 8
+ 259       0 nvme0n1 1 2 3 4 5 6 7 8 9 10 11
+   1       2 odd 1 2
+"""
+
+
+def test_diskstats_line_formats_as_psutil_reads_them():
+    from bottleneck_map.agent.host import diskstats_counters
+
+    d = diskstats_counters(DISKSTATS)
+    assert set(d) == {"sda", "sda1", "hda", "nvme0n1"}  # a line in no known format is skipped
+    assert (d["sda"].read_bytes, d["sda"].write_bytes) == (2000 * 512, 800 * 512)  # 2.6+ disk, 4.18+ fields
+    assert (d["sda1"].read_bytes, d["sda1"].write_bytes) == (400 * 512, 160 * 512)  # 2.6 partition
+    assert (d["hda"].read_bytes, d["hda"].write_bytes) == (9 * 512, 11 * 512)  # 2.4
+    assert (d["nvme0n1"].read_bytes, d["nvme0n1"].write_bytes) == (3 * 512, 7 * 512)  # 2.6+ disk
+
+
+def test_net_disk_and_process_reads_agree_with_psutil_on_this_machine():
+    from bottleneck_map.agent.host import (
+        ProcStatFile,
+        diskstats_counters,
+        net_dev_counters,
+        proc_ctx_switches,
+        proc_threads_rss,
+    )
+
+    net = net_dev_counters(ProcStatFile("/proc/net/dev").read())
+    nics = psutil.net_io_counters(pernic=True)
+    assert set(net) == set(nics)
+    assert abs(net["lo"].rx_bytes - nics["lo"].bytes_recv) < 10_000_000 and net["lo"].rx_packets > 0
+    assert net["lo"].tx_packets == pytest.approx(nics["lo"].packets_sent, abs=10_000)
+    disk = diskstats_counters(ProcStatFile("/proc/diskstats").read())
+    theirs = psutil.disk_io_counters(perdisk=True)
+    assert set(disk) == set(theirs)
+    for name, c in theirs.items():
+        assert abs(disk[name].read_bytes - c.read_bytes) < 64 * 1024 * 1024, name  # read a moment apart
+    me = psutil.Process()
+    with me.oneshot():
+        threads, rss, ctx = me.num_threads(), me.memory_info().rss, me.num_ctx_switches()
+    ours_threads, ours_rss = proc_threads_rss(ProcStatFile(f"/proc/{os.getpid()}/stat").read())
+    assert ours_threads == threads and abs(ours_rss - rss) < 4 * 1024 * 1024
+    vol, invol = proc_ctx_switches(ProcStatFile(f"/proc/{os.getpid()}/status").read())
+    assert ctx.voluntary <= vol < ctx.voluntary + 1000 and ctx.involuntary <= invol < ctx.involuntary + 1000
+
+
+def test_process_threads_and_rss_with_a_command_name_holding_parentheses():
+    from bottleneck_map.agent.host import PAGE_SIZE, proc_threads_rss
+
+    line = b"42 (my (odd) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 100 4096 25 18446744073709551615"
+    assert proc_threads_rss(line) == (3, 25 * PAGE_SIZE)
