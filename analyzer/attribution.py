@@ -145,24 +145,29 @@ class Timeline:
         y[0::2] = c - v
         return y
 
-    def at(self, t: np.ndarray) -> dict[str, np.ndarray]:
-        """Every cumulative column evaluated at times ``t`` (one search, linear interpolation)."""
+    def at(self, t: np.ndarray, cols: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """The cumulative columns (all, or ``cols``) at times ``t`` (one search, linear interpolation)."""
+        keys = tuple(self.cum) if cols is None else cols
         if not len(self.x):
-            return {k: np.zeros(len(t)) for k in self.cum}
+            return {k: np.zeros(len(t)) for k in keys}
         x = self.x
         i = (
             np.clip(np.searchsorted(x, t, side="right") - 1, 0, len(x) - 2)
             if len(x) > 1
             else np.zeros(len(t), np.int64)
         )
-        x0, x1 = x[i], x[np.minimum(i + 1, len(x) - 1)]
-        span = x1 - x0
+        i1 = np.minimum(i + 1, len(x) - 1)
+        x0 = x[i]
+        span = x[i1] - x0
         f = np.where(span > 0, np.clip((t - x0) / np.where(span > 0, span, 1), 0, 1), 1.0)
-        f = np.where(t < x[0], 0.0, f)
+        # Before the first step: i = 0 and f = 0 give every column's first point, 0.
+        f[t < x[0]] = 0.0
         out = {}
-        for k, y in self.cum.items():
-            v = y[i] + f * (y[np.minimum(i + 1, len(y) - 1)] - y[i])
-            out[k] = np.where(t < x[0], 0.0, v)
+        for k in keys:
+            y = self.cum[k]
+            v = y[i]
+            v += f * (y[i1] - v)
+            out[k] = v
         return out
 
     def between(self, col: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -217,7 +222,10 @@ def _attribute(  # noqa: C901
     t3 = t2 + stages["queue"].to_numpy()
     t4 = stages["first_token_ns"].to_numpy()
     t5 = stages["end_ns"].to_numpy() - stages["streaming"].to_numpy()
-    at = {k: tl.at(v) for k, v in (("t2", t2), ("t3", t3), ("t4", t4), ("t5", t5))}
+    # Each bound gets the cumulative columns its intervals need.
+    classes = ("dur", *_STEP_CLASSES)
+    at = {"t2": tl.at(t2, ("dur", "kv_blocked")), "t3": tl.at(t3, (*classes, "kv_blocked"))}
+    at.update(t4=tl.at(t4, classes), t5=tl.at(t5, classes))
 
     def between(col: str, a: str, b: str) -> np.ndarray:
         return np.clip(at[b][col] - at[a][col], 0, None)

@@ -33,6 +33,12 @@ HEAVY_COLUMNS = {
     "steps": ("request_ids", "query_lens", "context_lens", "is_prefill"),
     "samples": (),
 }
+# Columns of the requests table that no analysis reads (left out of ``Tables.lean``).
+UNUSED_COLUMNS = {"requests": ("trace_id", "max_tokens", "recomputed_tokens", "swapped_bytes", "queued_ns")}
+
+
+# Rows of a segment read at once by ``Tables.chunks`` (larger segments are read in batches).
+READ_ROWS = 65_536
 
 
 class Tables:
@@ -102,9 +108,9 @@ class Tables:
         return self._full[name]
 
     def lean(self, name: str) -> pa.Table:
-        """The table without its :data:`HEAVY_COLUMNS` (read once, then kept)."""
+        """The table without its :data:`HEAVY_COLUMNS` and :data:`UNUSED_COLUMNS` (read once, then kept)."""
         if name not in self._lean:
-            heavy = HEAVY_COLUMNS[name]
+            heavy = HEAVY_COLUMNS[name] + UNUSED_COLUMNS.get(name, ())
             if name in self._full:
                 full = self._full[name]
                 self._lean[name] = full.drop_columns([c for c in heavy if c in full.column_names])
@@ -124,21 +130,29 @@ class Tables:
                 yield t.slice(start, rows)
             return
         dictionary = [c for c in DICTIONARY_COLUMNS.get(name, ()) if c in columns]
-        pieces = self.bundle.iter_table(name, columns, dictionary, batch_rows=rows, segments=self._segs(name))
+        # Segments are read whole (much faster than small batches) unless they are large, and
+        # handed out in slices of ``rows``.
+        read_rows = max(rows, READ_ROWS)
+        pieces = self.bundle.iter_table(name, columns, dictionary, batch_rows=read_rows, segments=self._segs(name))
         pending: list[pa.Table] = []
         n = 0
-        pool = pa.default_memory_pool()
         try:
             for piece in pieces:
                 pending.append(piece)
                 n += piece.num_rows
-                if n >= rows:
-                    yield pa.concat_tables(pending) if len(pending) > 1 else pending[0]
-                    pending, n = [], 0
-                    # Hand the pages of the chunks read so far back (the allocator would keep them
-                    # cached, and the resident size would grow by about a chunk per chunk).
-                    pool.release_unused()
-                    release_freed()
+                if n < rows:
+                    continue
+                whole = pa.concat_tables(pending) if len(pending) > 1 else pending[0]
+                pending, n = [], 0
+                full = whole.num_rows - whole.num_rows % rows
+                for start in range(0, full, rows):
+                    yield whole.slice(start, rows)
+                if full < whole.num_rows:
+                    pending, n = [whole.slice(full)], whole.num_rows - full
+                del whole
+                # Hand the pages of the pieces read so far back (the allocator would keep them
+                # cached, and the resident size would grow by about a piece per piece).
+                release()
         except (pa.ArrowInvalid, OSError) as exc:
             raise BundleError(f"{self.path}: cannot read ({exc})") from exc
         if pending:

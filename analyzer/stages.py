@@ -160,8 +160,8 @@ def _request_rows(
         if k is None:
             valid = c.indices.is_valid().to_numpy(zero_copy_only=False)
             codes.append(np.where(valid, pc.fill_null(c.indices, 0).to_numpy().astype(np.int64) + start, null_row))
-        else:
-            codes.append(k.astype(np.int64) + start)
+        else:  # int32 codes index as they are (one chunk) or shifted
+            codes.append(k + np.int32(start) if start else k)
         start += len(d)
     code = np.concatenate(codes) if len(codes) > 1 else codes[0]
     rows = np.full(null_row + 1, -1, np.int64)
@@ -240,10 +240,11 @@ class RequestSums:
         self.rows += len(req)
         lo = int(req.min())
         width = int(req.max()) - lo + 1
+        rel = req - lo if lo else req  # rows of the chunk's request range
 
         def add(acc: np.ndarray, r: np.ndarray, w: np.ndarray | None = None) -> None:
             if len(r):
-                acc[lo : lo + width] += np.bincount(r - lo, weights=w, minlength=width)[:width]
+                acc[lo : lo + width] += np.bincount(r, weights=w, minlength=width)[:width]
 
         fwd = fwd_step[st]
         # A step belongs to the prefill phase when it started before the request's first token
@@ -251,15 +252,16 @@ class RequestSums:
         # The mask is computed once per row; the rows it selects are a few per request.
         prefill_phase = s_start[st] < first_token_ns[req]
         pre = np.flatnonzero(prefill_phase)
-        add(self.comp_all, req, fwd)
-        add(self.comp_pre, req[pre], fwd[pre])
+        add(self.comp_all, rel, fwd)
+        add(self.comp_pre, rel[pre], fwd[pre])
         pf = np.flatnonzero(mem.is_prefill)
-        add(self.recomp, req[pf[~prefill_phase[pf]]], fwd[pf[~prefill_phase[pf]]])  # prefill after t4
+        rc = pf[~prefill_phase[pf]]  # prefill rows after the first token
+        add(self.recomp, rel[rc], fwd[rc])
         if sw_step is not None:
             sw = sw_step[st]
-            add(self.swap_all, req, sw)
-            add(self.swap_pre, req[pre], sw[pre])
-        add(self.steps_in, req)
+            add(self.swap_all, rel, sw)
+            add(self.swap_pre, rel[pre], sw[pre])
+        add(self.steps_in, rel)
 
 
 def step_times(steps: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -6,10 +6,14 @@ layout), then, each in a fresh subprocess so peak RSS is per measurement:
 * baseline: ``read_bundle(path).table(...)`` for requests, steps and samples (reading the Parquet);
 * ours: ``analyze(path)`` (which includes the same read).
 
-Prints wall and CPU time (user+sys: less sensitive to other load on a shared machine), peak RSS,
-bundle size on disk and the ratios the analyzer issue sets: analysis <= 2x read time, peak memory
-<= 3x bundle size on disk, linear from 100k to 1M. The fastest of ``--repeat`` runs (by CPU time)
-is kept; imports happen before either clock starts.
+Prints wall and CPU time (user+sys: less sensitive to other load on a shared machine), peak RSS
+(the process's own ``VmHWM``: total, and the interpreter with its imports, ``base``, to subtract),
+bundle size on disk, how much larger the tables are in memory as Arrow (``arrow/disk``: the
+bundle's compression ratio) and the ratios the analyzer issue sets: analysis <= 2x read time,
+peak memory <= 3x bundle size on disk (``ana/disk`` total, ``net/disk`` less the interpreter),
+linear from 100k to 1M. The fastest of ``--repeat`` runs (by CPU time) is kept; imports happen
+before either clock starts. Bundles are generated in a subprocess. ``--phases`` adds where the
+analysis of the largest size spends CPU and memory.
 
     python benchmarks/bench_analyzer_scale.py --sizes 100000 300000 1000000
 """
@@ -187,26 +191,79 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
 _CHILD = r"""
 import json, resource, sys, time
 import bottleneck_map.analyzer, bottleneck_map.bundle  # imports are not part of either measurement
-mode, path = sys.argv[1], sys.argv[2]
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+mode, path, chunk = sys.argv[1], sys.argv[2], int(sys.argv[3])
 def cpu():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+base = status("VmRSS:")  # the interpreter with its imports
 t, c = time.perf_counter(), cpu()
 if mode == "read":
     b = bottleneck_map.bundle.read_bundle(path)
-    rows = {n: b.table(n).num_rows for n in ("requests", "steps", "samples")}
+    tables = {n: b.table(n) for n in ("requests", "steps", "samples")}
+    rows = {n: t.num_rows for n, t in tables.items()}
+    arrow_bytes = sum(t.nbytes for t in tables.values())
     top = None
 else:
-    m = bottleneck_map.analyzer.analyze(path)
-    rows, top = None, m.top.cls
+    m = bottleneck_map.analyzer.analyze(path, chunk_rows=chunk or None)
+    rows, top, arrow_bytes = None, m.top.cls, None
 wall, cpu_s = time.perf_counter() - t, cpu() - c
-print(json.dumps({"wall_s": wall, "cpu_s": cpu_s, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "rows": rows, "top": top}))
+# VmHWM is this process's own peak (ru_maxrss can carry over the parent's peak across fork + exec).
+print(json.dumps({"wall_s": wall, "cpu_s": cpu_s, "peak_rss_bytes": status("VmHWM:"), "base_rss_bytes": base,
+                  "rows": rows, "top": top, "arrow_bytes": arrow_bytes}))
 """
 
-_BASE_RSS = r"""
-import json, resource
-import bottleneck_map.analyzer, bottleneck_map.bundle
-print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+_GENERATE = r"""
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+import bench_analyzer_scale
+bench_analyzer_scale.generate(Path(sys.argv[1]), int(sys.argv[2]))
+"""
+
+# Where the analysis spends CPU and memory: the main functions of analyze_full wrapped, each
+# reporting its CPU time, the resident size when it starts, its peak (sampled every 2 ms) and
+# when it returns. The instrumentation itself costs a little CPU.
+_PHASES = r"""
+import functools, sys, threading, time
+from bottleneck_map.analyzer import api, attribution, latency, roofline, stages, steprows, windows
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+peak, rows, depth, stop = [0.0], [], [0], []
+def sample():
+    while not stop:
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.002)
+threading.Thread(target=sample, daemon=True).start()
+def wrap(mod, name):
+    f = getattr(mod, name)
+    @functools.wraps(f)
+    def g(*a, **k):
+        depth[0] += 1
+        r0, c0 = rss(), time.process_time()
+        peak[0] = r0
+        try:
+            return f(*a, **k)
+        finally:
+            depth[0] -= 1
+            rows.append((depth[0], f"{mod.__name__.rsplit('.', 1)[-1]}.{name}", time.process_time() - c0, r0, peak[0], rss()))
+    setattr(mod, name, g)
+for mod, name in [(api, "load"), (stages, "lifecycle"), (steprows, "reduce_steps"), (roofline, "step_roofline"),
+                  (attribution, "step_breakdown"), (stages, "request_stages"), (latency, "request_metrics"),
+                  (api, "_token_pass"), (steprows, "own_step_sums"), (attribution, "attribute"), (windows, "window_timeline"),
+                  (latency, "latency_summaries"), (api, "_signals"), (api, "_stage_stats"), (api, "_worst")]:
+    wrap(mod, name)
+base = rss()
+c0 = time.process_time()
+api.analyze(sys.argv[1])
+stop.append(1)
+print(f"  phases of analyze ({time.process_time() - c0:.2f} s CPU with the instrumentation; interpreter + imports {base:.0f} MiB):")
+print(f"  {'phase':34s} {'CPU s':>6s} {'RSS MiB at start':>16s} {'peak':>6s} {'at end':>6s}")
+for d, n, c, r0, pk, r1 in rows:
+    print(f"  {'  ' * d + n:34s} {c:6.2f} {r0:16.0f} {pk:6.0f} {r1:6.0f}")
 """
 
 
@@ -224,32 +281,46 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000])
     ap.add_argument("--repeat", type=int, default=2, help="runs per measurement; the fastest is kept")
     ap.add_argument("--keep", type=Path, default=None, help="write bundles here instead of a temp dir")
+    ap.add_argument("--chunk-rows", type=int, default=0, help="analyze(chunk_rows=...); 0: the default")
+    ap.add_argument("--phases", action="store_true", help="also print where the analysis of the largest size goes")
     args = ap.parse_args()
-    base_rss = _run([_BASE_RSS])["peak_rss_bytes"]
-    print(f"interpreter + imports peak RSS: {base_rss / 2**20:.0f} MiB (subtracted below as 'net')")
     print(
-        f"{'requests':>9} {'steps':>9} {'disk MiB':>8} {'read s':>7} {'analyze s':>9} {'x wall':>6} "
-        f"{'read cpu':>8} {'ana cpu':>8} {'x cpu':>6} {'read MiB':>8} {'ana MiB':>8} {'x mem':>6} {'net/disk':>8} {'cpu s/100k':>10}"
+        f"{'requests':>9} {'steps':>9} {'disk MiB':>8} {'arrow/disk':>10} {'read s':>7} {'analyze s':>9} {'x wall':>6} "
+        f"{'read cpu':>8} {'ana cpu':>8} {'x cpu':>6} {'read MiB':>8} {'ana MiB':>8} {'base MiB':>8} "
+        f"{'ana/disk':>8} {'net/disk':>8} {'cpu s/100k':>10}"
     )
     root = args.keep or Path(tempfile.mkdtemp(prefix="bmap-scale-"))
+    here = str(Path(__file__).resolve().parent)
     try:
         for n in args.sizes:
             path = root / f"scale-{n}"
             if not (path / "meta.json").exists():
                 t = time.perf_counter()
-                generate(path, n)
+                subprocess.run([sys.executable, "-c", _GENERATE, str(path), str(n), here], check=True)
                 print(f"  (generated {n:,} requests in {time.perf_counter() - t:.1f} s)", file=sys.stderr)
             size = du(path)
-            read = min((_run([_CHILD, "read", str(path)]) for _ in range(args.repeat)), key=lambda r: r["cpu_s"])
-            ana = min((_run([_CHILD, "analyze", str(path)]) for _ in range(args.repeat)), key=lambda r: r["cpu_s"])
-            net = ana["peak_rss_bytes"] - base_rss
+            chunk = str(args.chunk_rows)
+            read = min((_run([_CHILD, "read", str(path), chunk]) for _ in range(args.repeat)), key=lambda r: r["cpu_s"])
+            ana = min(
+                (_run([_CHILD, "analyze", str(path), chunk]) for _ in range(args.repeat)), key=lambda r: r["cpu_s"]
+            )
+            peak, base = ana["peak_rss_bytes"], ana["base_rss_bytes"]
             print(
-                f"{n:>9,} {read['rows']['steps']:>9,} {size / 2**20:>8.1f} {read['wall_s']:>7.2f} {ana['wall_s']:>9.2f} "
-                f"{ana['wall_s'] / read['wall_s']:>6.2f} {read['cpu_s']:>8.2f} {ana['cpu_s']:>8.2f} {ana['cpu_s'] / read['cpu_s']:>6.2f} "
-                f"{read['peak_rss_bytes'] / 2**20:>8.0f} {ana['peak_rss_bytes'] / 2**20:>8.0f} "
-                f"{ana['peak_rss_bytes'] / read['peak_rss_bytes']:>6.2f} {net / size:>8.1f} {ana['cpu_s'] / n * 1e5:>10.2f}",
+                f"{n:>9,} {read['rows']['steps']:>9,} {size / 2**20:>8.1f} {read['arrow_bytes'] / size:>10.1f} "
+                f"{read['wall_s']:>7.2f} {ana['wall_s']:>9.2f} {ana['wall_s'] / read['wall_s']:>6.2f} "
+                f"{read['cpu_s']:>8.2f} {ana['cpu_s']:>8.2f} {ana['cpu_s'] / read['cpu_s']:>6.2f} "
+                f"{read['peak_rss_bytes'] / 2**20:>8.0f} {peak / 2**20:>8.0f} {base / 2**20:>8.0f} "
+                f"{peak / size:>8.1f} {(peak - base) / size:>8.1f} {ana['cpu_s'] / n * 1e5:>10.2f}",
                 flush=True,
             )
+        if args.phases:
+            out = subprocess.run(
+                [sys.executable, "-c", _PHASES, str(root / f"scale-{args.sizes[-1]}")],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            print(out, end="")
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
