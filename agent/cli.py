@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 BASIC_AUTH_ENV = "BMAP_AGENT_BASIC_AUTH"
-FLUSH_INTERVAL_S = 5.0  # bundle segments: a crash loses at most the last 5 s of samples
+FLUSH_INTERVAL_S = 10.0  # bundle segments: a crash loses at most the last 10 s of samples
 # the sampler thread writes the segments itself, right after a tick, every FLUSH_INTERVAL_S; the
 # writer's own flusher thread (BundleWriter always runs one) finds nothing buffered, so its timer is
 # set long enough that it never wakes up during a run

@@ -67,7 +67,7 @@ class _Device:
     name: str | None = None
     pci_bus_id: str | None = None
     unsupported: set[str] = field(default_factory=set)
-    static: dict[str, float | None] = field(default_factory=dict)
+    max_clocks: tuple[float | None, float | None] = (None, None)  # SM and memory, Hz: read once
     gpm: GpmReader | None = None
     proc_util_ts_us: int = 0
     slow: dict[str, float | None] = field(default_factory=dict)
@@ -204,9 +204,9 @@ class NvmlSource:
         dev.uuid = self._query(dev, "uuid", _text_of(n.nvmlDeviceGetUUID))
         dev.name = self._query(dev, "name", _text_of(n.nvmlDeviceGetName))
         dev.pci_bus_id = self._query(dev, "pci", lambda h: _text(n.nvmlDeviceGetPciInfo(h).busId))
-        dev.static["sm_clock_max_hz"] = self._scaled(dev, "sm_max", n.nvmlDeviceGetMaxClockInfo, MHZ, n.NVML_CLOCK_SM)
-        dev.static["mem_clock_max_hz"] = self._scaled(
-            dev, "mem_max", n.nvmlDeviceGetMaxClockInfo, MHZ, n.NVML_CLOCK_MEM
+        dev.max_clocks = (
+            self._scaled(dev, "sm_max", n.nvmlDeviceGetMaxClockInfo, MHZ, n.NVML_CLOCK_SM),
+            self._scaled(dev, "mem_max", n.nvmlDeviceGetMaxClockInfo, MHZ, n.NVML_CLOCK_MEM),
         )
         dev.plan = (
             ("pcie_tx", n.nvmlDeviceGetPcieThroughput, n.NVML_PCIE_UTIL_TX_BYTES, "pcie_tx_bytes_per_s", KB),
@@ -336,19 +336,27 @@ class NvmlSource:
 
     def _sample_device(self, dev: _Device) -> GpuSample:
         n = self._nvml
-        q = self._query
         h = dev.handle
         g = GpuSample(dev.index, dev.uuid, dev.name, dev.pci_bus_id)
-        util = q(dev, "utilization", n.nvmlDeviceGetUtilizationRates)
-        if util is not None:  # numeric ctypes fields: read past pynvml's attribute hooks
-            g.gpu_util_ratio = _get(util, "gpu") / 100.0
-            g.mem_util_ratio = _get(util, "memory") / 100.0
-        mem = q(dev, "memory", n.nvmlDeviceGetMemoryInfo)
-        if mem is not None:
-            g.gpu_mem_used_bytes = float(_get(mem, "used"))
-            g.gpu_mem_free_bytes = float(_get(mem, "free"))
-            g.gpu_mem_total_bytes = float(_get(mem, "total"))
-        for key, fn, arg, attr, scale in dev.plan:  # each query on its own, as _query does
+        unsupported = dev.unsupported
+        if "utilization" not in unsupported:  # each query on its own, as _query does, without its call
+            try:
+                util = n.nvmlDeviceGetUtilizationRates(h)
+            except Exception as exc:
+                self._failed(dev, "utilization", exc)
+            else:  # numeric ctypes fields: read past pynvml's attribute hooks
+                g.gpu_util_ratio = _get(util, "gpu") / 100.0
+                g.mem_util_ratio = _get(util, "memory") / 100.0
+        if "memory" not in unsupported:
+            try:
+                mem = n.nvmlDeviceGetMemoryInfo(h)
+            except Exception as exc:
+                self._failed(dev, "memory", exc)
+            else:
+                g.gpu_mem_used_bytes = float(_get(mem, "used"))
+                g.gpu_mem_free_bytes = float(_get(mem, "free"))
+                g.gpu_mem_total_bytes = float(_get(mem, "total"))
+        for key, fn, arg, attr, scale in dev.plan:
             try:
                 value = fn(h) if arg is None else fn(h, arg)
             except Exception as exc:
@@ -356,10 +364,14 @@ class NvmlSource:
                 continue
             if value is not None:
                 setattr(g, attr, float(value) * scale)
-        g.sm_clock_max_hz = dev.static.get("sm_clock_max_hz")
-        g.mem_clock_max_hz = dev.static.get("mem_clock_max_hz")
-        reasons = q(dev, "clock_events", n.nvmlDeviceGetCurrentClocksEventReasons)
-        g.clock_event_reasons = None if reasons is None else int(reasons)
+        if "clock_events" not in unsupported:
+            try:
+                reasons = n.nvmlDeviceGetCurrentClocksEventReasons(h)
+            except Exception as exc:
+                self._failed(dev, "clock_events", exc)
+            else:
+                g.clock_event_reasons = None if reasons is None else int(reasons)
+        g.sm_clock_max_hz, g.mem_clock_max_hz = dev.max_clocks
         now = self._clock()
         if now >= dev.slow_due:
             dev.slow_due = now + self.slow_interval_s

@@ -89,7 +89,7 @@ class FakeNvml:
         self.clock_ns = clock_ns
         self.init_errors: list[int] = []  # codes raised by successive nvmlInit calls
         self.initialised = False
-        self.calls: Counter[str] = Counter()
+        self._calls: Counter[str] = Counter()  # calls not (yet) tied to a GPU; see ``calls``
         self.calls_by_gpu: Counter[tuple[int, str]] = Counter()
         self.gpm_samples: dict[int, tuple[int, int]] = {}  # sample address -> (gpu index, t_ns)
         self.gpm_sample_log: list[tuple[int, int, int]] = []  # (gpu index, sample address, t_ns)
@@ -105,35 +105,45 @@ class FakeNvml:
         self.module = self._build_module()
 
     # -- plumbing ----------------------------------------------------------------
+    @property
+    def calls(self) -> Counter[str]:
+        """Calls per function name, all GPUs together (a fresh Counter on every read)."""
+        out = Counter(self._calls)
+        for (_, fn), n in self.calls_by_gpu.items():
+            out[fn] += n
+        return out
+
     @staticmethod
     def error(code: int) -> real.NVMLError:
         return real.NVMLError(code)  # maps to the right NVMLError_* subclass, as in pynvml
 
     def _enter(self, fn: str) -> None:
-        self.calls[fn] += 1
+        self._calls[fn] += 1
         if not self.initialised:
             raise self.error(real.NVML_ERROR_UNINITIALIZED)
 
     def _gpu(self, fn: str, handle: Any) -> FakeGpu:
-        self.calls[fn] += 1
-        if not self.initialised:
-            raise self.error(real.NVML_ERROR_UNINITIALIZED)
         index = self._handle_ids.get(id(handle))
-        if index is None:  # a handle built elsewhere that points at one of ours
-            try:
+        if index is None or not self.initialised:
+            self._calls[fn] += 1
+            if not self.initialised:
+                raise self.error(real.NVML_ERROR_UNINITIALIZED)
+            try:  # a handle built elsewhere that points at one of ours
                 index = self._handles[ctypes.addressof(handle.contents)]
             except (KeyError, ValueError, AttributeError, TypeError):
                 raise self.error(real.NVML_ERROR_INVALID_ARGUMENT) from None
+            self._calls[fn] -= 1  # counted per GPU below
         self.calls_by_gpu[(index, fn)] += 1
         self._last_index = index
         gpu = self.gpus[index]
-        if gpu.lost:
-            raise self.error(real.NVML_ERROR_GPU_IS_LOST)
-        queued = gpu.fail_next.get(fn)
-        if queued:
-            raise self.error(queued.pop(0))
-        if fn in gpu.not_supported:
-            raise self.error(real.NVML_ERROR_NOT_SUPPORTED)
+        if gpu.lost or gpu.fail_next or gpu.not_supported:  # anything scripted for this GPU
+            if gpu.lost:
+                raise self.error(real.NVML_ERROR_GPU_IS_LOST)
+            queued = gpu.fail_next.get(fn)
+            if queued:
+                raise self.error(queued.pop(0))
+            if fn in gpu.not_supported:
+                raise self.error(real.NVML_ERROR_NOT_SUPPORTED)
         return gpu
 
     def _build_module(self) -> types.ModuleType:
@@ -151,7 +161,7 @@ class FakeNvml:
 
     # -- library -------------------------------------------------------------------
     def nvmlInit(self) -> None:
-        self.calls["nvmlInit"] += 1
+        self._calls["nvmlInit"] += 1
         if self.library_missing:
             raise self.error(real.NVML_ERROR_LIBRARY_NOT_FOUND)
         if self.driver_missing:
@@ -239,7 +249,11 @@ class FakeNvml:
 
     def nvmlDeviceGetClockInfo(self, handle: Any, type: int) -> int:  # noqa: A002 - pynvml's parameter name
         gpu = self._gpu("nvmlDeviceGetClockInfo", handle)
-        return {real.NVML_CLOCK_SM: gpu.sm_clock_mhz, real.NVML_CLOCK_MEM: gpu.mem_clock_mhz}[type]
+        if type == real.NVML_CLOCK_SM:
+            return gpu.sm_clock_mhz
+        if type == real.NVML_CLOCK_MEM:
+            return gpu.mem_clock_mhz
+        raise self.error(real.NVML_ERROR_INVALID_ARGUMENT)
 
     def nvmlDeviceGetMaxClockInfo(self, handle: Any, type: int) -> int:  # noqa: A002
         gpu = self._gpu("nvmlDeviceGetMaxClockInfo", handle)
@@ -364,7 +378,7 @@ def _fresh_struct(cls: type, **values: Any) -> Any:
     """A new ``cls`` structure holding ``values``, as the library returns one per call:
     copied in C from a cached image of the same values instead of set field by field
     through pynvml's Python attribute hooks."""
-    key = (cls, *values.items())
+    key = (cls, *values.values())  # one call site per class: the names come in the same order
     image = _STRUCT_IMAGES.get(key)
     if image is None:
         image = _STRUCT_IMAGES[key] = bytes(cls(**values))
