@@ -42,8 +42,9 @@ class RequestLookup:
     The ids of the requests whose lifetime (arrival -> last byte; unbounded when unfinished)
     overlaps the chunk's time span are matched against the chunk's dictionary; ids left over
     (a request outside its own bounds, or an id that no request has) are looked up among all
-    requests. A duplicated request id maps to its first row among the requests overlapping the
-    chunk (``pc.index_in`` over all ids takes the first row overall).
+    requests. A duplicated request id (two writers with counter ids in one bundle) maps to the
+    first row of that id among the requests alive in the chunk's span, not to its first row
+    in the table.
     """
 
     def __init__(self, ids: pa.Array, lo: np.ndarray, hi: np.ndarray) -> None:
