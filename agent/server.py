@@ -11,6 +11,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -122,7 +123,11 @@ class MetricsServer:
         self._httpd = make_server(host, port, app, server_class, handler_class=_QuietHandler)
         if ctx is not None:
             self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True, do_handshake_on_connect=False)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="bmap-agent-http", daemon=True)
+        # the accept loop blocks in select() without a timeout: no wake-ups while nobody scrapes
+        # (socketserver's default polls twice a second); stop() wakes it with a connection
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": None}, name="bmap-agent-http", daemon=True
+        )
 
     @property
     def host(self) -> str:
@@ -145,6 +150,23 @@ class MetricsServer:
     def stop(self) -> None:
         """Stop serving and close the socket (safe before ``start()``)."""
         if self._thread.is_alive():
-            self._httpd.shutdown()
-            self._thread.join(5)
+            # shutdown() sets the loop's stop flag and waits for it; the loop only looks at the
+            # flag when select() returns, so connect until it has (a connection that comes
+            # before the flag is served as an empty request)
+            waiter = threading.Thread(target=self._httpd.shutdown, daemon=True)
+            waiter.start()
+            deadline = time.monotonic() + 5.0
+            while waiter.is_alive() and time.monotonic() < deadline:
+                self._wake()
+                waiter.join(0.05)
+            self._thread.join(max(0.0, deadline - time.monotonic()))
         self._httpd.server_close()
+
+    def _wake(self) -> None:
+        """Open and close one connection to the listening socket."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+        try:
+            with socket.create_connection((host, self.port), timeout=1.0):
+                pass
+        except OSError:
+            pass

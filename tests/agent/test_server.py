@@ -110,3 +110,27 @@ def test_ipv6_loopback_when_available(registry):
         assert status == 200 and "bmap_host_cpu_utilization_ratio" in body
     finally:
         server.stop()
+
+
+def test_the_accept_loop_waits_without_polling_and_stops_at_once(registry, monkeypatch):
+    import socketserver
+    import time
+
+    timeouts = []
+
+    class Recording(socketserver._ServerSelector):  # the selector serve_forever builds
+        def select(self, timeout=None):
+            timeouts.append(timeout)
+            return super().select(timeout)
+
+    monkeypatch.setattr(socketserver, "_ServerSelector", Recording)
+    srv = MetricsServer(registry, port=0).start()
+    assert get(srv.url)[0] == 200
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    srv.stop()
+    assert time.monotonic() - t0 < 1.0  # woken by a connection, not by a poll timer
+    assert not srv._thread.is_alive()
+    assert timeouts and all(t is None for t in timeouts)  # select() never times out: no wake-ups while idle
+    with pytest.raises(OSError):
+        urllib.request.urlopen(srv.url, timeout=2)
