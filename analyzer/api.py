@@ -186,6 +186,7 @@ def analyze_full(
         release()
     samples = hardware.sample_frame(t.samples) if caps["samples"] else hardware.sample_frame(t.samples.slice(0, 0))
     roof = roofline.step_roofline(steps, meta.get("model"), peaks, sums=step_sums) if has_steps else pd.DataFrame()
+    release()
     throttle_loss = None
     if has_steps and not samples.empty:
         clocked = samples[samples["has_reasons"] | samples["sm_clock_ratio"].notna()]
@@ -202,6 +203,7 @@ def analyze_full(
 
     # Per-request tables.
     st = stages.request_stages(requests, sums=req_sums, life=life)
+    release()
     del life
     metrics = latency.request_metrics(requests)
     codes, classes = latency.class_codes(metrics)
@@ -217,6 +219,7 @@ def analyze_full(
     )
     del lookup
     attr = attribution.attribute(st, own, sb)
+    release()
     del own
     # Without steps, the engine's own series in the samples are the evidence for queueing vs KV blocks.
     eng_frame = engine_samples.engine_frame(t.samples) if not has_steps and caps["samples"] else None
@@ -281,7 +284,7 @@ def analyze_full(
             hit = done & (frac >= 0.2)
             v.requests_affected = int(hit.sum())
             order = np.argsort(-np.where(hit, attr[v.cls].to_numpy(), -1))[: min(5, int(hit.sum()))]
-            v.sample_request_ids = [str(x) for x in st["request_id"].to_numpy()[order]]
+            v.sample_request_ids = [str(x) for x in st["request_id"].iloc[order]]
 
     result = BottleneckMap(
         schema_version=MAP_SCHEMA_VERSION,
@@ -382,7 +385,8 @@ def _signals(
         if "model_time_s" in roof:
             fwd_t = (sb["dur"] - (sb["host_overhead"] - sb["forward_overhead"]) - sb["pcie_transfer"]).sum() / 1e9
             v["roof_efficiency"] = float(np.nansum(roof["model_time_s"]) / fwd_t) if fwd_t > 0 else None
-        lo, hi = windows.bounds(st)["t3"][done], windows.bounds(st)["t5"][done]
+        b = windows.bounds(st)
+        lo, hi = b["t3"][done], b["t5"][done]
         union = _union_length(lo, hi)
         v["idle_frac"] = max(0.0, 1 - float(dur.sum()) / union) if union > 0 else None
         so = np.nan_to_num(f64(steps, "swap_out_bytes")) + np.nan_to_num(f64(steps, "swap_in_bytes"))
