@@ -160,8 +160,8 @@ def _request_rows(
         if k is None:
             valid = c.indices.is_valid().to_numpy(zero_copy_only=False)
             codes.append(np.where(valid, pc.fill_null(c.indices, 0).to_numpy().astype(np.int64) + start, null_row))
-        else:  # int32 codes index as they are (one chunk) or shifted
-            codes.append(k + np.int32(start) if start else k)
+        else:  # numpy indexes with intp: convert once (the codes index twice below)
+            codes.append(k.astype(np.intp) + start if start else k.astype(np.intp))
         start += len(d)
     code = np.concatenate(codes) if len(codes) > 1 else codes[0]
     rows = np.full(null_row + 1, -1, np.int64)

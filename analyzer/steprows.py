@@ -51,17 +51,27 @@ class RequestLookup:
         if pa.types.is_dictionary(ids.type):
             ids = ids.dictionary_decode()
         self.ids = ids
-        self.order = np.argsort(lo, kind="stable")
-        self.lo = lo[self.order]
-        self.hi = hi[self.order]
+        # Requests by start and by end: the candidates are the smaller of "started by the chunk's
+        # end" and "ended after the chunk's start", filtered by the other bound.
+        self.by_lo = np.argsort(lo, kind="stable")
+        self.by_hi = np.argsort(hi, kind="stable")
+        self.lo, self.hi = lo, hi
+        self.lo_sorted, self.hi_sorted = lo[self.by_lo], hi[self.by_hi]
 
     def rows(self, dictionary: pa.Array, t_lo: int, t_hi: int) -> np.ndarray:
         n = len(dictionary)
         out = np.full(n, -1, np.int64)
         if not n:
             return out
-        k = int(np.searchsorted(self.lo, t_hi, side="right"))
-        cand = self.order[:k][self.hi[:k] >= t_lo]
+        k = int(np.searchsorted(self.lo_sorted, t_hi, side="right"))
+        j = int(np.searchsorted(self.hi_sorted, t_lo, side="left"))
+        if k <= len(self.hi_sorted) - j:
+            cand = self.by_lo[:k]
+            cand = cand[self.hi[cand] >= t_lo]
+        else:
+            cand = self.by_hi[j:]
+            cand = cand[self.lo[cand] <= t_hi]
+        cand = np.sort(cand)
         if len(cand):
             pos = pc.index_in(self.ids.take(pa.array(cand)), value_set=dictionary)
             hit = pos.is_valid().to_numpy(zero_copy_only=False)
