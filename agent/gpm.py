@@ -100,7 +100,7 @@ class GpmReader:
         self._prev = 0  # index of the buffer holding the latest sample
         self._prev_ns: int | None = None
         self._values: dict[str, float] = {}
-        self._req: Any = None
+        self._req: list[Any] | None = None  # the two metrics requests, by the buffer of the newer sample
         self._wanted: list[GpmMetric] = []
         self._unpack: Callable[..., tuple[Any, ...]] | None = None  # statuses and values of the request
         self._offset = 0
@@ -135,10 +135,7 @@ class GpmReader:
         if self._prev_ns is None:
             self._prev, self._prev_ns = nxt, taken_ns
             return {}
-        req = self._request()
-        # pynvml's structures override attribute access (for printing); use the plain ctypes fields
-        _set(req, "sample1", self._buffers[self._prev])
-        _set(req, "sample2", self._buffers[nxt])
+        req = self._request(nxt)  # from the other buffer's sample to this one's
         self._prev, self._prev_ns = nxt, taken_ns
         self.nvml.nvmlGpmMetricsGet(req)
         # every metric's nvmlReturn and value in one unpack of the request's bytes (no attribute access)
@@ -168,21 +165,29 @@ class GpmReader:
         """The earliest time (``clock_ns``) the next sample may be taken; None before the first."""
         return None if self._prev_ns is None else self._prev_ns + self.min_spacing_ns
 
-    def _request(self) -> Any:
-        """The metrics request, built once and rebuilt only when a metric is dropped."""
+    def _request(self, newer: int) -> Any:
+        """The metrics request from the sample in the other buffer to the one in buffer ``newer``.
+        The two requests (one per order of the buffers) are built once, and again only when
+        a metric is dropped."""
         if self._req is None:
             self._wanted = [m for m in self.metrics if m.field not in self.unsupported]
-            req = self.nvml.c_nvmlGpmMetricsGet_t()
-            req.version = self.nvml.NVML_GPM_METRICS_GET_VERSION
-            req.numMetrics = len(self._wanted)
-            for i, m in enumerate(self._wanted):
-                req.metrics[i].metricId = getattr(self.nvml, m.constant)
-            self._unpack, self._offset = _status_value_reader(type(req), len(self._wanted))
+            reqs = []
+            for new in (0, 1):
+                req = self.nvml.c_nvmlGpmMetricsGet_t()
+                req.version = self.nvml.NVML_GPM_METRICS_GET_VERSION
+                req.numMetrics = len(self._wanted)
+                for i, m in enumerate(self._wanted):
+                    req.metrics[i].metricId = getattr(self.nvml, m.constant)
+                # pynvml's structures override attribute access (for printing); set the plain ctypes fields
+                _set(req, "sample1", self._buffers[1 - new])
+                _set(req, "sample2", self._buffers[new])
+                reqs.append(req)
+            self._unpack, self._offset = _status_value_reader(type(reqs[0]), len(self._wanted))
             self._all_ok = (self._ok,) * len(self._wanted)
             self._fields = tuple(m.field for m in self._wanted)
             self._scales = tuple(m.scale for m in self._wanted)
-            self._req = req
-        return self._req
+            self._req = reqs
+        return self._req[newer]
 
     def close(self) -> None:
         """Free both sample buffers (errors ignored: the device may be gone)."""

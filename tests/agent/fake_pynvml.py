@@ -21,6 +21,7 @@ import types
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import pynvml as real
@@ -336,12 +337,12 @@ class FakeNvml:
             raise self.error(real.NVML_ERROR_GPU_IS_LOST)
         self.gpm_metrics_log.append((i1, a1, a2, t2 - t1))
         n = get(metricsGet, "numMetrics")
-        layout = _gpm_layout(n)
+        layout = _GPM_LAYOUTS.get(n) or _gpm_layout(n)
         base = ctypes.addressof(metricsGet) + _GPM_METRICS_OFFSET
         ids = layout.unpack_from(metricsGet, _GPM_METRICS_OFFSET)[0::4]  # every entry's metricId
         self.gpm_requested.extend(ids)
         values, ok = gpu.gpm_values, real.NVML_SUCCESS
-        statuses = tuple(gpu.gpm_status.get(i, ok) for i in ids)
+        statuses = tuple(map(gpu.gpm_status.get, ids, repeat(ok)))
         key = (n, ids, statuses, tuple(map(values.get, ids)))
         image = self._gpm_images.get(key)
         if image is None:  # entries as NVML fills them: the metric's status, its value when it succeeded
