@@ -126,10 +126,17 @@ class Membership:
         return cls(e.astype(np.int64), e.astype(np.int64), e.astype(bool), e, e)
 
     def known(self) -> Membership:
-        keep = self.req >= 0
-        if keep.all():
+        if not len(self.req) or self.req.min() >= 0:
             return self
+        keep = self.req >= 0
         return Membership(self.req[keep], self.step[keep], self.is_prefill[keep], self.q[keep], self.c[keep])
+
+    def prefill_rows(self) -> np.ndarray:
+        """Rows flagged prefill (computed once)."""
+        rows = self.__dict__.get("_prefill_rows")
+        if rows is None:
+            rows = self.__dict__["_prefill_rows"] = np.flatnonzero(self.is_prefill)
+        return rows
 
 
 def _request_rows(
@@ -254,7 +261,7 @@ class RequestSums:
         pre = np.flatnonzero(prefill_phase)
         add(self.comp_all, rel, fwd)
         add(self.comp_pre, rel[pre], fwd[pre])
-        pf = np.flatnonzero(mem.is_prefill)
+        pf = mem.prefill_rows()
         rc = pf[~prefill_phase[pf]]  # prefill rows after the first token
         add(self.recomp, rel[rc], fwd[rc])
         if sw_step is not None:

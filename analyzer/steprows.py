@@ -112,16 +112,23 @@ class StepSums:
 
     @classmethod
     def of(cls, mem: Membership, n: int, lists: bool = True) -> StepSums:
-        """The sums of one exploded chunk of ``n`` steps (``mem.step`` is the step's row in the chunk)."""
+        """The sums of one exploded chunk of ``n`` steps (``mem.step``: the step's row in the chunk,
+        in step order, as :func:`~bottleneck_map.analyzer.stages.step_membership` gives it)."""
         parent, qv, cv, isp = mem.step, mem.q, mem.c, mem.is_prefill
-        # One weighted pass over the rows; the corrections touch only the few rows that are
-        # prefill chunks or have a query longer than one token.
-        sum_ctx = np.bincount(parent, weights=cv, minlength=n)
-        pre = np.flatnonzero(isp)
+        # The rows are in step order: each step's rows are one run, summed in place (one pass);
+        # the corrections touch only the few rows that are prefill chunks or have a query longer
+        # than one token.
+        bounds = np.searchsorted(parent, np.arange(n + 1))
+        seqs = np.diff(bounds)
+        sum_ctx = np.zeros(n)
+        nz = np.flatnonzero(seqs)
+        if len(nz):
+            sum_ctx[nz] = np.add.reduceat(cv, bounds[nz])
+        pre = mem.prefill_rows()
         d_ctx = sum_ctx - np.bincount(parent[pre], weights=cv[pre], minlength=n)
         multi = np.flatnonzero(qv != 1)
         sum_qc = sum_ctx + np.bincount(parent[multi], weights=(qv[multi] - 1) * cv[multi], minlength=n)
-        out = cls(np.bincount(parent, minlength=n).astype(np.float64), sum_ctx, d_ctx, sum_qc)
+        out = cls(seqs.astype(np.float64), sum_ctx, d_ctx, sum_qc)
         if lists:
             d = (~isp).astype(np.float64)
             out.list_tokens = np.bincount(parent, weights=qv, minlength=n)

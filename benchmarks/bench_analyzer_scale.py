@@ -207,7 +207,7 @@ if mode == "read":
     arrow_bytes = sum(t.nbytes for t in tables.values())
     top = None
 else:
-    m = bottleneck_map.analyzer.analyze(path, chunk_rows=chunk or None)
+    m = bottleneck_map.analyzer.analyze(path, **({"chunk_rows": chunk} if chunk else {}))
     rows, top, arrow_bytes = None, m.top.cls, None
 wall, cpu_s = time.perf_counter() - t, cpu() - c
 # VmHWM is this process's own peak (ru_maxrss can carry over the parent's peak across fork + exec).
