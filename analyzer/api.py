@@ -321,6 +321,11 @@ def _p(a: np.ndarray, q: float) -> float | None:
     return float(np.percentile(a, q)) if len(a) else None
 
 
+def _done_columns(st: pd.DataFrame, done: np.ndarray) -> dict[str, np.ndarray]:
+    """The numeric columns of the completed requests (numpy; the id columns are not copied)."""
+    return {c: st[c].to_numpy()[done] for c in st.columns if c not in ("request_id", "workload_class")}
+
+
 def _union_length(a: np.ndarray, b: np.ndarray) -> float:
     if not len(a):
         return 0.0
@@ -336,7 +341,7 @@ def _signals(
     requests, steps, st, attr, share, sb, roof, points, lat_all, hw, samples, peaks, engine, done
 ) -> classify.Signals:
     v: dict[str, Any] = {}
-    d = st[done]
+    d = _done_columns(st, done)
     sec = 1e9
     for stage, key in (
         ("queue", "queue_p95_s"),
@@ -344,7 +349,7 @@ def _signals(
         ("receive", "receive_p95_s"),
         ("streaming", "streaming_p95_s"),
     ):
-        v[key] = _p(d[stage].to_numpy() / sec, 95)
+        v[key] = _p(d[stage] / sec, 95)
     v["requeue_s"] = float(d["requeue"].sum()) / sec
     v["recompute_s"] = float(d["recompute"].sum()) / sec
     v["swap_s"] = float(d["swap"].sum()) / sec
@@ -507,12 +512,12 @@ def _stage_class(stage: str, attr: pd.DataFrame, sig: classify.Signals) -> str |
 
 
 def _stage_stats(st: pd.DataFrame, attr: pd.DataFrame, sig: classify.Signals, done: np.ndarray) -> list[StageStats]:
-    d = st[done]
+    d = _done_columns(st, done)
     total = float(d["e2e_ns"].sum())
     group_of = {s: g for g, members in STAGE_GROUPS.items() for s in members}
     out = []
     for stage in STAGES:
-        v = d[stage].to_numpy().astype(float) / 1e9
+        v = d[stage].astype(float) / 1e9
         fin = v[np.isfinite(v)]
         p50, p95, p99 = (float(x) for x in np.percentile(fin, [50, 95, 99])) if len(fin) else (None, None, None)
         out.append(

@@ -295,9 +295,10 @@ def latency_summaries(
     ``itl``: the :func:`inter_token_latencies` frame, or a :class:`GapPool` by :func:`class_codes`.
     """
     duration = _duration_s(metrics)
+    codes, classes = class_codes(metrics)
+    metrics = metrics.drop(columns=["request_id", "workload_class"])  # per-class copies without the strings
     pooled = isinstance(itl, GapPool)
     out = [summarize(metrics, itl.percentiles() if pooled else itl, duration_s=duration, slo=slo)]
-    codes, classes = class_codes(metrics)
     if len(classes) > 1:
         if not pooled:
             itl_v = itl["itl_s"].to_numpy()
