@@ -1,13 +1,20 @@
 """OpenAI-compatible HTTP server over the embedded engine (``bottleneck-map serve``).
 
-Threads: uvicorn's event loop handles HTTP (parsing, tokenization in its thread
-pool, incremental detokenization, SSE writes); one engine thread steps the
-engine, so request handling never stalls a step. The engine hands each
-request's new tokens to a callback that forwards them into the request's
-asyncio queue. A streamed chunk is stamped as delivered once the ASGI server
-accepted it, and the request's record (with ``first_byte_ns``, ``last_byte_ns``
-and ``delivered_ns``) is written once the last chunk went out. A client that
-disconnects mid-stream aborts its request, which frees its KV blocks.
+uvicorn's event loop handles HTTP (parsing, tokenization in its thread pool,
+incremental detokenization, SSE writes). The engine runs apart from it, in one of
+two ways behind the same interface (``ServerState.loop``):
+
+- :class:`~bottleneck_map.embedded_engine.server_process.EngineProcess` (the
+  default): the engine core in its own process, talking over a pipe, so the HTTP
+  event loop never waits for the engine loop's GIL;
+- :class:`EngineLoop`: one engine thread in this process (a model already loaded
+  here, and tests that reach into the engine).
+
+A request's arrival is stamped when the ASGI app is first called for it (uvicorn
+has parsed its headers). A streamed chunk is stamped as delivered once the ASGI
+server accepted it, and the request's record (with ``first_byte_ns``,
+``last_byte_ns`` and ``delivered_ns``) is written once the last chunk went out. A
+client that disconnects mid-stream aborts its request, which frees its KV blocks.
 
 ``GET /metrics`` serves vLLM's metric names (see :mod:`vllm_metrics`), plus the
 node agent's when it samples in-process.
@@ -38,11 +45,14 @@ from starlette.routing import Route
 from bottleneck_map.bundle import now_ns
 from bottleneck_map.embedded_engine import openai_protocol as oai
 from bottleneck_map.embedded_engine.engine import LLMEngine, RequestOutput
+from bottleneck_map.embedded_engine.inject import spin
 from bottleneck_map.embedded_engine.sequence import RequestTrace, SamplingParams
 from bottleneck_map.embedded_engine.tracing import TraceSink, request_row
 from bottleneck_map.embedded_engine.vllm_metrics import VllmMetrics
 
 log = logging.getLogger("bottleneck_map.serve")
+
+ARRIVAL_KEY = "bottleneck_map.arrival_ns"  # ASGI scope key: when the app was first called for the request
 
 
 class MetricsSink(TraceSink):
@@ -81,6 +91,8 @@ class _Stream:
 class EngineLoop:
     """Owns the engine thread; the bridge between the engine and asyncio handlers."""
 
+    metrics: VllmMetrics | None = None
+
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
         self._streams: dict[str, _Stream] = {}
@@ -97,6 +109,27 @@ class EngineLoop:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive() and self.error is None
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.config.max_model_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.model_config.vocab_size
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Nothing to attach: the engine thread posts outputs with ``call_soon_threadsafe``."""
+
+    def abort(self, request_id: str, *, stopped: bool = False) -> None:
+        self.engine.abort(request_id, stopped=stopped)
+
+    def record_delivery(self, st: _Stream, ns: int) -> None:
+        self.engine.record_delivery(st.request_id, ns)
 
     def _run(self) -> None:
         engine = self.engine
@@ -210,12 +243,13 @@ def _error(exc: oai.ApiError) -> JSONResponse:
 
 @dataclass
 class ServerState:
-    engine: LLMEngine
-    loop: EngineLoop
+    engine: LLMEngine | None  # None when the engine runs in its own process
+    loop: Any  # EngineLoop or server_process.EngineProcess
     served_model: str
     registry: CollectorRegistry
     started: float = field(default_factory=time.time)
     extra_registries: list[CollectorRegistry] = field(default_factory=list)
+    tokenize_us_per_token: float = 0.0  # fault injection: extra CPU per prompt token on the tokenizing thread
 
 
 def _sampling_params(req: oai.GenerationRequest, max_tokens: int) -> SamplingParams:
@@ -232,19 +266,26 @@ def _sampling_params(req: oai.GenerationRequest, max_tokens: int) -> SamplingPar
 
 async def _prepare(state: ServerState, req: oai.GenerationRequest, trace: RequestTrace) -> tuple[list[int], int]:
     """Tokenize (in the thread pool) and check the request against the context; returns ids and max_tokens."""
-    tok = state.engine.tokenizer
-    max_len = state.engine.config.max_model_len
-    vocab = state.engine.model_config.vocab_size
+    tok = state.loop.tokenizer
+    max_len = state.loop.max_model_len
+    vocab = state.loop.vocab_size
+    extra_us = state.tokenize_us_per_token
+
+    def encode(text: str, add_special_tokens: bool = True) -> list[int]:
+        ids = tok.encode(text, add_special_tokens)
+        spin(int(extra_us * 1000 * len(ids)))
+        return ids
+
     trace.tokenize_start_ns = now_ns()
     if req.kind == "chat":
         try:
             text = tok.apply_chat_template(req.messages or [], add_generation_prompt=True)
         except Exception as exc:  # a template that raises on these messages
             raise oai.ApiError(f"cannot apply the chat template: {exc}", param="messages") from None
-        ids = await run_in_threadpool(tok.encode, text, False)
+        ids = await run_in_threadpool(encode, text, False)
         param = "messages"
     elif req.prompt is not None:
-        ids = await run_in_threadpool(tok.encode, req.prompt)
+        ids = await run_in_threadpool(encode, req.prompt)
         param = "prompt"
     else:
         ids = list(req.prompt_token_ids or [])
@@ -269,7 +310,7 @@ def _finish_reason(out: RequestOutput, stopped: bool) -> str:
 
 
 async def _generate(state: ServerState, request: Request, kind: str) -> Response:
-    arrival = now_ns()
+    arrival = request.scope.get(ARRIVAL_KEY) or now_ns()
     try:
         doc = oai.parse_json(await request.body())
         req = (
@@ -306,7 +347,7 @@ async def _full_body(
     state: ServerState, st: _Stream, req: oai.GenerationRequest, n_prompt: int, created: int, request: Request
 ) -> Response:
     """A non-streaming answer; a client that disconnects before it is ready aborts its request."""
-    detok = state.engine.tokenizer.detokenizer()
+    detok = state.loop.tokenizer.detokenizer()
     stop = oai.StopChecker(req.stop)
     n_out, text, reason = 0, "", "stop"
     gone = asyncio.ensure_future(_disconnected(request))
@@ -325,7 +366,7 @@ async def _full_body(
             n_out += len(out.new_token_ids)
             text += stop.push("".join(detok.push(t) for t in out.new_token_ids), final=out.finished)
             if stop.stopped and not out.finished:
-                state.engine.abort(st.request_id, stopped=True)
+                state.loop.abort(st.request_id, stopped=True)
             if stop.stopped or out.finished:
                 reason = _finish_reason(out, stop.stopped)
                 break
@@ -344,8 +385,8 @@ async def _full_body(
 async def _stream_body(
     state: ServerState, st: _Stream, req: oai.GenerationRequest, n_prompt: int, created: int
 ) -> AsyncIterator[bytes]:
-    engine = state.engine
-    detok = engine.tokenizer.detokenizer()
+    core = state.loop
+    detok = core.tokenizer.detokenizer()
     stop = oai.StopChecker(req.stop)
     rid, model, chat = st.request_id, req.model, req.kind == "chat"
     n_out, sent = 0, []
@@ -364,7 +405,7 @@ async def _stream_body(
             piece = stop.push("".join(detok.push(t) for t in out.new_token_ids), final=out.finished)
             done = stop.stopped or out.finished
             if stop.stopped and not out.finished:
-                engine.abort(rid, stopped=True)
+                core.abort(rid, stopped=True)
             reason = _finish_reason(out, stop.stopped) if done else None
             if piece or done:
                 if chat:
@@ -374,7 +415,7 @@ async def _stream_body(
                 if req.continuous_usage:
                     chunk["usage"] = oai.usage(n_prompt, n_out)
                 yield oai.sse(chunk)
-                engine.record_delivery(rid)
+                core.record_delivery(st, now_ns())
                 sent.append(piece)
             if done:
                 if req.include_usage:
@@ -393,7 +434,7 @@ def build_app(state: ServerState) -> Starlette:
         return await _generate(state, request, "chat")
 
     async def models(request: Request) -> Response:
-        return JSONResponse(oai.models_body(state.served_model, state.engine.config.max_model_len, int(state.started)))
+        return JSONResponse(oai.models_body(state.served_model, state.loop.max_model_len, int(state.started)))
 
     async def health(request: Request) -> Response:
         if state.loop.alive:
@@ -421,7 +462,16 @@ def build_app(state: ServerState) -> Starlette:
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+
+    async def entry(scope, receive, send) -> None:
+        # a request arrives when uvicorn has parsed its headers and calls the app
+        if scope["type"] == "http":
+            scope[ARRIVAL_KEY] = now_ns()
+            state.loop.attach(asyncio.get_running_loop())
+        await app(scope, receive, send)
+
+    return entry
 
 
 def make_state(engine: LLMEngine, served_model: str, *, registry: CollectorRegistry | None = None) -> ServerState:
@@ -442,3 +492,21 @@ def make_state(engine: LLMEngine, served_model: str, *, registry: CollectorRegis
         engine.sink.metrics = metrics
     loop = EngineLoop(engine).start()
     return ServerState(engine, loop, served_model, registry)
+
+
+def make_process_state(proc, *, registry: CollectorRegistry | None = None) -> ServerState:
+    """vLLM metrics for an engine in its own process (``server_process.EngineProcess``): its
+    gauges read the engine state that came with the latest step, its counters and histograms
+    observe the rows the engine process sends along."""
+    disable_created_metrics()
+    registry = registry or CollectorRegistry()
+    name = proc.info.served_model_name
+    proc.metrics = VllmMetrics(
+        name,
+        max_model_len=proc.max_model_len,
+        registry=registry,
+        running=lambda: proc.state.running,
+        waiting=lambda: proc.state.waiting,
+        kv_usage=lambda: proc.state.kv_blocks_used / max(1, proc.state.num_kv_blocks),
+    )
+    return ServerState(None, proc, name, registry)

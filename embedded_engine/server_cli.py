@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,11 @@ from bottleneck_map.embedded_engine.engine_config import ConfigError, EngineConf
 
 @dataclass
 class Served:
-    """A built server: the ASGI app and what must be closed after it stops."""
+    """A built server: the ASGI app and what must be closed after it stops.
+
+    With the engine in its own process (``state.engine`` is None), ``writer`` is this
+    process's appender for the agent's samples (None without ``agent``); the engine
+    process writes ``meta.json``, requests and steps."""
 
     app: Any
     state: Any
@@ -24,11 +29,42 @@ class Served:
     sampler: Any = None
     closed: bool = field(default=False)
 
+    @property
+    def engine_process(self) -> bool:
+        return self.state.engine is None
+
+    def snapshot(self):
+        """The engine's gauges now (a ``server_process.EngineState``)."""
+        from bottleneck_map.embedded_engine.server_process import EngineState
+
+        if self.engine_process:
+            return self.state.loop.call("snapshot")
+        e = self.state.engine
+        bm = e.block_manager
+        return EngineState(
+            e.num_requests_running, e.num_requests_waiting, bm.num_used, bm.num_free, max(1, bm.num_blocks),
+            e.has_unfinished(), len(e._delivering), e.stats.num_finished, e.stats.num_steps,
+        )  # fmt: skip
+
+    def flush(self) -> None:
+        """Write the bundle rows buffered so far (in the engine process too)."""
+        if self.engine_process:
+            self.state.loop.call("flush")
+        if self.writer is not None:
+            self.writer.flush()
+
     def close(self) -> None:
         """Stop the engine loop and agent, then flush the bundle and the span exporter."""
         if self.closed:
             return
         self.closed = True
+        if self.engine_process:
+            if self.sampler is not None:
+                self.sampler.stop()
+            if self.writer is not None:
+                self.writer.close()
+            self.state.loop.stop()  # the engine process closes its bundle writer and span exporter
+            return
         self.state.loop.stop()
         if self.sampler is not None:
             self.sampler.stop()
@@ -76,22 +112,56 @@ def build_server(
     tracer_provider: Any = None,
     measure_device: bool = True,
     loaded: Any = None,
+    engine_process: bool | None = None,
+    injection: Any = None,
+    threads: int | None = None,
+    flush_interval_s: float = 2.0,
 ) -> Served:
-    """Load the model (unless ``loaded`` is given), start the engine loop, and return the
-    app (not yet listening)."""
+    """Start the engine and return the app (not yet listening).
+
+    ``engine_process`` (default: True unless ``loaded`` is given): the engine core runs
+    in its own process, which loads the model itself (see ``server_process``). Otherwise
+    the model (``loaded``, or loaded here) is stepped by a thread of this process;
+    ``tracer_provider`` is only for that case (the engine process builds its own from
+    the ``OTEL_*`` environment). ``threads``: torch intra-op threads of the engine on
+    CPU (default with its own process: the idle cores less one for the HTTP process,
+    at least one; in a thread: torch's default)."""
+    if engine_process is None:
+        engine_process = loaded is None
+    if engine_process:
+        if loaded is not None or tracer_provider is not None:
+            raise ValueError("loaded= and tracer_provider= need the engine in this process (engine_process=False)")
+        return _build_process_server(
+            model=model,
+            engine_config=engine_config,
+            served_model_name=served_model_name,
+            instance=instance,
+            bundle=bundle,
+            record_prompts=record_prompts,
+            agent=agent,
+            agent_interval=agent_interval,
+            measure_device=measure_device,
+            injection=injection,
+            threads=threads,
+            flush_interval_s=flush_interval_s,
+        )
     from bottleneck_map.bundle import BundleWriter, new_meta
     from bottleneck_map.embedded_engine.engine import LLMEngine
     from bottleneck_map.embedded_engine.loader import load_model
     from bottleneck_map.embedded_engine.server import MetricsSink, build_app, make_state
     from bottleneck_map.embedded_engine.tracing import Clock
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     loaded = loaded or load_model(
         model, device=engine_config.device, dtype=engine_config.dtype, seed=engine_config.seed
     )
     name = served_model_name or loaded.config.name
     provider = tracer_provider if tracer_provider is not None else tracer_provider_from_env(instance)
     sink = MetricsSink(None, provider, model_name=name, instance=instance, record_prompts=record_prompts)
-    engine = LLMEngine(loaded, engine_config, sink=sink)
+    engine = LLMEngine(loaded, engine_config, sink=sink, injection=injection)
     writer = None
     if bundle is not None:
         from bottleneck_map.embedded_engine.cli import device_meta
@@ -105,10 +175,14 @@ def build_server(
             workload={"description": "OpenAI-compatible API traffic", "served_model_name": name},
             capabilities={"steps": True, "samples": agent, "streaming": True},
             instance=instance,
+            serve={"engine_process": False},
+            **({"injected": injection.to_meta()} if injection is not None and injection.active else {}),
         )
-        writer = BundleWriter(bundle, meta)
+        writer = BundleWriter(bundle, meta, flush_interval_s=flush_interval_s)
         sink.writer, sink.clock = writer, Clock.from_meta(writer.meta)
     state = make_state(engine, name)
+    if injection is not None:
+        state.tokenize_us_per_token = injection.tokenize_us_per_token
     sampler = None
     if agent:
         from prometheus_client import CollectorRegistry
@@ -121,6 +195,77 @@ def build_server(
         agent_registry.register(AgentCollector(sampler))
         state.extra_registries.append(agent_registry)
     return Served(build_app(state), state, writer, provider, sampler)
+
+
+def default_engine_threads(device: str) -> int | None:
+    """Torch intra-op threads for an engine process on CPU: the idle cores (1-minute load
+    average) less one left to the HTTP process, at least one. None on GPUs (torch's default)."""
+    if device not in ("cpu", "auto"):
+        return None
+    if device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return None
+    from bottleneck_map.embedded_engine.cli import auto_threads
+
+    return max(1, auto_threads() - 1)
+
+
+def _build_process_server(
+    *,
+    model: str,
+    engine_config: EngineConfig,
+    served_model_name: str | None,
+    instance: str,
+    bundle: Path | None,
+    record_prompts: bool,
+    agent: bool,
+    agent_interval: float,
+    measure_device: bool,
+    injection: Any,
+    threads: int | None,
+    flush_interval_s: float,
+) -> Served:
+    from bottleneck_map.bundle import BundleWriter
+    from bottleneck_map.embedded_engine.server import build_app, make_process_state
+    from bottleneck_map.embedded_engine.server_process import EngineProcess, EngineSpec
+
+    spec = EngineSpec(
+        model=model,
+        engine_config=engine_config,
+        served_model_name=served_model_name,
+        instance=instance,
+        bundle=bundle,
+        record_prompts=record_prompts,
+        samples=agent,
+        measure_device=measure_device,
+        injection=injection,
+        threads=threads if threads is not None else default_engine_threads(engine_config.device),
+        flush_interval_s=flush_interval_s,
+    )
+    proc = EngineProcess(spec)
+    state = make_process_state(proc)
+    if injection is not None:
+        state.tokenize_us_per_token = injection.tokenize_us_per_token
+    writer = sampler = None
+    if agent:
+        from prometheus_client import CollectorRegistry
+
+        from bottleneck_map.agent.collector import AgentCollector
+        from bottleneck_map.agent.sampler import Sampler
+
+        if bundle is not None:
+            writer = BundleWriter(bundle, None, flush_interval_s=flush_interval_s)  # appends next to the engine's
+        sampler = Sampler(interval_s=agent_interval, watch_pid=proc.info.pid, writer=writer, instance=instance).start()
+        agent_registry = CollectorRegistry()
+        agent_registry.register(AgentCollector(sampler))
+        state.extra_registries.append(agent_registry)
+    return Served(build_app(state), state, writer, None, sampler)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def register(app: typer.Typer) -> None:
@@ -155,6 +300,19 @@ def register(app: typer.Typer) -> None:
             None, "--instance", help="Instance name in the bundle and spans (default HOST:PORT, Prometheus' label)."
         ),
         log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
+        engine_thread: bool = typer.Option(
+            False,
+            "--engine-thread",
+            help="Step the engine in a thread of the HTTP process instead of its own process (the default).",
+        ),
+        threads: int | None = typer.Option(
+            None,
+            "--threads",
+            help="CPU threads for the model on CPU (default: the idle cores less one for HTTP, at least 1).",
+        ),
+        inject: list[str] = typer.Option(
+            [], "--inject", help="Fault injection NAME=VALUE: tokenize_us_per_token, step_host_ms."
+        ),
     ) -> None:
         """Serve the embedded engine over an OpenAI-compatible API, with vLLM's /metrics."""
         from bottleneck_map.http_server import UvicornServer
@@ -165,6 +323,18 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"must be > 0, got {agent_interval}", param_hint="--agent-interval")
         if bundle is not None and bundle.exists() and any(bundle.iterdir()):
             raise typer.BadParameter(f"{bundle} exists and is not empty", param_hint="--bundle")
+        if threads is not None and threads < 1:
+            raise typer.BadParameter(f"must be >= 1, got {threads}", param_hint="--threads")
+        from bottleneck_map.embedded_engine.inject import parse_injections
+
+        try:
+            injection = parse_injections(inject)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--inject") from None
+        if injection.client_read_ms:
+            raise typer.BadParameter(
+                "client_read_ms is a client's fault; serve takes the others", param_hint="--inject"
+            )
         ecfg = flags.engine_config(
             block_size=block_size,
             num_kv_blocks=num_kv_blocks,
@@ -196,6 +366,9 @@ def register(app: typer.Typer) -> None:
                 record_prompts=record_prompts,
                 agent=agent,
                 agent_interval=agent_interval,
+                engine_process=not engine_thread,
+                injection=injection,
+                threads=threads,
             )
         except ConfigError as exc:
             http.sock.close()
@@ -210,6 +383,9 @@ def register(app: typer.Typer) -> None:
             + (f", bundle {bundle}" if bundle else ""),
             err=True,
         )
+        # uvicorn shuts down gracefully on SIGINT and SIGTERM, then raises the signal again:
+        # make SIGTERM end like Ctrl-C, so the engine and the bundle are closed either way
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             http.run()
         except KeyboardInterrupt:

@@ -1,4 +1,7 @@
-"""`serve`: the OpenAI API (official client), errors, disconnects, /metrics, traces, bundle."""
+"""`serve`: the OpenAI API (official client), errors, disconnects, /metrics, traces, bundle.
+
+The module's server runs both ways: the engine in its own process (the default) and in a
+thread of the HTTP process (``engine_process=False``, a model loaded here)."""
 
 from __future__ import annotations
 
@@ -21,27 +24,36 @@ from bottleneck_map.embedded_engine.server_cli import build_server
 from bottleneck_map.http_server import UvicornServer
 from bottleneck_map.validate import validate_bundle
 
+CONFIG = EngineConfig(device="cpu", max_num_seqs=16, num_kv_blocks=256, max_model_len=512)
 
-@pytest.fixture(scope="module")
-def server(tiny, tmp_path_factory):
+
+@pytest.fixture(scope="module", params=["process", "thread"])
+def server(request, tiny, tmp_path_factory):
     bundle = tmp_path_factory.mktemp("serve") / "bundle"
-    spans = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(spans))
-    served = build_server(
-        model="tiny",
-        loaded=tiny,
-        engine_config=EngineConfig(device="cpu", max_num_seqs=16, num_kv_blocks=256, max_model_len=512),
-        instance="test-0",
-        bundle=bundle,
-        tracer_provider=provider,
-        measure_device=False,
-    )
-    served.writer.flush_interval_s = 0.2
+    spans = None
+    if request.param == "process":
+        served = build_server(
+            model="tiny", engine_config=CONFIG, instance="test-0", bundle=bundle, measure_device=False, threads=1
+        )
+    else:
+        spans = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(spans))
+        served = build_server(
+            model="tiny",
+            loaded=tiny,
+            engine_config=CONFIG,
+            instance="test-0",
+            bundle=bundle,
+            tracer_provider=provider,
+            measure_device=False,
+        )
+        assert not served.engine_process
     http = UvicornServer(served.app).start()
     yield http, served, spans, bundle
     http.stop()
     served.close()
+    assert read_bundle(bundle).closed
 
 
 @pytest.fixture
@@ -49,18 +61,18 @@ def client(server) -> openai.OpenAI:
     return openai.OpenAI(base_url=server[0].url + "/v1", api_key="unused", max_retries=0)
 
 
-def wait_idle(served, timeout: float = 10.0) -> None:
-    engine = served.state.engine
+def wait_idle(served, timeout: float = 10.0):
     deadline = time.monotonic() + timeout
-    while engine.has_unfinished() or engine._delivering:
+    while (snap := served.snapshot()).unfinished or snap.delivering:
         assert time.monotonic() < deadline, "engine did not go idle"
         time.sleep(0.02)
+    return snap
 
 
 def records(served, bundle: Path):
     wait_idle(served)
-    time.sleep(0.1)  # the detached-request completion runs on the engine thread
-    served.writer.flush()
+    time.sleep(0.1)  # the detached-request completion runs on the engine's loop
+    served.flush()
     return read_bundle(bundle).requests.set_index("request_id")
 
 
@@ -193,7 +205,6 @@ def test_official_client_raises_typed_errors(client):
 
 def test_client_disconnect_aborts_and_frees_kv_blocks(server):
     http, served, _, bundle = server
-    bm = served.state.engine.block_manager
 
     async def go() -> str:
         async with httpx.AsyncClient(base_url=http.url, timeout=30) as c:
@@ -211,23 +222,8 @@ def test_client_disconnect_aborts_and_frees_kv_blocks(server):
     req = records(served, bundle)
     assert req.loc[rid, "finish_reason"] == "abort"
     assert req.loc[rid, "output_tokens"] < 400
-    assert bm.num_used == 0 and bm.num_free == bm.num_blocks
-
-
-def test_client_leaving_a_non_streaming_request_aborts_it(server, monkeypatch):
-    from bottleneck_map.embedded_engine.inject import Injection
-
-    http, served, _, bundle = server
-    before = set(records(served, bundle).index)
-    # at least 2 ms per step, so 450 tokens take far longer than the client waits
-    monkeypatch.setattr(served.state.engine, "injection", Injection(step_host_ms=2.0))
-    body = {"model": "tiny", "prompt": "a long answer please", "max_tokens": 450, "ignore_eos": True}
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(http.url + "/v1/completions", json=body, timeout=httpx.Timeout(5, read=0.3))
-    req = records(served, bundle)
-    (rid,) = set(req.index) - before
-    assert req.loc[rid, "finish_reason"] == "abort" and req.loc[rid, "output_tokens"] < 450
-    assert served.state.engine.block_manager.num_used == 0
+    snap = wait_idle(served)
+    assert snap.kv_blocks_used == 0 and snap.kv_blocks_free == snap.num_kv_blocks == 256
 
 
 def test_bundle_records_streaming_timestamps(server, client):
@@ -300,6 +296,8 @@ def test_traceparent_becomes_the_parent_of_the_request_span(server, client):
     )
     req = records(served, bundle)
     assert req.loc[r.id, "trace_id"] == trace_id
+    if spans is None:
+        return  # the engine process's spans go out over OTLP: test_server_otlp.py
     span = next(s for s in spans.get_finished_spans() if s.attributes.get("gen_ai.request.id") == r.id)
     assert span.name == "llm_request"
     assert format(span.context.trace_id, "032x") == trace_id
@@ -307,27 +305,34 @@ def test_traceparent_becomes_the_parent_of_the_request_span(server, client):
     assert span.attributes["gen_ai.usage.completion_tokens"] == 3
 
 
-def test_metrics_include_the_agent_when_it_samples_in_process(tiny, tmp_path):
+def test_metrics_include_the_agent_when_it_samples_in_process(tmp_path):
     served = build_server(
         model="tiny",
-        loaded=tiny,
         engine_config=EngineConfig(device="cpu", max_num_seqs=4, num_kv_blocks=64, max_model_len=256),
         instance="agent-0",
         bundle=tmp_path / "bundle",
         agent=True,
         agent_interval=0.1,
         measure_device=False,
+        threads=1,
     )
+    assert served.engine_process and served.sampler.watch_pid == served.state.loop.process.pid
     try:
         with UvicornServer(served.app) as http:
             time.sleep(0.5)
             text = httpx.get(http.url + "/metrics").text
+            r = httpx.post(http.url + "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2})
+            assert r.status_code == 200
     finally:
         served.close()
     names = {fam.name for fam in text_string_to_metric_families(text)}
     assert {"vllm:num_requests_running", "bmap_host_cpu_utilization_ratio", "bmap_process_cpu_ratio"} <= names
-    samples = read_bundle(tmp_path / "bundle").samples
+    bundle = read_bundle(tmp_path / "bundle")
+    assert bundle.closed and bundle.meta["capabilities"]["samples"] is True
+    samples = bundle.samples
     assert len(samples) >= 2 and (samples["instance"] == "agent-0").all()
+    assert len(bundle.requests) == 1 and len(bundle.steps) >= 2  # the engine process's rows, same bundle
+    assert validate_bundle(tmp_path / "bundle").valid
 
 
 def test_a_failing_engine_step_fails_its_requests_and_health(tiny, monkeypatch):

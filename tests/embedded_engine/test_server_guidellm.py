@@ -25,12 +25,12 @@ TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "embedded_engine" / "prese
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_guidellm_against_serve_agrees_with_the_analyzer(tiny, tmp_path):
+def test_guidellm_against_serve_agrees_with_the_analyzer(tmp_path):
     from bottleneck_map.analyzer.api import analyze
 
     served = build_server(
         model="tiny",
-        loaded=tiny,
+        threads=1,
         engine_config=EngineConfig(device="cpu", max_num_seqs=16, num_kv_blocks=256, max_model_len=512),
         instance="guidellm-0",
         bundle=tmp_path / "bundle",

@@ -51,14 +51,14 @@ async def one_client(client: httpx.AsyncClient, i: int) -> tuple[int, str, int]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_200_concurrent_streams_finish_without_errors_and_free_every_block(tiny, tmp_path):
-    served = build_server(
+def test_200_concurrent_streams_finish_without_errors_and_free_every_block(tmp_path):
+    served = build_server(  # the engine in its own process, as `serve` runs it
         model="tiny",
-        loaded=tiny,
         engine_config=EngineConfig(device="cpu", max_num_seqs=64, num_kv_blocks=512, max_model_len=256),
         instance="load-0",
         bundle=tmp_path / "bundle",
         measure_device=False,
+        threads=1,
     )
     http = UvicornServer(served.app).start()
 
@@ -70,19 +70,17 @@ def test_200_concurrent_streams_finish_without_errors_and_free_every_block(tiny,
     t0 = time.monotonic()
     results = asyncio.run(run())
     elapsed = time.monotonic() - t0
-    engine = served.state.engine
     try:
         errors = [r for r in results if r[0] != 200]
         assert not errors, errors[:3]
         assert all(r[2] == MAX_TOKENS for r in results)
         assert elapsed < 120, f"200 streams took {elapsed:.1f} s"
         deadline = time.monotonic() + 10
-        while engine.has_unfinished() or engine._delivering:
+        while (snap := served.snapshot()).unfinished or snap.delivering:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        bm = engine.block_manager
-        assert bm.num_used == 0 and bm.num_free == bm.num_blocks
-        assert engine.stats.num_finished == N_CLIENTS
+        assert snap.kv_blocks_used == 0 and snap.kv_blocks_free == snap.num_kv_blocks == 512
+        assert snap.num_finished == N_CLIENTS
     finally:
         http.stop()
         served.close()

@@ -1,12 +1,13 @@
 """`serve` exporting OTLP/HTTP (standard OTEL_EXPORTER_OTLP_* settings) into `collect`:
-the ingested bundle carries the same request timings as the server's own bundle."""
+the ingested bundle carries the same request timings as the server's own bundle. The engine
+runs in its own process (as `serve` runs it), which exports the spans; a `traceparent`
+header becomes the parent of the request's span."""
 
 from __future__ import annotations
 
 import time
 
 import openai
-import pytest
 
 from bottleneck_map.bundle import BundleWriter, read_bundle
 from bottleneck_map.collect import TraceSink, collect_meta, finish, otlp_app
@@ -16,21 +17,14 @@ from bottleneck_map.http_server import UvicornServer
 from bottleneck_map.validate import validate_bundle
 
 
-@pytest.fixture(scope="module")
-def tiny_model():
-    from bottleneck_map.embedded_engine.loader import load_model
-
-    return load_model("tiny", device="cpu", dtype="float32", seed=0)
-
-
-def test_engine_spans_round_trip_through_collect(tiny_model, tmp_path, monkeypatch):
+def test_engine_spans_round_trip_through_collect(tmp_path, monkeypatch):
     writer = BundleWriter(tmp_path / "collected", collect_meta(), flush_interval_s=0.2)
     sink = TraceSink(writer)
     receiver = UvicornServer(otlp_app(sink)).start()
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{receiver.url}/v1/traces")
     served = build_server(
         model="tiny",
-        loaded=tiny_model,
+        threads=1,
         engine_config=EngineConfig(device="cpu", max_num_seqs=8, num_kv_blocks=128, max_model_len=256),
         instance="127.0.0.1:18000",
         bundle=tmp_path / "served",
@@ -44,6 +38,10 @@ def test_engine_spans_round_trip_through_collect(tiny_model, tmp_path, monkeypat
             model="tiny", prompt=f"request number {i}", max_tokens=3 + i, extra_body={"ignore_eos": True}
         )
     list(client.completions.create(model="tiny", prompt="streamed", max_tokens=5, stream=True))
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traced = client.completions.create(
+        model="tiny", prompt="traced", max_tokens=2, extra_headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+    )
     http.stop()
     served.close()  # flushes the span exporter
     receiver.stop()
@@ -58,7 +56,8 @@ def test_engine_spans_round_trip_through_collect(tiny_model, tmp_path, monkeypat
     clock = ours.meta["clock"]
     offset = clock["origin_unix_ns"] - clock["origin_monotonic_ns"]
     sent = ours.requests.set_index("request_id")
-    assert set(got.index) == set(sent.index) and len(got) == 5
+    assert set(got.index) == set(sent.index) and len(got) == 6
+    assert got.loc[traced.id, "trace_id"] == sent.loc[traced.id, "trace_id"] == trace_id
     assert set(got["instance"]) == {"127.0.0.1:18000"}
     # the lifecycle from the span's latency attributes and our stage child spans (tokenize, queue, stream)
     cols = ("arrival_ns", "tokenize_start_ns", "tokenize_end_ns", "queued_ns", "first_scheduled_ns",
