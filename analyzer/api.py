@@ -321,9 +321,18 @@ def _p(a: np.ndarray, q: float) -> float | None:
     return float(np.percentile(a, q)) if len(a) else None
 
 
-def _done_columns(st: pd.DataFrame, done: np.ndarray) -> dict[str, np.ndarray]:
-    """The numeric columns of the completed requests (numpy; the id columns are not copied)."""
-    return {c: st[c].to_numpy()[done] for c in st.columns if c not in ("request_id", "workload_class")}
+class _Done:
+    """A column of the completed requests on access (numpy; nothing else is copied)."""
+
+    def __init__(self, st: pd.DataFrame, done: np.ndarray) -> None:
+        self.st, self.done = st, done
+
+    def __getitem__(self, col: str) -> np.ndarray:
+        return self.st[col].to_numpy()[self.done]
+
+
+def _done_columns(st: pd.DataFrame, done: np.ndarray) -> _Done:
+    return _Done(st, done)
 
 
 def _union_length(a: np.ndarray, b: np.ndarray) -> float:

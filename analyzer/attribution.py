@@ -99,7 +99,8 @@ def step_breakdown(
             "kv_usage": kv,
             "num_waiting": waiting,
             "num_running": f64(steps, "num_running"),
-        }
+        },
+        copy=False,
     )
     # Admission blocked by KV blocks: requests wait although a batch slot and token budget are
     # free, while the cache is nearly full or sequences are preempted/swapped out.

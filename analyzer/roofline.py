@@ -191,7 +191,8 @@ def step_roofline(
             "seqs": seqs,
             "prefill_tokens": prefill_tokens,
             "time_s": time_ns / 1e9,
-        }
+        },
+        copy=False,
     )
     if shape is None:
         for col in ("flops", "bytes", "achieved_flops_per_s", "achieved_bytes_per_s", "arithmetic_intensity"):

@@ -56,7 +56,7 @@ def lifecycle(requests: pa.Table) -> pd.DataFrame:
     m = [t0, t1, t2, t3, t4, t5, t6]
     for i in range(1, 7):  # running maximum, in place
         np.maximum(m[i], m[i - 1], out=m[i])
-    out = pd.DataFrame({f"t{i}": m[i] for i in range(7)})
+    out = pd.DataFrame({f"t{i}": m[i] for i in range(7)}, copy=False)
     out["complete"] = fin != NA_NS
     return out
 
