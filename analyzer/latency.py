@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bottleneck_map.analyzer.data import NA_NS, flat_list, ns, to_np
+from bottleneck_map.analyzer.data import NA_NS, flat_list, ns, release_freed, to_np
 from bottleneck_map.analyzer.result import LatencySummary, Percentiles
 
 SLO_KEYS = ("ttft", "tpot", "e2e", "itl")
@@ -188,9 +188,19 @@ def pooled_gaps(chunks: Iterable[pa.ChunkedArray | pa.Array], codes: np.ndarray,
         off += n
     dtype = np.uint32 if all(p.dtype == np.uint32 for ps in parts for p in ps) else np.int64
     out = []
-    for k, ps in enumerate(parts):
-        a = np.concatenate(ps, dtype=dtype) if ps else np.empty(0, dtype)
-        parts[k] = []  # the pieces go as their class array is built
+    for ps in parts:
+        # Each piece is copied into its class array and dropped, its memory handed back now and
+        # then, so the pieces and the arrays are not all resident at once.
+        a = np.empty(sum(len(p) for p in ps), dtype)
+        at = 0
+        for i, p in enumerate(ps):
+            a[at : at + len(p)] = p
+            at += len(p)
+            ps[i] = None
+            if i % 16 == 15:
+                release_freed()
+        ps.clear()
+        release_freed()
         a.sort()
         out.append(a)
     return GapPool(out)

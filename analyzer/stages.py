@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bottleneck_map.analyzer.data import NA_NS, flat_list, flat_values, ns, to_np
+from bottleneck_map.analyzer.data import NA_NS, flat_list, flat_values, ns, release_freed, to_np
 from bottleneck_map.analyzer.result import STAGES
 
 
@@ -319,6 +319,8 @@ def request_stages(
         part = _stage_part(requests.slice(a, z - a), {k: v[a:z] for k, v in bounds.items()}, sums, a, z)
         for name, v in part.items():
             cols[name][a:z] = v
+        del part
+        release_freed()  # the slice's temporaries
     return pd.DataFrame({**head, **cols, "steps": sums.steps_in}, copy=False)
 
 
