@@ -208,6 +208,7 @@ def analyze_full(
     metrics = latency.request_metrics(requests)
     codes, classes = latency.class_codes(metrics)
     itl, token_to_byte = _token_pass(t, codes, len(classes), chunk_rows or CHUNK_REQUESTS)
+    itl = itl.taken()  # the percentiles are all that is needed of the gaps
     release()
     # Exact own-step make-up when the exploded steps are small (a second pass over them); the
     # interval make-up otherwise.

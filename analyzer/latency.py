@@ -111,9 +111,17 @@ class GapPool:
     :func:`class_codes`): uint32 when every gap is in 0..~4.3 s, else int64. Exact, and 4 bytes a gap."""
 
     by_class: list[np.ndarray]
+    _taken: dict | None = None
+
+    def taken(self) -> GapPool:
+        """The percentiles of all gaps and of every class, kept; the gaps themselves dropped."""
+        done = {k: self.percentiles(k) for k in (None, *range(len(self.by_class)))}
+        return GapPool([np.empty(0, a.dtype) for a in self.by_class], done)
 
     def percentiles(self, k: int | None = None) -> Percentiles:
         """The ITL percentiles (seconds) of class ``k``, or of all gaps (numpy's linear method)."""
+        if self._taken is not None:
+            return self._taken[k]
         arrays = [a for a in (self.by_class if k is None else self.by_class[k : k + 1]) if len(a)]
         n = sum(len(a) for a in arrays)
         if not n:
