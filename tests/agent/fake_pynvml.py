@@ -91,7 +91,7 @@ class FakeNvml:
         self.init_errors: list[int] = []  # codes raised by successive nvmlInit calls
         self.initialised = False
         self._calls: Counter[str] = Counter()  # calls not (yet) tied to a GPU; see ``calls``
-        self.calls_by_gpu: Counter[tuple[int, str]] = Counter()
+        self._gpu_calls: dict[int, Counter[str]] = {}  # GPU index -> calls per function; see ``calls_by_gpu``
         self.gpm_samples: dict[int, tuple[int, int]] = {}  # sample address -> (gpu index, t_ns)
         self.gpm_sample_log: list[tuple[int, int, int]] = []  # (gpu index, sample address, t_ns)
         self.gpm_metrics_log: list[tuple[int, int, int, int]] = []  # (gpu index, addr1, addr2, dt_ns)
@@ -110,9 +110,14 @@ class FakeNvml:
     def calls(self) -> Counter[str]:
         """Calls per function name, all GPUs together (a fresh Counter on every read)."""
         out = Counter(self._calls)
-        for (_, fn), n in self.calls_by_gpu.items():
-            out[fn] += n
+        for counts in self._gpu_calls.values():
+            out.update(counts)
         return out
+
+    @property
+    def calls_by_gpu(self) -> Counter[tuple[int, str]]:
+        """Calls per (GPU index, function name) (a fresh Counter on every read)."""
+        return Counter({(i, fn): n for i, counts in self._gpu_calls.items() for fn, n in counts.items()})
 
     @staticmethod
     def error(code: int) -> real.NVMLError:
@@ -134,7 +139,10 @@ class FakeNvml:
             except (KeyError, ValueError, AttributeError, TypeError):
                 raise self.error(real.NVML_ERROR_INVALID_ARGUMENT) from None
             self._calls[fn] -= 1  # counted per GPU below
-        self.calls_by_gpu[(index, fn)] += 1
+        counts = self._gpu_calls.get(index)
+        if counts is None:
+            counts = self._gpu_calls[index] = Counter()
+        counts[fn] += 1
         self._last_index = index
         gpu = self.gpus[index]
         if gpu.lost or gpu.fail_next or gpu.not_supported:  # anything scripted for this GPU
