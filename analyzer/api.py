@@ -206,6 +206,14 @@ def analyze_full(
     release()
     del life
     metrics = latency.request_metrics(requests)
+    # What the rest needs of the requests table, taken now: without steps the engine samples
+    # need the instances later; with them the table is dropped (``Analysis.tables`` re-reads it).
+    spans = stages.preempted_spans(requests, pd.DataFrame(windows.bounds(st)))
+    req_facts = _request_facts(requests)
+    if has_steps:
+        requests = None
+        t.forget("requests")
+        release()
     codes, classes = latency.class_codes(metrics)
     itl, token_to_byte = _token_pass(t, codes, len(classes), chunk_rows or CHUNK_REQUESTS)
     itl = itl.taken()  # the percentiles are all that is needed of the gaps
@@ -254,13 +262,14 @@ def analyze_full(
             f"--window {window_s} s gives {n_windows} windows over {duration_s:.0f} s; use a larger window"
         )
     hw_win = hardware.per_window(samples, start_ns, window_ns, n_windows) if not samples.empty else None
-    spans = stages.preempted_spans(requests, pd.DataFrame(windows.bounds(st)))
     timeline = windows.window_timeline(st, attr, sb, hw_win, start_ns, window_ns, n_windows, spans, eng_frame)
     win_verdicts = windows.window_verdicts(timeline)
+    release()
 
     # Signals for the rules.
     lat = latency.latency_summaries(metrics, itl, slo)
     points = roofline.roofline_points(roof, peaks) if has_steps else []
+    release()
     busy = (
         hardware.busy_mask(
             samples,
@@ -271,11 +280,12 @@ def analyze_full(
         else np.empty(0, bool)
     )
     hw = hardware.summary(samples, busy)
-    sig = _signals(requests, steps, st, attr, share, sb, roof, points, lat[0], hw, samples, peaks, engine, done)
+    sig = _signals(req_facts, steps, st, attr, share, sb, roof, points, lat[0], hw, samples, peaks, engine, done)
     sig.values["token_to_byte_s"] = token_to_byte
     if eng_ev is not None:
         _engine_sample_signals(sig, eng_ev)
-    sig.unreachable, unreachable = _unreachable(requests, caps, samples)
+    sig.unreachable, unreachable = _unreachable(req_facts, caps, samples)
+    release()
     # No finished request: there is no latency to attribute, so no verdict (rather than "balanced").
     verdicts = classify.verdicts(sig) if done.any() else []
     for v in verdicts:
@@ -348,7 +358,7 @@ def _union_length(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _signals(
-    requests, steps, st, attr, share, sb, roof, points, lat_all, hw, samples, peaks, engine, done
+    req_facts, steps, st, attr, share, sb, roof, points, lat_all, hw, samples, peaks, engine, done
 ) -> classify.Signals:
     v: dict[str, Any] = {}
     d = _done_columns(st, done)
@@ -369,10 +379,7 @@ def _signals(
     )
     v["ttft_p50_s"] = lat_all.ttft.p50
     v["tpot_p50_s"] = lat_all.tpot.p50
-    prompt = requests.column("prompt_tokens")
-    v["mean_prompt_tokens"] = (
-        float(np.nanmean(f64(requests, "prompt_tokens"))) if prompt.null_count < len(prompt) else None
-    )
+    v["mean_prompt_tokens"] = req_facts["mean_prompt_tokens"]
     v["preemptions"] = lat_all.preemptions
     v["preempted_requests"] = lat_all.preempted_requests
     v["peak_bw"] = peaks.peak_bandwidth_bytes_per_s
@@ -475,7 +482,19 @@ def _kv_usage_samples(eng: pd.DataFrame) -> dict[str, float | None]:
     }
 
 
-def _unreachable(req: pa.Table, caps: dict[str, bool], samples: pd.DataFrame) -> tuple[set[str], list[Unreachable]]:
+def _request_facts(req: pa.Table) -> dict[str, Any]:
+    """What the signals and the unreachable classes need of the requests table."""
+    prompt = req.column("prompt_tokens")
+    return {
+        "mean_prompt_tokens": float(np.nanmean(f64(req, "prompt_tokens"))) if prompt.null_count < len(prompt) else None,
+        "no_last_byte": req.column("last_byte_ns").null_count == req.num_rows,
+        "no_tokenize": req.column("tokenize_start_ns").null_count == req.num_rows,
+    }
+
+
+def _unreachable(
+    req: dict[str, Any], caps: dict[str, bool], samples: pd.DataFrame
+) -> tuple[set[str], list[Unreachable]]:
     out: list[Unreachable] = []
     if not caps["steps"]:
         why = "the bundle has no step records (for example ingested from a deployment), so prefill/decode time cannot be split into compute, waiting and host overhead, and there is no roofline"
@@ -488,9 +507,9 @@ def _unreachable(req: pa.Table, caps: dict[str, bool], samples: pd.DataFrame) ->
                 "power_thermal", "no GPU samples with clock-event reasons or SM clocks (no agent ran, or no GPU)"
             )
         )
-    if req.column("last_byte_ns").null_count == req.num_rows:
+    if req["no_last_byte"]:
         out.append(Unreachable("streaming", "no last_byte_ns: the producer did not record byte delivery"))
-    if req.column("tokenize_start_ns").null_count == req.num_rows:
+    if req["no_tokenize"]:
         out.append(Unreachable("tokenization", "no tokenize_start_ns/tokenize_end_ns recorded"))
     return {u.cls for u in out}, out
 

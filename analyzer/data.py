@@ -120,6 +120,11 @@ class Tables:
                 self.warnings += [w for w in self.bundle.warnings if w not in self.warnings]
         return self._lean[name]
 
+    def forget(self, name: str) -> None:
+        """Drop the kept :meth:`lean` table of a bundle-backed table (read again when next asked for)."""
+        if self.bundle is not None:
+            self._lean.pop(name, None)
+
     def chunks(self, name: str, columns: Sequence[str], rows: int) -> Iterator[pa.Table]:
         """``columns`` of the table about ``rows`` rows at a time, in row order (the rows of
         :meth:`lean`); string lists listed in :data:`DICTIONARY_COLUMNS` come dictionary-encoded."""
