@@ -14,8 +14,15 @@
 2. Scrape latency: the same agent and Debian's ``prometheus-node-exporter`` (default collectors)
    on loopback ports, scraped alternately by one client, fresh connection per scrape like
    Prometheus after a restart; p50/p99 of each and the ratio agent / node-exporter.
+3. ``--baseline DIR`` (a tree exported from an earlier commit: ``git archive REV | tar -x -C DIR``):
+   in each round the baseline's agent runs *at the same time* as ours, both with their own test
+   double, so both see the same machine load; prints both and the ratio.
+4. ``--stages``: instead of the above, the agent's parts run inside this process as the CLI
+   wires them (sampler, bundle writer, /metrics server) and each stage of the sampler thread is
+   timed with ``time.thread_time()``; per-thread CPU from ``/proc/self/task``.
 
-    python benchmarks/bench_agent.py [--seconds 30] [--rounds 1] [--scrapes 300]
+    python benchmarks/bench_agent.py [--seconds 30] [--rounds 1] [--scrapes 300] [--baseline DIR]
+    python benchmarks/bench_agent.py --stages [--seconds 30]
 """
 
 from __future__ import annotations
@@ -107,19 +114,47 @@ def minimal_nvml(fake):  # noqa: ANN001, ANN201 - the double's FakeNvml, a modul
     return mod
 
 
-def start_agent(port: int, out: Path, gpus: int, watch_pid: int, double: str = "scripted") -> subprocess.Popen:
+def baseline_import_root(tree: Path, tmp: Path) -> Path:
+    """A folder that makes ``import bottleneck_map...`` load ``tree``'s code (put it on PYTHONPATH
+    and start from a directory without a ``bottleneck_map`` folder): the package's own files
+    plus its components, linked as the editable install maps them."""
+    pkg = tmp / "baseline-import" / "bottleneck_map"
+    pkg.mkdir(parents=True)
+    for entry in (tree / "bottleneck_map").iterdir():
+        (pkg / entry.name).symlink_to(entry)
+    for component in ("agent", "analyzer", "dashboard", "embedded_engine"):
+        if (tree / component).is_dir() and not (pkg / component).exists():
+            (pkg / component).symlink_to(tree / component)
+    return pkg.parent
+
+
+def start_agent(
+    port: int,
+    out: Path,
+    gpus: int,
+    watch_pid: int,
+    double: str = "scripted",
+    tree: Path = ROOT,
+    import_root: Path | None = None,
+) -> subprocess.Popen:
+    """``bottleneck-map agent`` of ``tree`` (ours, or a baseline with its ``import_root``)."""
     install = f"f.FakeNvml(f.h100s({gpus}))"
     if double == "minimal":
         install = f"__import__('bench_agent').minimal_nvml({install})"
         install = f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r}) or " + install
+    fake_dir = tree / "tests" / "agent"
     code = (
-        f"import sys; sys.path.insert(0, {str(FAKE_DIR)!r}); import fake_pynvml as f; "
+        f"import sys; sys.path.insert(0, {str(fake_dir)!r}); import fake_pynvml as f; "
         f"m = {install}; sys.modules['pynvml'] = getattr(m, 'module', m); "
         "from bottleneck_map.cli import main; "
         "sys.argv = ['bottleneck-map', 'agent', *sys.argv[1:]]; main()"
     )
     args = ["--port", str(port), "--interval", "0.1", "--out", str(out), "--watch-pid", str(watch_pid)]
-    return subprocess.Popen([sys.executable, "-c", code, *args], stderr=subprocess.DEVNULL)
+    env, cwd = None, None
+    if import_root is not None:
+        env = dict(os.environ, PYTHONPATH=str(import_root))
+        cwd = str(import_root.parent)
+    return subprocess.Popen([sys.executable, "-c", code, *args], stderr=subprocess.DEVNULL, env=env, cwd=cwd)
 
 
 def wait_http(url: str, timeout: float = 60.0) -> None:
@@ -164,6 +199,116 @@ def measure_cpu(out: Path, args: argparse.Namespace, double: str) -> float:
             agent.kill()
 
 
+def measure_side_by_side(tmp: Path, args: argparse.Namespace, baseline: Path, root: Path, r: int) -> dict:
+    """Share of one core of our agent and the baseline's, measured over the same window."""
+    agents = {}
+    try:
+        for name, tree, import_root in (("ours", ROOT, None), ("baseline", baseline, root)):
+            port = free_port()
+            agents[name] = (
+                start_agent(port, tmp / f"{name}-{r}", args.gpus, os.getpid(), "scripted", tree, import_root),
+                port,
+            )
+        for _, port in agents.values():
+            wait_http(f"http://127.0.0.1:{port}/metrics")
+        time.sleep(args.warmup)
+        procs = {name: psutil.Process(a.pid) for name, (a, _) in agents.items()}
+        c0, t0 = {n: sum(p.cpu_times()[:2]) for n, p in procs.items()}, time.monotonic()
+        time.sleep(args.seconds)
+        c1, t1 = {n: sum(p.cpu_times()[:2]) for n, p in procs.items()}, time.monotonic()
+        return {n: (c1[n] - c0[n]) / (t1 - t0) for n in procs}
+    finally:
+        for a, _ in agents.values():
+            a.terminate()
+            try:
+                a.wait(20)
+            except subprocess.TimeoutExpired:
+                a.kill()
+
+
+def thread_cpu_s() -> dict[str, float]:
+    """CPU seconds of each thread of this process, by thread name."""
+    import threading
+
+    names = {str(t.native_id): t.name for t in threading.enumerate()}
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+            v = f.read()
+        v = v[v.rindex(b")") + 2 :].split()
+        out[names.get(tid, tid)] = (int(v[11]) + int(v[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def stages(args: argparse.Namespace) -> None:
+    """The agent's parts in this process, wired as ``bottleneck-map agent --out`` wires them,
+    each stage of the sampler thread timed with thread_time()."""
+    sys.path.insert(0, str(FAKE_DIR))
+    import fake_pynvml
+
+    sys.modules["pynvml"] = fake_pynvml.FakeNvml(fake_pynvml.h100s(args.gpus)).module
+    from prometheus_client import CollectorRegistry
+
+    from bottleneck_map.agent import cli
+    from bottleneck_map.agent.collector import AgentCollector
+    from bottleneck_map.agent.sampler import Sampler
+    from bottleneck_map.agent.server import MetricsServer
+    from bottleneck_map.bundle import BundleWriter, new_meta
+
+    spent: dict[str, int] = {}
+
+    def timed(obj: object, method: str, stage: str) -> None:
+        fn = getattr(obj, method)
+
+        def wrapper(*a: object, **kw: object) -> object:
+            t = time.thread_time_ns()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[stage] = spent.get(stage, 0) + time.thread_time_ns() - t
+
+        setattr(obj, method, wrapper)
+
+    sampler = Sampler(
+        interval_s=0.1, watch_pid=os.getppid(), instance="bench", write_every_s=cli.FLUSH_INTERVAL_S, flush_writes=True
+    )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AgentCollector(sampler, "prometheus", hostname="bench"))
+    server = MetricsServer(registry, "127.0.0.1", 0)
+    sampler.open()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-agent-stages-"))
+    writer = BundleWriter(tmp / "b", new_meta("bench"), tables=("samples",), flush_interval_s=cli.WRITER_TIMER_S)
+    sampler.writer = writer
+    for src in sampler.sources:
+        timed(src, "collect", f"source {src.name}")
+    timed(sampler, "_write_unwritten", "bundle: columns + hand-over + segment")
+    timed(writer, "flush", "bundle: Parquet segment (inside the line above)")
+    server.start()
+    sampler.start()
+    try:
+        time.sleep(args.warmup)
+        spent.clear()
+        th0, p0, t0, k0 = thread_cpu_s(), time.process_time(), time.monotonic(), sampler.stats.ticks
+        time.sleep(args.seconds)
+        th1, p1, t1, k1 = thread_cpu_s(), time.process_time(), time.monotonic(), sampler.stats.ticks
+        done = dict(spent)
+    finally:
+        sampler.stop()
+        server.stop()
+        writer.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    dt, ticks = t1 - t0, max(1, k1 - k0)
+    print(
+        f"in-process, {args.gpus} GPUs from the test double, {dt:.0f} s, {ticks} ticks, load {os.getloadavg()[0]:.2f}"
+    )
+    print(f"  process in total: {100 * (p1 - p0) / dt:.2f} % of one core")
+    for name in sorted(th1):
+        if name in th0 and th1[name] > th0[name]:
+            print(f"  thread {name}: {100 * (th1[name] - th0[name]) / dt:.2f} %")
+    for name, ns in sorted(done.items()):
+        print(f"  {name}: {100 * ns / 1e9 / dt:.3f} % ({ns / 1e3 / ticks:.0f} us per tick)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=30.0, help="CPU measurement window")
@@ -171,7 +316,12 @@ def main() -> None:
     ap.add_argument("--scrapes", type=int, default=300, help="scrapes per target")
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=1, help="CPU windows per pynvml stand-in, alternating")
+    ap.add_argument("--baseline", type=Path, help="an exported earlier tree, run side by side with ours")
+    ap.add_argument("--stages", action="store_true", help="in-process per-stage CPU accounting only")
     args = ap.parse_args()
+    if args.stages:
+        stages(args)
+        return
 
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
     tmp = Path(tempfile.mkdtemp(prefix="bench-agent-"))
@@ -191,6 +341,19 @@ def main() -> None:
         f"the agent's own: {statistics.median(cpu['minimal']) * 100:.2f} % (target <= 1 %)"
     )
     print(f"load average {os.getloadavg()[0]:.2f} at the end of the CPU runs")
+    if args.baseline is not None:
+        root = baseline_import_root(args.baseline.resolve(), tmp)
+        pairs = []
+        for r in range(args.rounds):
+            load = os.getloadavg()[0]
+            pairs.append(measure_side_by_side(tmp, args, args.baseline.resolve(), root, r))
+            print(
+                f"  side by side, round {r + 1}: ours {pairs[-1]['ours'] * 100:.2f} %, "
+                f"baseline {pairs[-1]['baseline'] * 100:.2f} % (load {load:.2f} -> {os.getloadavg()[0]:.2f})"
+            )
+        ours = statistics.median(p["ours"] for p in pairs)
+        base = statistics.median(p["baseline"] for p in pairs)
+        print(f"ours {ours * 100:.2f} % vs baseline {base * 100:.2f} % of one core (medians): {ours / base:.2f}x")
     agent_port = free_port()
     agent = start_agent(agent_port, tmp / "bundle", args.gpus, os.getpid())
     ne = None
