@@ -243,7 +243,12 @@ def thread_cpu_s() -> dict[str, float]:
 def stages(args: argparse.Namespace) -> None:
     """The agent's parts in this process, wired as ``bottleneck-map agent --out`` wires them,
     each stage of the sampler thread timed with thread_time()."""
-    sys.path.insert(0, str(FAKE_DIR))
+    import importlib.util
+    import inspect
+
+    # the test double of the tree whose agent is imported (ours, or a baseline on PYTHONPATH)
+    agent_dir = Path(importlib.util.find_spec("bottleneck_map.agent").origin).resolve().parent
+    sys.path.insert(0, str(agent_dir.parent / "tests" / "agent"))
     import fake_pynvml
 
     sys.modules["pynvml"] = fake_pynvml.FakeNvml(fake_pynvml.h100s(args.gpus)).module
@@ -269,20 +274,22 @@ def stages(args: argparse.Namespace) -> None:
 
         setattr(obj, method, wrapper)
 
-    sampler = Sampler(
-        interval_s=0.1, watch_pid=os.getppid(), instance="bench", write_every_s=cli.FLUSH_INTERVAL_S, flush_writes=True
-    )
+    # as `bottleneck-map agent --out` wires them (older trees: the writer's own flusher thread)
+    on_sampler = "flush_writes" in inspect.signature(Sampler).parameters
+    kw = {"write_every_s": cli.FLUSH_INTERVAL_S, "flush_writes": True} if on_sampler else {}
+    sampler = Sampler(interval_s=0.1, watch_pid=os.getppid(), instance="bench", **kw)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(AgentCollector(sampler, "prometheus", hostname="bench"))
     server = MetricsServer(registry, "127.0.0.1", 0)
     sampler.open()
     tmp = Path(tempfile.mkdtemp(prefix="bench-agent-stages-"))
-    writer = BundleWriter(tmp / "b", new_meta("bench"), tables=("samples",), flush_interval_s=cli.WRITER_TIMER_S)
+    timer = cli.WRITER_TIMER_S if on_sampler else cli.FLUSH_INTERVAL_S
+    writer = BundleWriter(tmp / "b", new_meta("bench"), tables=("samples",), flush_interval_s=timer)
     sampler.writer = writer
     for src in sampler.sources:
         timed(src, "collect", f"source {src.name}")
-    timed(sampler, "_write_unwritten", "bundle: columns + hand-over + segment")
-    timed(writer, "flush", "bundle: Parquet segment (inside the line above)")
+    timed(sampler, "_write_unwritten", "bundle: columns + hand-over" + (" + segment" if on_sampler else ""))
+    timed(writer, "flush", "bundle: Parquet segment" + (" (inside the line above)" if on_sampler else ", own thread"))
     server.start()
     sampler.start()
     try:
@@ -299,7 +306,8 @@ def stages(args: argparse.Namespace) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     dt, ticks = t1 - t0, max(1, k1 - k0)
     print(
-        f"in-process, {args.gpus} GPUs from the test double, {dt:.0f} s, {ticks} ticks, load {os.getloadavg()[0]:.2f}"
+        f"in-process ({agent_dir.parent}), {args.gpus} GPUs from the test double, {dt:.0f} s, {ticks} ticks, "
+        f"load {os.getloadavg()[0]:.2f}"
     )
     print(f"  process in total: {100 * (p1 - p0) / dt:.2f} % of one core")
     for name in sorted(th1):
