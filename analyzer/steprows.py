@@ -51,26 +51,30 @@ class RequestLookup:
         if pa.types.is_dictionary(ids.type):
             ids = ids.dictionary_decode()
         self.ids = ids
-        # Requests by start and by end: the candidates are the smaller of "started by the chunk's
-        # end" and "ended after the chunk's start", filtered by the other bound.
-        self.by_lo = np.argsort(lo, kind="stable")
-        self.by_hi = np.argsort(hi, kind="stable")
-        self.lo, self.hi = lo, hi
-        self.lo_sorted, self.hi_sorted = lo[self.by_lo], hi[self.by_hi]
+        # Finished requests by start: the candidates of a chunk started at most the longest
+        # lifetime before it; unfinished ones (``hi`` at the int64 maximum) are kept apart.
+        big = np.iinfo(np.int64).max
+        done = hi != big
+        self.by_lo = np.flatnonzero(done)[np.argsort(lo[done], kind="stable")]
+        self.lo_sorted = lo[self.by_lo]
+        self.hi = hi
+        self.longest = int((hi[done] - lo[done]).max()) if done.any() else 0
+        self.open = np.flatnonzero(~done)[np.argsort(lo[~done], kind="stable")]
+        self.open_lo = lo[self.open]
 
     def rows(self, dictionary: pa.Array, t_lo: int, t_hi: int) -> np.ndarray:
         n = len(dictionary)
         out = np.full(n, -1, np.int64)
         if not n:
             return out
-        k = int(np.searchsorted(self.lo_sorted, t_hi, side="right"))
-        j = int(np.searchsorted(self.hi_sorted, t_lo, side="left"))
-        if k <= len(self.hi_sorted) - j:
-            cand = self.by_lo[:k]
-            cand = cand[self.hi[cand] >= t_lo]
-        else:
-            cand = self.by_hi[j:]
-            cand = cand[self.lo[cand] <= t_hi]
+        since = max(t_lo - self.longest, int(np.iinfo(np.int64).min))
+        a = int(np.searchsorted(self.lo_sorted, since, side="left"))
+        b = int(np.searchsorted(self.lo_sorted, t_hi, side="right"))
+        cand = self.by_lo[a:b]
+        cand = cand[self.hi[cand] >= t_lo]
+        k = int(np.searchsorted(self.open_lo, t_hi, side="right"))
+        if k:
+            cand = np.concatenate([cand, self.open[:k]])
         cand = np.sort(cand)
         if len(cand):
             pos = pc.index_in(self.ids.take(pa.array(cand)), value_set=dictionary)
@@ -81,18 +85,30 @@ class RequestLookup:
                 p, r = p[o], r[o]
                 first = np.r_[True, p[1:] != p[:-1]]
                 out[p[first]] = r[first]
+        missing = self._repeated(dictionary, out)
+        if len(missing):
+            # Among all requests: hash the few ids left over and probe every request id with
+            # them (cheaper than hashing all request ids), the first row of each id wins.
+            pos = pc.index_in(self.ids, value_set=dictionary.take(pa.array(missing)))
+            hit = np.flatnonzero(pos.is_valid().to_numpy(zero_copy_only=False))
+            if len(hit):
+                p = pc.drop_null(pos).to_numpy().astype(np.int64)
+                p, first = np.unique(p, return_index=True)
+                out[missing[p]] = hit[first]
+            self._repeated(dictionary, out)
+        return out
+
+    @staticmethod
+    def _repeated(dictionary: pa.Array, out: np.ndarray) -> np.ndarray:
+        """An id repeated in the dictionary (the dictionaries of two batches of one segment) takes
+        the row of its first occurrence; returns the entries still without a row."""
         missing = np.flatnonzero(out < 0)
-        if len(missing) and len(missing) < n:
-            # An id repeated in the dictionary (the dictionaries of two batches of one segment):
-            # take the row of its first occurrence.
+        if len(missing) and len(missing) < len(out):
             first = pc.index_in(dictionary.take(pa.array(missing)), value_set=dictionary).fill_null(-1).to_numpy()
             first = np.asarray(first, np.int64)
             out[missing] = np.where(first >= 0, out[np.maximum(first, 0)], -1)
             missing = np.flatnonzero(out < 0)
-        if len(missing):
-            found = pc.index_in(dictionary.take(pa.array(missing)), value_set=self.ids)
-            out[missing] = found.fill_null(-1).to_numpy().astype(np.int64)
-        return out
+        return missing
 
 
 @dataclass
