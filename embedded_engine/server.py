@@ -23,6 +23,7 @@ node agent's when it samples in-process.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import threading
 import time
@@ -426,6 +427,22 @@ async def _stream_body(
         state.loop.detach(st, "".join(sent))
 
 
+def warm_up(state: ServerState) -> None:
+    """First-use costs paid before serving rather than by the first requests, each tens of
+    milliseconds of CPU on the event loop: anyio's asyncio backend (imported on the first
+    ``run_in_threadpool`` or task group) and the chat template's Jinja compilation; then the
+    tokenizer and the detokenizer."""
+    importlib.import_module("anyio._backends._asyncio")
+    tok = state.loop.tokenizer
+    try:
+        text = tok.apply_chat_template([{"role": "user", "content": "warm up"}], add_generation_prompt=True)
+    except Exception:  # a template that needs other messages fails later with the request's own error
+        text = "warm up"
+    detok = tok.detokenizer()
+    for t in tok.encode(text, False):
+        detok.push(t)
+
+
 def build_app(state: ServerState) -> Starlette:
     async def completions(request: Request) -> Response:
         return await _generate(state, request, "completion")
@@ -463,6 +480,7 @@ def build_app(state: ServerState) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+    warm_up(state)
 
     async def entry(scope, receive, send) -> None:
         # a request arrives when uvicorn has parsed its headers and calls the app

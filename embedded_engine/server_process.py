@@ -454,6 +454,8 @@ class EngineProcess:
         if kind == "out":
             _, outputs, state, steps, requests = msg
             self.state = state
+            # first tokens first: their streams' tasks wake (and write) before the others'
+            outputs.sort(key=lambda o: o.num_output_tokens != 1)
             for out in outputs:
                 st = self._streams.get(out.request_id)
                 if st is None:

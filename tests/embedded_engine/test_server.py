@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -78,6 +79,9 @@ def records(served, bundle: Path):
 
 def test_models_and_health(server, client):
     http = server[0]
+    # first-use costs were paid before serving (warm_up): anyio's backend, the chat template
+    assert "anyio._backends._asyncio" in sys.modules
+    assert server[1].state.loop.tokenizer._compiled is not None
     assert [m.id for m in client.models.list()] == ["tiny"]
     assert httpx.get(http.url + "/health").status_code == 200
 
