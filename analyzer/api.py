@@ -186,7 +186,6 @@ def analyze_full(
         release()
     samples = hardware.sample_frame(t.samples) if caps["samples"] else hardware.sample_frame(t.samples.slice(0, 0))
     roof = roofline.step_roofline(steps, meta.get("model"), peaks, sums=step_sums) if has_steps else pd.DataFrame()
-    release()
     throttle_loss = None
     if has_steps and not samples.empty:
         clocked = samples[samples["has_reasons"] | samples["sm_clock_ratio"].notna()]
@@ -203,7 +202,6 @@ def analyze_full(
 
     # Per-request tables.
     st = stages.request_stages(requests, sums=req_sums, life=life)
-    release()
     del life
     metrics = latency.request_metrics(requests)
     # What the rest needs of the requests table, taken now: without steps the engine samples
@@ -213,7 +211,6 @@ def analyze_full(
     if has_steps:
         requests = None
         t.forget("requests")
-        release()
     codes, classes = latency.class_codes(metrics)
     itl, token_to_byte = _token_pass(t, codes, len(classes), chunk_rows or CHUNK_REQUESTS)
     itl = itl.taken()  # the percentiles are all that is needed of the gaps
@@ -228,7 +225,6 @@ def analyze_full(
     )
     del lookup
     attr = attribution.attribute(st, own, sb)
-    release()
     del own
     # Without steps, the engine's own series in the samples are the evidence for queueing vs KV blocks.
     eng_frame = engine_samples.engine_frame(t.samples) if not has_steps and caps["samples"] else None
@@ -264,12 +260,10 @@ def analyze_full(
     hw_win = hardware.per_window(samples, start_ns, window_ns, n_windows) if not samples.empty else None
     timeline = windows.window_timeline(st, attr, sb, hw_win, start_ns, window_ns, n_windows, spans, eng_frame)
     win_verdicts = windows.window_verdicts(timeline)
-    release()
 
     # Signals for the rules.
     lat = latency.latency_summaries(metrics, itl, slo)
     points = roofline.roofline_points(roof, peaks) if has_steps else []
-    release()
     busy = (
         hardware.busy_mask(
             samples,
@@ -285,7 +279,6 @@ def analyze_full(
     if eng_ev is not None:
         _engine_sample_signals(sig, eng_ev)
     sig.unreachable, unreachable = _unreachable(req_facts, caps, samples)
-    release()
     # No finished request: there is no latency to attribute, so no verdict (rather than "balanced").
     verdicts = classify.verdicts(sig) if done.any() else []
     for v in verdicts:

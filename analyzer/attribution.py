@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from bottleneck_map.analyzer.data import f64, ns, release_freed
+from bottleneck_map.analyzer.data import f64, ns
 from bottleneck_map.analyzer.result import CLASSES
 
 # KV usage at or above this fraction (of blocks) counts as "KV cache full".
@@ -202,7 +202,6 @@ def attribute(
         for c in cols:
             out[c][a : a + len(part)] = part[c].to_numpy()
         del part
-        release_freed()  # the slice's temporaries
     return pd.DataFrame(out, index=stages.index, copy=False)
 
 

@@ -155,9 +155,9 @@ class Tables:
                 if full < whole.num_rows:
                     pending, n = [whole.slice(full)], whole.num_rows - full
                 del whole
-                # Hand the pages of the pieces read so far back (the allocator would keep them
+                # Hand Arrow's pages of the pieces read so far back (its allocator would keep them
                 # cached, and the resident size would grow by about a piece per piece).
-                release()
+                pa.default_memory_pool().release_unused()
         except (pa.ArrowInvalid, OSError) as exc:
             raise BundleError(f"{self.path}: cannot read ({exc})") from exc
         if pending:

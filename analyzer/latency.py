@@ -209,8 +209,6 @@ def pooled_gaps(chunks: Iterable[pa.ChunkedArray | pa.Array], codes: np.ndarray,
             a[at : at + len(p)] = p
             at += len(p)
             ps[i] = None
-            if i % 16 == 15:
-                release_freed()
         ps.clear()
         release_freed()
         a.sort()

@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bottleneck_map.analyzer.data import NA_NS, flat_list, flat_values, ns, release_freed, to_np
+from bottleneck_map.analyzer.data import NA_NS, flat_list, flat_values, ns, to_np
 from bottleneck_map.analyzer.result import STAGES
 
 
@@ -320,7 +320,6 @@ def request_stages(
         for name, v in part.items():
             cols[name][a:z] = v
         del part
-        release_freed()  # the slice's temporaries
     return pd.DataFrame({**head, **cols, "steps": sums.steps_in}, copy=False)
 
 
