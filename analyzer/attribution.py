@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 
 from bottleneck_map.analyzer.data import f64, ns
-from bottleneck_map.analyzer.result import CLASSES
+from bottleneck_map.analyzer.result import CLASSES, STAGES
 
 # KV usage at or above this fraction (of blocks) counts as "KV cache full".
 KV_FULL = 0.95
@@ -209,22 +209,28 @@ def _attribute(  # noqa: C901
     stages: pd.DataFrame, own: pd.DataFrame | None, sb: pd.DataFrame | None, tl: Timeline | None
 ) -> pd.DataFrame:
     n = len(stages)
-    out = pd.DataFrame(0.0, index=stages.index, columns=[c for c in CLASSES if c != "balanced"] + [UNATTRIBUTED])
-    out["tokenization"] = (stages["receive"] + stages["tokenize"]).astype(float)
-    out["streaming"] = stages["streaming"].astype(float)
-    out["kv_cache_capacity"] = (stages["requeue"] + stages["recompute"]).astype(float)
-    out["pcie_transfer"] = stages["swap"].astype(float)
-    queue = stages["queue"].to_numpy().astype(float)
+    cols = [c for c in CLASSES if c != "balanced"] + [UNATTRIBUTED]
+    st = {c: stages[c].to_numpy() for c in (*STAGES, "arrival_ns", "first_token_ns", "end_ns")}
+    out = {c: np.zeros(n) for c in cols}
+    out["tokenization"] = (st["receive"] + st["tokenize"]).astype(float)
+    out["streaming"] = st["streaming"].astype(float)
+    out["kv_cache_capacity"] = (st["requeue"] + st["recompute"]).astype(float)
+    out["pcie_transfer"] = st["swap"].astype(float)
+    queue = st["queue"].astype(float)
+
+    def frame() -> pd.DataFrame:
+        return pd.DataFrame({c: out[c] for c in cols}, index=stages.index, copy=False)
+
     if sb is None or sb.empty or n == 0:
         out["queueing"] = queue
         out[UNATTRIBUTED] = (
-            stages["prefill_compute"] + stages["prefill_wait"] + stages["decode_compute"] + stages["decode_wait"]
+            st["prefill_compute"] + st["prefill_wait"] + st["decode_compute"] + st["decode_wait"]
         ).astype(float)
-        return out
-    t2 = stages["arrival_ns"].to_numpy() + (stages["receive"] + stages["tokenize"]).to_numpy()
-    t3 = t2 + stages["queue"].to_numpy()
-    t4 = stages["first_token_ns"].to_numpy()
-    t5 = stages["end_ns"].to_numpy() - stages["streaming"].to_numpy()
+        return frame()
+    t2 = st["arrival_ns"] + (st["receive"] + st["tokenize"])
+    t3 = t2 + st["queue"]
+    t4 = st["first_token_ns"]
+    t5 = st["end_ns"] - st["streaming"]
     # Each bound gets the cumulative columns its intervals need.
     classes = ("dur", *_STEP_CLASSES)
     at = {"t2": tl.at(t2, ("dur", "kv_blocked")), "t3": tl.at(t3, (*classes, "kv_blocked"))}
@@ -243,16 +249,16 @@ def _attribute(  # noqa: C901
     if own is not None:
         own_cols = [c for c in _STEP_CLASSES if c != "pcie_transfer"]
         own_total = own[own_cols].sum(axis=1).to_numpy()
-        own_stage = (stages["prefill_compute"] + stages["decode_compute"]).to_numpy().astype(float)
+        own_stage = (st["prefill_compute"] + st["decode_compute"]).astype(float)
         scale = np.where(own_total > 0, own_stage / np.where(own_total > 0, own_total, 1), 0.0)
         for c in own_cols:
             out[c] += own[c].to_numpy() * scale
     else:
         for (a, b), own_t, phase in (
-            (("t3", "t4"), stages["prefill_compute"], "prefill"),
-            (("t4", "t5"), stages["decode_compute"], "decode"),
+            (("t3", "t4"), st["prefill_compute"], "prefill"),
+            (("t4", "t5"), st["decode_compute"], "decode"),
         ):
-            own_t = own_t.to_numpy().astype(float)
+            own_t = own_t.astype(float)
             parts = {c: between(c, a, b) for c in _STEP_CLASSES if c != "pcie_transfer"}
             if phase == "prefill":  # in its own prefill steps a request's forward time is prefill compute
                 parts["prefill_compute"] = parts["prefill_compute"] + parts.pop("decode_memory_bandwidth")
@@ -262,9 +268,10 @@ def _attribute(  # noqa: C901
             fallback = "prefill_compute" if phase == "prefill" else "decode_memory_bandwidth"
             out[fallback] += np.where(tot > 0, 0.0, own_t)
     # Waiting: idle gaps -> host overhead; other sequences' steps -> their classes.
-    for (a, b), wait in ((("t3", "t4"), stages["prefill_wait"]), (("t4", "t5"), stages["decode_wait"])):
-        wait = wait.to_numpy().astype(float)
-        span = np.clip({"t3": t3, "t4": t4, "t5": t5}[b] - {"t3": t3, "t4": t4, "t5": t5}[a], 0, None).astype(float)
+    bound = {"t3": t3, "t4": t4, "t5": t5}
+    for (a, b), wait in ((("t3", "t4"), st["prefill_wait"]), (("t4", "t5"), st["decode_wait"])):
+        wait = wait.astype(float)
+        span = np.clip(bound[b] - bound[a], 0, None).astype(float)
         busy = np.minimum(between("dur", a, b), span)
         gap = np.minimum(wait, span - busy)
         rest = wait - gap
@@ -274,7 +281,7 @@ def _attribute(  # noqa: C901
         for c, v in parts.items():
             out[c] += np.where(tot > 0, rest * v / np.where(tot > 0, tot, 1), 0.0)
         out["host_overhead"] += np.where(tot > 0, 0.0, rest)
-    return out
+    return frame()
 
 
 def own_step_time(membership, sb: pd.DataFrame, n_requests: int, first_token_ns: np.ndarray) -> pd.DataFrame:
