@@ -4,13 +4,16 @@ GuideLLM runs unchanged (its own OpenAI HTTP backend, synthetic data, the built-
 tokenizer from a local directory). Our analyzer reads the bundle `serve` wrote during the
 run. GuideLLM measures on the client, the analyzer on the server, so the script also
 prints, per request (matched by response id), the parts of the client's TTFT that the
-server cannot see: client send -> server arrival, and first token sampled -> client
-received.
+server-side TTFT (arrival -> first token sampled) does not hold: client send -> server
+arrival, first token sampled -> first byte written (server side, the bundle's
+``first_byte_ns``), and first byte written -> client received.
 
     pip install guidellm==0.8.1        # or: pip install --target DIR ... and GUIDELLM_PATH=DIR
-    python benchmarks/bench_guidellm.py --streams 8 --requests 64
+    python benchmarks/bench_guidellm.py --streams 8 --requests 64 --rounds 3
 
-Prints a table and the ratios analyzer / GuideLLM.
+Each round starts a fresh `serve` (the engine in its own process unless --engine-thread)
+on a free port. Prints one table per round, then the median ratio (analyzer / GuideLLM)
+over the rounds, with the 1-minute load average before and after each round.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,11 +34,20 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER_DIR = ROOT / "embedded_engine" / "presets"
+METRICS = ("TTFT mean", "TTFT p50", "ITL/TPOT mean", "ITL/TPOT p50")
 
 
-def wait_ready(url: str, timeout: float = 120.0) -> None:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, serve: subprocess.Popen, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if serve.poll() is not None:
+            raise RuntimeError(f"serve exited with code {serve.returncode}")
         try:
             if httpx.get(url + "/health", timeout=2).status_code == 200:
                 return
@@ -44,30 +57,25 @@ def wait_ready(url: str, timeout: float = 120.0) -> None:
     raise RuntimeError(f"serve did not come up at {url}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="tiny")
-    ap.add_argument("--port", type=int, default=18080)
-    ap.add_argument("--streams", type=int, default=8, help="GuideLLM concurrent streams")
-    ap.add_argument("--requests", type=int, default=64)
-    ap.add_argument("--prompt-tokens", type=int, default=64)
-    ap.add_argument("--output-tokens", type=int, default=32)
-    ap.add_argument("--max-num-seqs", type=int, default=32)
-    args = ap.parse_args()
+def one_round(args, work: Path) -> dict:
+    from bottleneck_map.analyzer.api import analyze
+    from bottleneck_map.bundle import read_bundle
 
-    work = Path(tempfile.mkdtemp(prefix="bench-guidellm-"))
     bundle, report = work / "bundle", work / "guidellm.json"
-    url = f"http://127.0.0.1:{args.port}"
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "bottleneck_map.cli", "serve", "--model", args.model, "--device", "cpu",
-         "--port", str(args.port), "--bundle", str(bundle), "--max-num-seqs", str(args.max_num_seqs)],
-    )  # fmt: skip
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "bottleneck_map.cli", "serve", "--model", args.model, "--device", "cpu",
+           "--port", str(port), "--bundle", str(bundle), "--max-num-seqs", str(args.max_num_seqs)]  # fmt: skip
+    if args.engine_thread:
+        cmd.append("--engine-thread")
+    load_before = os.getloadavg()[0]
+    serve = subprocess.Popen(cmd)
     try:
-        wait_ready(url)
+        wait_ready(url, serve)
         env = dict(os.environ)
         if os.environ.get("GUIDELLM_PATH"):
             env["PYTHONPATH"] = os.environ["GUIDELLM_PATH"] + os.pathsep + env.get("PYTHONPATH", "")
-        cmd = [
+        gcmd = [
             sys.executable, "-m", "guidellm", "run",
             "--backend", f"kind=openai_http,target={url},model={args.model}",
             "--tokenizer", f"kind=huggingface_auto,model={TOKENIZER_DIR}",
@@ -77,48 +85,83 @@ def main() -> None:
             "--output", f"kind=json,path={report}",
             "--disable-console",
         ]  # fmt: skip
-        print("$", " ".join(cmd[1:]), flush=True)
-        subprocess.run(cmd, check=True, env=env)
+        print("$", " ".join(gcmd[1:]), flush=True)
+        subprocess.run(gcmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     finally:
         serve.send_signal(signal.SIGINT)
-        serve.wait(60)
-
-    from bottleneck_map.analyzer.api import analyze
-    from bottleneck_map.bundle import read_bundle
+        try:
+            serve.wait(60)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            serve.wait()
+    load_after = os.getloadavg()[0]
 
     bench = json.loads(report.read_text())["benchmarks"][0]
     gm = bench["metrics"]
-    result = analyze(bundle)
-    ours = next(s for s in result.latency if s.workload_class == "all")
+    ours = next(s for s in analyze(bundle).latency if s.workload_class == "all")
     # GuideLLM's per-request "ITL" is (last token - first token) / (tokens - 1): what vLLM (and our
     # analyzer) call TPOT. Its "TPOT" includes the first token, so it has no counterpart here.
     g = {k: gm[k]["successful"] for k in ("time_to_first_token_ms", "inter_token_latency_ms")}
-    rows = [
-        ("TTFT mean (ms)", g["time_to_first_token_ms"]["mean"], ours.ttft.mean * 1e3),
-        ("TTFT p50 (ms)", g["time_to_first_token_ms"]["median"], ours.ttft.p50 * 1e3),
-        ("ITL/TPOT mean", g["inter_token_latency_ms"]["mean"], ours.tpot.mean * 1e3),
-        ("ITL/TPOT p50", g["inter_token_latency_ms"]["median"], ours.tpot.p50 * 1e3),
-    ]
-    print(f"\n{'metric':<16}{'GuideLLM':>10}{'analyzer':>10}{'ratio':>8}")
-    for name, g, a in rows:
-        print(f"{name:<16}{g:>10.2f}{a:>10.2f}{a / g:>8.3f}")
-
+    pairs = {
+        "TTFT mean": (g["time_to_first_token_ms"]["mean"], ours.ttft.mean * 1e3),
+        "TTFT p50": (g["time_to_first_token_ms"]["median"], ours.ttft.p50 * 1e3),
+        "ITL/TPOT mean": (g["inter_token_latency_ms"]["mean"], ours.tpot.mean * 1e3),
+        "ITL/TPOT p50": (g["inter_token_latency_ms"]["median"], ours.tpot.p50 * 1e3),
+    }
     b = read_bundle(bundle)
     clock = b.meta["clock"]
     off = clock["origin_unix_ns"] - clock["origin_monotonic_ns"]
     req = b.requests.set_index("request_id")
-    send_to_arrival, token_to_client = [], []
+    parts = {"send -> arrival": [], "first token -> first byte written": [], "first byte -> client": []}
     for r in bench["requests"]["successful"]:
         t, s = r["info"]["timings"], req.loc[r["response_id"]]
-        send_to_arrival.append((s.arrival_ns + off) / 1e9 - t["request_start"])
-        token_to_client.append(t["first_token_iteration"] - (s.first_token_ns + off) / 1e9)
-    a, c = np.mean(send_to_arrival) * 1e3, np.mean(token_to_client) * 1e3
-    print(
-        f"\nanalyzer pooled ITL mean {ours.itl.mean * 1e3:.2f} ms, p50 {ours.itl.p50 * 1e3:.2f} ms"
-        f"\nclient-only parts of TTFT (mean): send -> server arrival {a:.2f} ms, "
-        f"first token -> client {c:.2f} ms; analyzer TTFT + both = {ours.ttft.mean * 1e3 + a + c:.2f} ms "
-        f"vs GuideLLM {rows[0][1]:.2f} ms"
-    )
+        parts["send -> arrival"].append((s.arrival_ns + off) / 1e9 - t["request_start"])
+        parts["first token -> first byte written"].append((s.first_byte_ns - s.first_token_ns) / 1e9)
+        parts["first byte -> client"].append(t["first_token_iteration"] - (s.first_byte_ns + off) / 1e9)
+    return {
+        "pairs": pairs,
+        "parts": {k: (np.mean(v) * 1e3, np.median(v) * 1e3) for k, v in parts.items()},
+        "n": len(bench["requests"]["successful"]),
+        "errors": len(bench["requests"]["errored"]),
+        "load": (load_before, load_after),
+        "ttft_mean": ours.ttft.mean * 1e3,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny")
+    ap.add_argument("--streams", type=int, default=8, help="GuideLLM concurrent streams")
+    ap.add_argument("--requests", type=int, default=64)
+    ap.add_argument("--prompt-tokens", type=int, default=64)
+    ap.add_argument("--output-tokens", type=int, default=32)
+    ap.add_argument("--max-num-seqs", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=1, help="fresh server and GuideLLM run per round")
+    ap.add_argument("--engine-thread", action="store_true", help="serve --engine-thread (the engine in a thread)")
+    args = ap.parse_args()
+
+    results = []
+    for i in range(args.rounds):
+        with tempfile.TemporaryDirectory(prefix="bench-guidellm-") as work:
+            res = one_round(args, Path(work))
+        results.append(res)
+        lb, la = res["load"]
+        print(f"\nround {i + 1}/{args.rounds}: {res['n']} requests, {res['errors']} errors, load {lb:.2f} -> {la:.2f}")
+        print(f"{'metric':<16}{'GuideLLM':>10}{'analyzer':>10}{'ratio':>8}")
+        for name, (gv, av) in res["pairs"].items():
+            print(f"{name:<16}{gv:>10.2f}{av:>10.2f}{av / gv:>8.3f}")
+        print("parts of the client's TTFT outside the server-side TTFT (mean / p50 ms):")
+        for name, (mean, p50) in res["parts"].items():
+            print(f"  {name:<36}{mean:>8.2f}{p50:>8.2f}")
+        extra = sum(m for m, _ in res["parts"].values())
+        print(
+            f"  analyzer TTFT mean + all three = {res['ttft_mean'] + extra:.2f} ms vs GuideLLM {res['pairs']['TTFT mean'][0]:.2f} ms"
+        )
+    if args.rounds > 1:
+        print(f"\nmedian over {args.rounds} rounds (analyzer / GuideLLM), each round's ratio in brackets:")
+        for name in METRICS:
+            ratios = [r["pairs"][name][1] / r["pairs"][name][0] for r in results]
+            print(f"  {name:<16}{np.median(ratios):>8.3f}  [{' '.join(f'{x:.3f}' for x in ratios)}]")
 
 
 if __name__ == "__main__":
