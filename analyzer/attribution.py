@@ -133,7 +133,8 @@ class Timeline:
         e = np.maximum(sb["end_ns"].to_numpy()[order], s)
         x = np.empty(2 * len(s), np.int64)
         x[0::2], x[1::2] = s, e
-        self.x = np.maximum.accumulate(x).astype(np.float64) if len(x) else x.astype(np.float64)
+        self.xi = np.maximum.accumulate(x) if len(x) else x  # int64: searched with int64 times, no casts
+        self.x = self.xi.astype(np.float64)
         self.cum: dict[str, np.ndarray] = {}
         for col in ("dur", *_STEP_CLASSES):
             self.cum[col] = self._cum(sb[col].to_numpy()[order])
@@ -155,7 +156,7 @@ class Timeline:
             return {k: np.zeros(len(t)) for k in keys}
         x = self.x
         i = (
-            np.clip(np.searchsorted(x, t, side="right") - 1, 0, len(x) - 2)
+            np.clip(np.searchsorted(self.xi if t.dtype == np.int64 else x, t, side="right") - 1, 0, len(x) - 2)
             if len(x) > 1
             else np.zeros(len(t), np.int64)
         )
