@@ -317,22 +317,8 @@ def stages(args: argparse.Namespace) -> None:
         print(f"  {name}: {100 * ns / 1e9 / dt:.3f} % ({ns / 1e3 / ticks:.0f} us per tick)")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=30.0, help="CPU measurement window")
-    ap.add_argument("--warmup", type=float, default=5.0)
-    ap.add_argument("--scrapes", type=int, default=300, help="scrapes per target")
-    ap.add_argument("--gpus", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=1, help="CPU windows per pynvml stand-in, alternating")
-    ap.add_argument("--baseline", type=Path, help="an exported earlier tree, run side by side with ours")
-    ap.add_argument("--stages", action="store_true", help="in-process per-stage CPU accounting only")
-    args = ap.parse_args()
-    if args.stages:
-        stages(args)
-        return
-
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
-    tmp = Path(tempfile.mkdtemp(prefix="bench-agent-"))
+def alone(tmp: Path, args: argparse.Namespace) -> None:
+    """Our agent with the test double and with the minimal stand-in, in alternating windows."""
     cpu: dict[str, list[float]] = {"scripted": [], "minimal": []}
     for r in range(args.rounds):
         for double in cpu:
@@ -349,6 +335,27 @@ def main() -> None:
         f"the agent's own: {statistics.median(cpu['minimal']) * 100:.2f} % (target <= 1 %)"
     )
     print(f"load average {os.getloadavg()[0]:.2f} at the end of the CPU runs")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=30.0, help="CPU measurement window")
+    ap.add_argument("--warmup", type=float, default=5.0)
+    ap.add_argument("--scrapes", type=int, default=300, help="scrapes per target")
+    ap.add_argument("--gpus", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=1, help="CPU windows per pynvml stand-in, alternating")
+    ap.add_argument("--baseline", type=Path, help="an exported earlier tree, run side by side with ours")
+    ap.add_argument("--stages", action="store_true", help="in-process per-stage CPU accounting only")
+    ap.add_argument("--side-by-side-only", action="store_true", help="with --baseline: skip the runs of ours alone")
+    args = ap.parse_args()
+    if args.stages:
+        stages(args)
+        return
+
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-agent-"))
+    if not args.side_by_side_only:
+        alone(tmp, args)
     if args.baseline is not None:
         root = baseline_import_root(args.baseline.resolve(), tmp)
         pairs = []
