@@ -443,9 +443,13 @@ class Bundle:
         chunk with its own dictionary. ``segments`` (from :meth:`segments`) reads those segment
         files only. Without options the result is cached per table.
         """
-        if segments is not None:
-            return pa.concat_tables(list(self.iter_table(name, columns, dictionary, segments=segments)))
         schema = schema_for(name)
+        if segments is not None:
+            parts = list(self.iter_table(name, columns, dictionary, segments=segments))
+            if not parts:
+                wanted = set(schema.names if columns is None else columns)
+                return _read_schema(schema, wanted, dictionary).empty_table()
+            return pa.concat_tables(parts)
         if columns is None and not dictionary:
             if name not in self._tables:
                 self._tables[name] = self._load(name, schema)
