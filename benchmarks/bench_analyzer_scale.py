@@ -11,8 +11,8 @@ Prints wall and CPU time (user+sys: less sensitive to other load on a shared mac
 bundle size on disk, how much larger the tables are in memory as Arrow (``arrow/disk``: the
 bundle's compression ratio) and the ratios the analyzer issue sets: analysis <= 2x read time,
 peak memory <= 3x bundle size on disk (``ana/disk`` total, ``net/disk`` less the interpreter),
-linear from 100k to 1M. The fastest of ``--repeat`` runs (by CPU time) is kept; imports happen
-before either clock starts. Bundles are generated in a subprocess. ``--phases`` adds where the
+linear from 100k to 1M. Read and analysis runs alternate; the fastest of ``--repeat`` runs of
+each (by CPU time) is kept; imports happen before either clock starts. Bundles are generated in a subprocess. ``--phases`` adds where the
 analysis of the largest size spends CPU and memory.
 
     python benchmarks/bench_analyzer_scale.py --sizes 100000 300000 1000000
@@ -300,10 +300,13 @@ def main() -> None:
                 print(f"  (generated {n:,} requests in {time.perf_counter() - t:.1f} s)", file=sys.stderr)
             size = du(path)
             chunk = str(args.chunk_rows)
-            read = min((_run([_CHILD, "read", str(path), chunk]) for _ in range(args.repeat)), key=lambda r: r["cpu_s"])
-            ana = min(
-                (_run([_CHILD, "analyze", str(path), chunk]) for _ in range(args.repeat)), key=lambda r: r["cpu_s"]
-            )
+            # Read and analysis alternate, so both see the same load on a shared machine.
+            runs = [
+                (_run([_CHILD, "read", str(path), chunk]), _run([_CHILD, "analyze", str(path), chunk]))
+                for _ in range(args.repeat)
+            ]
+            read = min((r for r, _ in runs), key=lambda r: r["cpu_s"])
+            ana = min((a for _, a in runs), key=lambda r: r["cpu_s"])
             peak, base = ana["peak_rss_bytes"], ana["base_rss_bytes"]
             print(
                 f"{n:>9,} {read['rows']['steps']:>9,} {size / 2**20:>8.1f} {read['arrow_bytes'] / size:>10.1f} "
