@@ -10,8 +10,9 @@ two ways behind the same interface (``ServerState.loop``):
 - :class:`EngineLoop`: one engine thread in this process (a model already loaded
   here, and tests that reach into the engine).
 
-A request's arrival is stamped when the ASGI app is first called for it (uvicorn
-has parsed its headers). A streamed chunk is stamped as delivered once the ASGI
+A request's arrival is stamped when its first bytes are read from the socket
+(:class:`ArrivalH11Protocol`, which ``serve`` runs uvicorn with), or else when the
+ASGI app is first called for it. A streamed chunk is stamped as delivered once the ASGI
 server accepted it, and the request's record (with ``first_byte_ns``,
 ``last_byte_ns`` and ``delivered_ns``) is written once the last chunk went out. A
 client that disconnects mid-stream aborts its request, which frees its KV blocks.
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import h11
 from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -42,6 +44,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from bottleneck_map.bundle import now_ns
 from bottleneck_map.embedded_engine import openai_protocol as oai
@@ -213,9 +216,25 @@ class EngineLoop:
             self._to_complete.append((st.request_id, text))
 
 
+_DONE = oai.sse("[DONE]")
+
+
 class _SSEResponse(StreamingResponse):
     """Streams while watching for the client to go away; on disconnect the body
-    generator is closed (its ``finally`` aborts the request)."""
+    generator is closed (its ``finally`` aborts the request).
+
+    ``data: [DONE]`` goes out as the last body message (the chunked terminator right after
+    it), so a client that sends its next request on the connection as soon as it reads
+    ``[DONE]`` finds the response cycle already complete instead of waiting behind it."""
+
+    async def stream_response(self, send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async for chunk in self.body_iterator:
+            last = chunk == _DONE
+            await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+            if last:
+                return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def __call__(self, scope, receive, send) -> None:
         try:
@@ -236,6 +255,31 @@ class _SSEResponse(StreamingResponse):
                 tg.start_soon(watch)
         finally:
             await self.body_iterator.aclose()
+
+
+class ArrivalH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, stamping a request's arrival when its first bytes are read from
+    the socket, into the ASGI scope (``ARRIVAL_KEY``). A request that comes in on a keep-alive
+    connection while the previous response is still being sent waits in h11's buffer until that
+    response is complete; its arrival is still when it was read."""
+
+    _arrival_ns: int | None = None  # when the next request's first bytes were read
+    _read_ns: int = 0  # the latest read
+
+    def data_received(self, data: bytes) -> None:
+        self._read_ns = now_ns()
+        if self._arrival_ns is None and self.conn.their_state in (h11.IDLE, h11.DONE):
+            self._arrival_ns = self._read_ns  # the first bytes of a new request, not a body's continuation
+        super().data_received(data)
+
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle:  # a request was parsed; its task has not started yet
+            if self._arrival_ns is not None:
+                self.cycle.scope[ARRIVAL_KEY] = self._arrival_ns
+            # bytes left over in h11's buffer: a pipelined request, read with this one
+            self._arrival_ns = self._read_ns if self.conn.trailing_data[0] else None
 
 
 def _error(exc: oai.ApiError) -> JSONResponse:
@@ -421,7 +465,7 @@ async def _stream_body(
             if done:
                 if req.include_usage:
                     yield oai.sse(oai.usage_chunk(req.kind, rid, model, created, oai.usage(n_prompt, n_out)))
-                yield oai.sse("[DONE]")
+                yield _DONE
                 break
     finally:
         state.loop.detach(st, "".join(sent))
@@ -483,9 +527,9 @@ def build_app(state: ServerState) -> Starlette:
     warm_up(state)
 
     async def entry(scope, receive, send) -> None:
-        # a request arrives when uvicorn has parsed its headers and calls the app
+        # arrival: stamped by ArrivalH11Protocol when the request's first bytes were read, else now
         if scope["type"] == "http":
-            scope[ARRIVAL_KEY] = now_ns()
+            scope.setdefault(ARRIVAL_KEY, now_ns())
             state.loop.attach(asyncio.get_running_loop())
         await app(scope, receive, send)
 

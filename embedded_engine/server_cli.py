@@ -378,6 +378,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
         http.server.config.app = served.app
+        from bottleneck_map.embedded_engine.server import ArrivalH11Protocol
+
+        http.server.config.http = ArrivalH11Protocol  # arrival stamped when a request's bytes are read
         typer.echo(
             f"serve: {served.state.served_model} on {http.url}/v1 (metrics {http.url}/metrics)"
             + (f", bundle {bundle}" if bundle else ""),

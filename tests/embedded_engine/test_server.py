@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import socket
 import sys
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bottleneck_map.bundle import read_bundle
 from bottleneck_map.embedded_engine.engine_config import EngineConfig
+from bottleneck_map.embedded_engine.server import ArrivalH11Protocol
 from bottleneck_map.embedded_engine.server_cli import build_server
 from bottleneck_map.http_server import UvicornServer
 from bottleneck_map.validate import validate_bundle
@@ -50,7 +53,9 @@ def server(request, tiny, tmp_path_factory):
             measure_device=False,
         )
         assert not served.engine_process
-    http = UvicornServer(served.app).start()
+    http = UvicornServer(served.app)
+    http.server.config.http = ArrivalH11Protocol  # as `serve` runs it
+    http.start()
     yield http, served, spans, bundle
     http.stop()
     served.close()
@@ -248,6 +253,31 @@ def test_bundle_records_streaming_timestamps(server, client):
     assert row["tokenize_start_ns"] <= row["tokenize_end_ns"] <= row["queued_ns"]
     report = validate_bundle(bundle)
     assert report.valid, report.errors
+
+
+def test_a_pipelined_request_arrives_when_its_bytes_are_read(server):
+    """Two requests in one write on one connection: the second waits in h11's buffer until the
+    first's response is complete, but its arrival is when both were read."""
+    http, served, _, bundle = server
+    host, port = http.host, http.port
+
+    def request(prompt: str) -> bytes:
+        body = json.dumps({"model": "tiny", "prompt": prompt, "max_tokens": 30, "ignore_eos": True}).encode()
+        head = f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        return head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(request("pipelined one") + request("pipelined two"))
+        got = b""
+        while got.count(b'"usage"') < 2:
+            chunk = sock.recv(65536)
+            assert chunk, got
+            got += chunk
+    ids = re.findall(rb'"id":"(cmpl-[0-9a-f]+)"', got)
+    req = records(served, bundle)
+    first, second = req.loc[ids[0].decode()], req.loc[ids[1].decode()]
+    assert second["first_token_ns"] > first["finished_ns"]  # it really waited for the first
+    assert second["arrival_ns"] - first["arrival_ns"] < (first["finished_ns"] - first["arrival_ns"]) / 2
 
 
 def test_metrics_use_vllm_names_and_count_requests(server, client):
