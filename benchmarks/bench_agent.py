@@ -19,10 +19,11 @@
    double, so both see the same machine load; prints both and the ratio.
 4. ``--stages``: instead of the above, the agent's parts run inside this process as the CLI
    wires them (sampler, bundle writer, /metrics server) and each stage of the sampler thread is
-   timed with ``time.thread_time()``; per-thread CPU from ``/proc/self/task``.
+   timed with ``time.thread_time()``; per-thread CPU from ``/proc/self/task``. With
+   ``--baseline DIR`` the baseline's stages are measured at the same time in a second process.
 
     python benchmarks/bench_agent.py [--seconds 30] [--rounds 1] [--scrapes 300] [--baseline DIR]
-    python benchmarks/bench_agent.py --stages [--seconds 30]
+    python benchmarks/bench_agent.py --stages [--seconds 30] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -349,7 +350,18 @@ def main() -> None:
     ap.add_argument("--side-by-side-only", action="store_true", help="with --baseline: skip the runs of ours alone")
     args = ap.parse_args()
     if args.stages:
+        baseline = None
+        if args.baseline is not None:  # the baseline's stages in a second process, at the same time
+            tmp = Path(tempfile.mkdtemp(prefix="bench-agent-"))
+            root = baseline_import_root(args.baseline.resolve(), tmp)
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--stages", "--seconds", str(args.seconds)]
+            cmd += ["--warmup", str(args.warmup), "--gpus", str(args.gpus)]
+            env = dict(os.environ, PYTHONPATH=str(root))
+            baseline = subprocess.Popen(cmd, env=env, cwd=str(tmp), stdout=subprocess.PIPE, text=True)
         stages(args)
+        if baseline is not None:
+            print(baseline.communicate()[0], end="")
+            shutil.rmtree(tmp, ignore_errors=True)
         return
 
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
