@@ -163,10 +163,12 @@ class MetricsServer:
         self._httpd.server_close()
 
     def _wake(self) -> None:
-        """Open and close one connection to the listening socket."""
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
-        try:
-            with socket.create_connection((host, self.port), timeout=1.0):
-                pass
-        except OSError:
-            pass
+        """Open and close one connection to the listening socket (a wildcard address through
+        loopback; for ``::`` IPv6 loopback first, then IPv4 for a host without it)."""
+        hosts = {"0.0.0.0": ("127.0.0.1",), "": ("127.0.0.1",), "::": ("::1", "127.0.0.1")}.get(self.host, (self.host,))
+        for host in hosts:
+            try:
+                with socket.create_connection((host, self.port), timeout=1.0):
+                    return
+            except OSError:
+                continue
