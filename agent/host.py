@@ -1,5 +1,5 @@
-"""Host source over psutil: CPU per core, load, memory and swap, network per
-interface, disk I/O per device, and one watched process.
+"""Host source: CPU per core, load, memory and swap, network per interface, disk
+I/O per device, and one watched process.
 
 CPU utilisation is measured between consecutive calls (each source keeps its
 own previous reading). Host CPU and the watched process's CPU are read every
@@ -7,13 +7,15 @@ tick; load, memory, swap, network and disk counters, and the process's threads,
 RSS and context switches once a second (``slow_interval_s``), carried over in
 between and listed in ``stale``.
 
-The two per-tick reads are the agent's most frequent ones, so on Linux they keep
-``/proc/stat`` and ``/proc/<pid>/stat`` open and re-read them with one
-``pread`` each (:class:`ProcStatFile`), parsing only the fields they use: at
-10 Hz that costs about a tenth of ``psutil.cpu_times(percpu=True)`` plus
+On Linux every read keeps its ``/proc`` file open and re-reads it with one
+``pread`` (:class:`ProcStatFile`), parsing only the fields it uses: every tick
+``/proc/stat`` and ``/proc/<pid>/stat``; once a second ``/proc/meminfo``,
+``/proc/net/dev``, ``/proc/diskstats`` and ``/proc/<pid>/status`` (threads and
+RSS come from that tick's ``/proc/<pid>/stat``). At 10 Hz the per-tick reads
+cost about a tenth of ``psutil.cpu_times(percpu=True)`` plus
 ``Process.cpu_percent()``, which open, parse and wrap the files on every call.
 The numbers are the ones psutil reads (the same files and fields); where
-``/proc`` is not there, psutil is used.
+``/proc`` is not there, or a file cannot be parsed, psutil is used.
 """
 
 from __future__ import annotations
