@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--max-num-seqs", type=int, default=64)
     ap.add_argument("--port", type=int, default=18090)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best of each side is kept")
+    ap.add_argument("--engine-thread", action="store_true", help="serve --engine-thread (the engine in a thread)")
     args = ap.parse_args()
 
     import torch
@@ -102,6 +103,7 @@ def main() -> None:
         [sys.executable, "-m", "bottleneck_map.cli", "serve", "--model", args.model, "--device", "cpu",
          "--port", str(port), "--max-num-seqs", str(args.max_num_seqs), "--num-kv-blocks", "2048",
          "--max-model-len", "512", "--threads", str(torch.get_num_threads())]  # the baseline's threads
+        + (["--engine-thread"] if args.engine_thread else [])
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     params = SamplingParams(max_tokens=args.max_tokens, ignore_eos=True)
