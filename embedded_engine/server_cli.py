@@ -175,7 +175,7 @@ def build_server(
             workload={"description": "OpenAI-compatible API traffic", "served_model_name": name},
             capabilities={"steps": True, "samples": agent, "streaming": True},
             instance=instance,
-            serve={"engine_process": False},
+            serve={"engine_process": False, "torch_threads": __import__("torch").get_num_threads()},
             **({"injected": injection.to_meta()} if injection is not None and injection.active else {}),
         )
         writer = BundleWriter(bundle, meta, flush_interval_s=flush_interval_s)
@@ -368,7 +368,7 @@ def register(app: typer.Typer) -> None:
                 agent_interval=agent_interval,
                 engine_process=not engine_thread,
                 injection=injection,
-                threads=threads,
+                threads=threads if threads is not None else default_engine_threads(device),
             )
         except ConfigError as exc:
             http.sock.close()
