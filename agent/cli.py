@@ -34,6 +34,7 @@ def _agent_meta(sampler: Any, names: str) -> dict[str, Any]:
     for src in sampler.sources:
         if isinstance(src, NvmlSource):
             st = src.status
+            meta["gpm_interval_s"] = src.gpm_spacing_ns / 1e9
             meta["nvml"] = {
                 "available": st.available,
                 "host_only_reason": st.host_only_reason,
@@ -56,6 +57,12 @@ def agent(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to serve /metrics on (loopback by default)."),
     port: int = typer.Option(9400, "--port", help="Port for /metrics (0 picks a free one)."),
     interval: float = typer.Option(0.1, "--interval", help="Sampling interval in seconds."),
+    gpm_interval: float = typer.Option(
+        0.2,
+        "--gpm-interval",
+        help="Seconds between GPM samples (Hopper and newer; at least 0.1). A GPM metric averages the time "
+        "between two samples; ticks in between carry the last values (marked stale in the bundle).",
+    ),
     watch_pid: int | None = typer.Option(None, "--watch-pid", help="Also sample this process (CPU, RSS, GPU memory)."),
     out: Path | None = typer.Option(None, "--out", help="Write samples into this bundle (created, or appended to)."),
     metric_names: MetricNames = typer.Option(
@@ -75,13 +82,18 @@ def agent(
     import psutil
 
     from bottleneck_map.agent.collector import AgentCollector
-    from bottleneck_map.agent.sampler import Sampler
+    from bottleneck_map.agent.sampler import Sampler, default_sources
     from bottleneck_map.agent.server import BasicAuth, MetricsServer
     from bottleneck_map.bundle import META_FILE, BundleError, BundleWriter, new_meta
 
     if not interval > 0 or interval > 3600:
         raise typer.BadParameter(
             f"must be a positive number of seconds (at most 3600), got {interval}", param_hint="--interval"
+        )
+    if not 0.1 <= gpm_interval <= 3600:
+        raise typer.BadParameter(
+            f"must be between 0.1 (NVML's minimum GPM spacing) and 3600 seconds, got {gpm_interval}",
+            param_hint="--gpm-interval",
         )
     if not 0 <= port <= 65535:
         raise typer.BadParameter(f"must be between 0 and 65535, got {port}", param_hint="--port")
@@ -109,6 +121,7 @@ def agent(
     sampler = Sampler(
         interval_s=interval,
         watch_pid=watch_pid,
+        sources=default_sources(watch_pid, gpm_interval_s=gpm_interval),
         instance=hostname,
         write_every_s=FLUSH_INTERVAL_S,
         flush_writes=True,

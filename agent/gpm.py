@@ -27,7 +27,12 @@ log = logging.getLogger("bottleneck_map.agent")
 
 MIB = 1024 * 1024
 _set = object.__setattr__
-MIN_SPACING_NS = 100_000_000
+MIN_SPACING_NS = 100_000_000  # NVML's guidance: GPM samples at least 100 ms apart
+# The agent's default GPM window: twice the minimum. A GPM metric is an average over the window
+# between two samples, so a longer window loses nothing but time resolution (5 per second still
+# resolves the agent's 1 s analysis windows), and it halves the per-GPU cost of a sample, the
+# largest per-tick cost of the agent at 10 Hz (docs/performance.md).
+DEFAULT_SPACING_NS = 200_000_000
 MAX_WAIT_NS = 5_000_000
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from bottleneck_map.agent.gpm import GPM_METRICS, GpmReader, gpm_supported
+from bottleneck_map.agent.gpm import DEFAULT_SPACING_NS, GPM_METRICS, MIN_SPACING_NS, GpmReader, gpm_supported
 from bottleneck_map.agent.sample import GpuSample, Sample
 
 log = logging.getLogger("bottleneck_map.agent")
@@ -101,6 +101,7 @@ class NvmlSource:
         *,
         watch_pid: int | None = None,
         gpm: bool = True,
+        gpm_interval_s: float = DEFAULT_SPACING_NS / 1e9,
         slow_interval_s: float = SLOW_INTERVAL_S,
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 60.0,
@@ -109,6 +110,9 @@ class NvmlSource:
         self._nvml = nvml
         self.watch_pid = watch_pid
         self.use_gpm = gpm
+        if not gpm_interval_s * 1e9 >= MIN_SPACING_NS:
+            raise ValueError(f"gpm_interval_s must be at least {MIN_SPACING_NS / 1e9:g} s, got {gpm_interval_s}")
+        self.gpm_spacing_ns = int(round(gpm_interval_s * 1e9))
         self.slow_interval_s = slow_interval_s
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
@@ -218,7 +222,7 @@ class NvmlSource:
         )
         if self.use_gpm and gpm_supported(n, dev.handle):
             try:
-                dev.gpm = GpmReader(n, dev.handle)
+                dev.gpm = GpmReader(n, dev.handle, min_spacing_ns=self.gpm_spacing_ns)
             except n.NVMLError as exc:
                 log.info("GPU %d: GPM sample buffers unavailable (%s)", index, exc)
         return dev

@@ -58,9 +58,14 @@ class SamplerStats:
     last_duration_ns: int | None = None
 
 
-def default_sources(watch_pid: int | None = None) -> list[Source]:
-    """The host (psutil) and every GPU NVML sees."""
-    return [HostSource(watch_pid), NvmlSource(watch_pid=watch_pid)]
+def default_sources(watch_pid: int | None = None, *, gpm_interval_s: float | None = None) -> list[Source]:
+    """The host and every GPU NVML sees (GPM samples ``gpm_interval_s`` apart, the source's default if None)."""
+    nvml = (
+        NvmlSource(watch_pid=watch_pid)
+        if gpm_interval_s is None
+        else NvmlSource(watch_pid=watch_pid, gpm_interval_s=gpm_interval_s)
+    )
+    return [HostSource(watch_pid), nvml]
 
 
 class Sampler:

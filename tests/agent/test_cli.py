@@ -37,6 +37,8 @@ def agent_cmd(*args: str, fake_gpus: int | None = None) -> list[str]:
     [
         (["--interval", "0"], "--interval"),
         (["--interval", "-1"], "--interval"),
+        (["--gpm-interval", "0.05"], "--gpm-interval"),
+        (["--gpm-interval", "nan"], "--gpm-interval"),
         (["--port", "70000"], "--port"),
         (["--metric-names", "statsd"], "--metric-names"),
         (["--duration", "0"], "--duration"),

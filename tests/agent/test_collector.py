@@ -40,7 +40,7 @@ def one(samples, name, **labels):
 @pytest.fixture
 def sampler(install_nvml):
     install_nvml([FakeGpu(uuid="GPU-a", gpm_supported=False), FakeGpu(uuid="GPU-b")])
-    s = Sampler(interval_s=1, sources=[HostSource(), NvmlSource()], watch_pid=None)
+    s = Sampler(interval_s=1, sources=[HostSource(), NvmlSource(gpm_interval_s=0.1)], watch_pid=None)
     s.open()
     s.sample_once()
     time.sleep(0.11)  # GPM needs two samples at least 100 ms apart
@@ -101,7 +101,7 @@ def test_dcgm_names_units_and_labels(sampler):
 
 def test_unsupported_field_is_absent_from_the_exposition(install_nvml):
     install_nvml([FakeGpu(not_supported={"nvmlDeviceGetPowerUsage"}, gpm_supported=False)])
-    s = Sampler(interval_s=1, sources=[NvmlSource()])
+    s = Sampler(interval_s=1, sources=[NvmlSource(gpm_interval_s=0.1)])
     s.sample_once()
     for scheme, name in (("prometheus", "bmap_gpu_power_watts"), ("dcgm", "DCGM_FI_DEV_POWER_USAGE")):
         m = scrape(s, scheme)
@@ -111,7 +111,7 @@ def test_unsupported_field_is_absent_from_the_exposition(install_nvml):
 
 def test_a_scrape_never_calls_nvml(install_nvml):
     fake = install_nvml(2)
-    s = Sampler(interval_s=1, sources=[NvmlSource()])
+    s = Sampler(interval_s=1, sources=[NvmlSource(gpm_interval_s=0.1)])
     s.sample_once()
     before = sum(fake.calls.values())
     for scheme in ("prometheus", "dcgm", "prometheus"):
@@ -133,7 +133,7 @@ def test_lost_gpu_is_reported_as_lost(install_nvml):
 
 def test_host_only_and_before_the_first_sample(install_nvml):
     install_nvml(library_missing=True)
-    s = Sampler(interval_s=1, sources=[HostSource(), NvmlSource()])
+    s = Sampler(interval_s=1, sources=[HostSource(), NvmlSource(gpm_interval_s=0.1)])
     s.open()
     m = scrape(s, "prometheus")
     assert one(m, "bmap_agent_nvml_available") == 0 and "bmap_host_cpu_utilization_ratio" not in m

@@ -105,7 +105,7 @@ def test_unsupported_device_gets_no_gpm(install_nvml):
 
 def test_sampler_at_10hz_keeps_gpm_samples_100ms_apart(install_nvml):
     fake = install_nvml(2)
-    sampler = Sampler(interval_s=0.1, sources=[NvmlSource()])
+    sampler = Sampler(interval_s=0.1, sources=[NvmlSource(gpm_interval_s=0.1)])
     sampler.start()
     time.sleep(0.75)
     sampler.stop()
@@ -117,3 +117,24 @@ def test_sampler_at_10hz_keeps_gpm_samples_100ms_apart(install_nvml):
     assert last.gpm_dram_bw_util_ratio == pytest.approx(0.7)
     fresh = [not (s.gpus[0].stale & {"gpm_dram_bw_util_ratio"}) for s in sampler.samples()[1:]]
     assert sum(fresh) >= 0.5 * len(fresh)  # timer jitter is waited out: most ticks get a new GPM reading
+
+
+def test_default_gpm_window_is_200ms_at_10hz_and_ticks_between_carry_it_as_stale(install_nvml):
+    fake = install_nvml(1)
+    sampler = Sampler(interval_s=0.1, sources=[NvmlSource()])
+    sampler.start()
+    time.sleep(1.05)
+    sampler.stop()
+    times = [t for _, _, t in fake.gpm_sample_log]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert len(times) >= 4 and min(gaps) >= 200 * MS
+    samples = sampler.samples()[1:]
+    fresh = [not (s.gpus[0].stale & {"gpm_dram_bw_util_ratio"}) for s in samples]
+    assert 0.3 * len(fresh) <= sum(fresh) <= 0.7 * len(fresh)  # about every other 10 Hz tick
+    assert all(s.gpus[0].gpm_dram_bw_util_ratio is not None for s in samples[2:])  # stale ticks keep the value
+
+
+def test_gpm_spacing_below_nvmls_minimum_is_refused(install_nvml):
+    install_nvml(1)
+    with pytest.raises(ValueError, match="gpm_interval_s"):
+        NvmlSource(gpm_interval_s=0.05)

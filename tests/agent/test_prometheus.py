@@ -40,7 +40,9 @@ DCGM_ALLOWED_LINT = "label names should be written in 'snake_case' not 'camelCas
 def busy_sampler(install_nvml):
     install_nvml(2)
     s = Sampler(
-        interval_s=1, watch_pid=os.getpid(), sources=[HostSource(os.getpid()), NvmlSource(watch_pid=os.getpid())]
+        interval_s=1,
+        watch_pid=os.getpid(),
+        sources=[HostSource(os.getpid()), NvmlSource(watch_pid=os.getpid(), gpm_interval_s=0.1)],
     )
     s.open()
     s.sample_once()

@@ -198,7 +198,7 @@ def test_nvml_source_asks_for_the_gpm_spacing(install_nvml):
     from bottleneck_map.agent.nvml import NvmlSource
 
     install_nvml(2)
-    src = NvmlSource()
+    src = NvmlSource(gpm_interval_s=0.1)
     src.start()
     assert src.not_before_ns() is None  # no GPM sample yet
     before = time.monotonic_ns()
