@@ -123,7 +123,8 @@ def build_server(
     in its own process, which loads the model itself (see ``server_process``). Otherwise
     the model (``loaded``, or loaded here) is stepped by a thread of this process;
     ``tracer_provider`` is only for that case (the engine process builds its own from
-    the ``OTEL_*`` environment). ``threads``: torch intra-op threads of the engine on
+    the ``OTEL_*`` environment; it is started with ``spawn``, so the caller's ``__main__`` must be
+    safe to import). ``threads``: torch intra-op threads of the engine on
     CPU (default with its own process: the idle cores less one for the HTTP process,
     at least one; in a thread: torch's default)."""
     if engine_process is None:
