@@ -69,6 +69,8 @@ def one_round(args, work: Path) -> dict:
            "--port", str(port), "--bundle", str(bundle), "--max-num-seqs", str(args.max_num_seqs)]  # fmt: skip
     if args.engine_thread:
         cmd.append("--engine-thread")
+    if args.threads is not None:
+        cmd += ["--threads", str(args.threads)]
     load_before = os.getloadavg()[0]
     serve = subprocess.Popen(cmd)
     try:
@@ -87,7 +89,9 @@ def one_round(args, work: Path) -> dict:
             "--disable-console",
         ]  # fmt: skip
         print("$", " ".join(gcmd[1:]), flush=True)
-        subprocess.run(gcmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        run = subprocess.run(gcmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+        if run.returncode != 0:
+            sys.exit(f"guidellm failed (exit {run.returncode}):\n{(run.stdout + run.stderr)[-4000:]}")
     finally:
         serve.send_signal(signal.SIGINT)
         try:
@@ -139,6 +143,8 @@ def main() -> None:
     ap.add_argument("--max-num-seqs", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=1, help="fresh server and GuideLLM run per round")
     ap.add_argument("--engine-thread", action="store_true", help="serve --engine-thread (the engine in a thread)")
+    ap.add_argument("--threads", type=int, default=None, help="serve --threads (engine torch threads on CPU)")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds one GuideLLM run may take")
     args = ap.parse_args()
 
     results = []
