@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from bottleneck_map.analyzer.attribution import UNATTRIBUTED
-from bottleneck_map.analyzer.classify import CONFIDENT, score_shares
+from bottleneck_map.analyzer.classify import CONFIDENT, SHARE_THRESHOLD
 from bottleneck_map.analyzer.result import CLASSES, STAGE_GROUPS, WindowVerdict
 
 _PLACE = {
@@ -139,11 +139,6 @@ def window_timeline(
     return df
 
 
-def _opt(row: dict, col: str) -> float | None:
-    v = row.get(col)
-    return None if v is None or pd.isna(v) else float(v)
-
-
 def stage_group_shares(row: dict) -> dict[str, float]:
     """Stage-group shares of the stage time placed in one window (sum to 1, or all 0 when empty)."""
     group_ns = {
@@ -153,41 +148,100 @@ def stage_group_shares(row: dict) -> dict[str, float]:
     return {g: (v / total if total > 0 else 0.0) for g, v in group_ns.items()}
 
 
-def window_verdicts(timeline: pd.DataFrame) -> list[WindowVerdict]:
-    classes = [c for c in CLASSES if c in timeline.columns]
-    out = []
-    for i, row in enumerate(timeline.to_dict("records")):
-        vals = {c: float(row[c]) for c in classes}
-        unattributed = float(row.get(UNATTRIBUTED, 0.0) or 0.0)
-        total = sum(vals.values()) + unattributed
-        share = {c: (v / total if total > 0 else 0.0) for c, v in vals.items()}
-        scores = score_shares(share)
-        best = max(scores, key=scores.get) if scores else "balanced"
-        conf = scores.get(best, 0.0)
-        cls = best if conf >= CONFIDENT else "balanced"
-        class_share = dict(share)
-        if unattributed > 0:
-            class_share[UNATTRIBUTED] = unattributed / total
+def _column(timeline: pd.DataFrame, col: str) -> np.ndarray:
+    return timeline[col].to_numpy(np.float64, na_value=np.nan) if col in timeline else np.zeros(len(timeline))
 
+
+def _window_scores(share: dict[str, np.ndarray], n: int) -> tuple[list[str], np.ndarray]:
+    """Per window, :func:`~bottleneck_map.analyzer.classify.score_shares` of the shares (neutral
+    corroboration): the classes (``SHARE_THRESHOLD`` order) and an (n, classes) array of scores."""
+    names = list(SHARE_THRESHOLD)
+    raw = np.empty((n, len(names)))
+    for j, c in enumerate(names):
+        # classify.confidence with corroboration 0.5, the same operations in the same order.
+        strength = share.get(c, np.zeros(n)) / SHARE_THRESHOLD[c]
+        low = 0.45 * strength * (0.5 + 0.5 * 0.5)
+        high = np.minimum(1.0, 0.5 + 0.25 * np.minimum(strength - 1, 1.0) + 0.25 * 0.5)
+        raw[:, j] = np.where(strength < 1, low, high)
+    # Python's round (correctly rounded), as confidence() does, not numpy's scaled rounding.
+    scores = np.array([round(v, 3) for v in raw.ravel().tolist()]).reshape(raw.shape)
+    return names, scores
+
+
+def window_verdicts(timeline: pd.DataFrame) -> list[WindowVerdict]:
+    """One verdict per window (every window's shares and scores computed at once)."""
+    n = len(timeline)
+    classes = [c for c in CLASSES if c in timeline.columns]
+    unattributed = _column(timeline, UNATTRIBUTED)
+    total = np.zeros(n)
+    vals = {c: timeline[c].to_numpy(np.float64) for c in classes}
+    for v in vals.values():
+        total = total + v
+    total = total + unattributed
+    pos = total > 0
+    safe = np.where(pos, total, 1.0)
+    share = {c: np.where(pos, v / safe, 0.0) for c, v in vals.items()}
+    names, scores = _window_scores(share, n)
+    best_j = np.argmax(scores, axis=1) if n else np.zeros(0, np.int64)
+    conf = scores[np.arange(n), best_j]
+    group_ns = {g: np.zeros(n) for g in STAGE_GROUPS}
+    for g, members in STAGE_GROUPS.items():
+        for s in members:
+            group_ns[g] = group_ns[g] + _column(timeline, STAGE_PREFIX + s)
+    group_total = np.zeros(n)
+    for v in group_ns.values():
+        group_total = group_total + v
+    gpos = group_total > 0
+    gsafe = np.where(gpos, group_total, 1.0)
+    stage_share = {g: np.where(gpos, v / gsafe, 0.0).tolist() for g, v in group_ns.items()}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        unknown_share = (unattributed / total).tolist()
+    has_unknown = (unattributed > 0).tolist()
+
+    def opt(col: str) -> list[float | None]:
+        if col not in timeline:
+            return [None] * n
+        return [None if v != v else v for v in timeline[col].to_numpy(np.float64, na_value=np.nan).tolist()]
+
+    extra = {
+        k: opt(col)
+        for k, col in (
+            ("kv_usage", "kv_usage"),
+            ("num_waiting", "num_waiting"),
+            ("num_running", "num_running"),
+            ("output_tokens_per_s", "output_tokens_per_s"),
+            ("gpu_util", "gpu_util_ratio"),
+            ("sm_clock_ratio", "sm_clock_ratio"),
+        )
+    }
+    share_l = {c: v.tolist() for c, v in share.items()}
+    scores_l = scores.tolist()
+    best_l, conf_l = best_j.tolist(), conf.tolist()
+    start_s, end_s = timeline["start_s"].to_numpy(np.float64).tolist(), timeline["end_s"].to_numpy(np.float64).tolist()
+    arrived = timeline["requests_arrived"].to_numpy().tolist()
+    finished = timeline["requests_finished"].to_numpy().tolist()
+    out = []
+    for i in range(n):
+        c = conf_l[i]
+        cls = names[best_l[i]] if c >= CONFIDENT else "balanced"
+        score = c if cls != "balanced" else round(1 - c, 3)
+        class_share = {k: share_l[k][i] for k in classes}
+        if has_unknown[i]:
+            class_share[UNATTRIBUTED] = unknown_share[i]
         out.append(
             WindowVerdict(
-                index=int(i),
-                start_s=float(row["start_s"]),
-                end_s=float(row["end_s"]),
+                index=i,
+                start_s=start_s[i],
+                end_s=end_s[i],
                 cls=cls,
-                score=conf if cls != "balanced" else round(1 - conf, 3),
-                confidence=conf if cls != "balanced" else round(1 - conf, 3),
-                requests_arrived=int(row["requests_arrived"]),
-                requests_finished=int(row["requests_finished"]),
-                stage_share=stage_group_shares(row),
+                score=score,
+                confidence=score,
+                requests_arrived=int(arrived[i]),
+                requests_finished=int(finished[i]),
+                stage_share={g: v[i] for g, v in stage_share.items()},
                 class_share=class_share,
-                scores=scores,
-                kv_usage=_opt(row, "kv_usage"),
-                num_waiting=_opt(row, "num_waiting"),
-                num_running=_opt(row, "num_running"),
-                output_tokens_per_s=_opt(row, "output_tokens_per_s"),
-                gpu_util=_opt(row, "gpu_util_ratio"),
-                sm_clock_ratio=_opt(row, "sm_clock_ratio"),
+                scores=dict(zip(names, scores_l[i], strict=True)),
+                **{k: v[i] for k, v in extra.items()},
             )
         )
     return out
