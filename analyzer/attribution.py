@@ -195,15 +195,35 @@ def attribute(
     n = len(stages)
     cols = [c for c in CLASSES if c != "balanced"] + [UNATTRIBUTED]
     tl = Timeline(sb) if sb is not None and not sb.empty else None
-    if n <= rows:
-        return _attribute(stages, own, sb, tl)
+    if tl is None or n < 2:
+        if n <= rows:
+            return _attribute(stages, own, sb, tl)
+        order = None
+    else:
+        # Requests are attributed in order of their tokenized time (each on its own, so the order
+        # does not change any result): the timeline searches and look-ups then walk the timeline
+        # forward instead of jumping around it (about half the CPU of the searches).
+        t2 = stages["arrival_ns"].to_numpy() + (stages["receive"].to_numpy() + stages["tokenize"].to_numpy())
+        order = np.argsort(t2)
+        del t2
     out = {c: np.empty(n) for c in cols}
     for a in range(0, n, rows):
-        part = _attribute(stages.iloc[a : a + rows], None if own is None else own.iloc[a : a + rows], sb, tl)
+        if order is None:
+            part = _attribute(stages.iloc[a : a + rows], None if own is None else own.iloc[a : a + rows], sb, tl)
+            at: slice | np.ndarray = slice(a, a + len(part))
+        else:
+            at = order[a : a + rows]
+            sub = pd.DataFrame({c: stages[c].to_numpy()[at] for c in _STAGE_COLUMNS}, copy=False)
+            part = _attribute(sub, None if own is None else own.iloc[at], sb, tl)
+            del sub
         for c in cols:
-            out[c][a : a + len(part)] = part[c].to_numpy()
+            out[c][at] = part[c].to_numpy()
         del part
     return pd.DataFrame(out, index=stages.index, copy=False)
+
+
+# The stage columns _attribute reads.
+_STAGE_COLUMNS = (*STAGES, "arrival_ns", "first_token_ns", "end_ns")
 
 
 def _attribute(  # noqa: C901
@@ -211,7 +231,7 @@ def _attribute(  # noqa: C901
 ) -> pd.DataFrame:
     n = len(stages)
     cols = [c for c in CLASSES if c != "balanced"] + [UNATTRIBUTED]
-    st = {c: stages[c].to_numpy() for c in (*STAGES, "arrival_ns", "first_token_ns", "end_ns")}
+    st = {c: stages[c].to_numpy() for c in _STAGE_COLUMNS}
     out = {c: np.zeros(n) for c in cols}
     out["tokenization"] = (st["receive"] + st["tokenize"]).astype(float)
     out["streaming"] = st["streaming"].astype(float)
