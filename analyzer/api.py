@@ -560,12 +560,22 @@ def _stage_stats(st: pd.DataFrame, attr: pd.DataFrame, sig: classify.Signals, do
     return out
 
 
+def _top_stable(v: np.ndarray, k: int) -> np.ndarray:
+    """``np.argsort(-v, kind="stable")[:k]`` (largest first, ties in row order) without sorting
+    every row: only the rows at or above the k-th largest value are sorted."""
+    if k <= 0 or len(v) <= k or v.dtype.kind != "i":
+        return np.argsort(-v, kind="stable")[:k]
+    kth = np.partition(v, len(v) - k)[len(v) - k]
+    cand = np.flatnonzero(v >= kth)
+    return cand[np.argsort(-v[cand], kind="stable")[:k]]
+
+
 def _worst(st: pd.DataFrame, attr: pd.DataFrame, metrics: pd.DataFrame, done: np.ndarray) -> list[RequestExplanation]:
     idx = np.flatnonzero(done)
     if not len(idx):
         return []
     e2e = st["e2e_ns"].to_numpy()[idx]
-    top = idx[np.argsort(-e2e, kind="stable")[:WORST_REQUESTS]]
+    top = idx[_top_stable(e2e, WORST_REQUESTS)]
     cls_cols = [c for c in attr.columns if c != attribution.UNATTRIBUTED]
     out = []
     for i in top:
