@@ -97,11 +97,19 @@ def window_timeline(
     df["requests_arrived"] = np.bincount(win(b["t0"]), minlength=n_windows)[:n_windows]
     done = stages["complete"].to_numpy()
     df["requests_finished"] = np.bincount(win(b["t6"][done]), minlength=n_windows)[:n_windows]
+    placed: dict[tuple[str, str], np.ndarray] = {}
+
+    def done_window(a: str, z: str) -> np.ndarray:
+        """The window of each completed request's (a, z) midpoint (several columns share an interval)."""
+        if (a, z) not in placed:
+            placed[a, z] = win((b[a][done] + b[z][done]) // 2)
+        return placed[a, z]
+
     for cls, (a, z) in _PLACE.items():
         if cls not in attributed:
             continue
-        w = win((b[a] + b[z]) // 2)
-        df[cls] = np.bincount(w[done], weights=attributed[cls].to_numpy()[done], minlength=n_windows)[:n_windows]
+        w = done_window(a, z)
+        df[cls] = np.bincount(w, weights=attributed[cls].to_numpy()[done], minlength=n_windows)[:n_windows]
     for stage, (a, z) in _STAGE_PLACE.items():
         if stage == "requeue" and preempted is not None and len(preempted[0]):
             req, p0, p1 = preempted
@@ -111,9 +119,9 @@ def window_timeline(
                 w, weights=(p1[keep] - p0[keep]).astype(np.float64), minlength=n_windows
             )[:n_windows]
             continue
-        w = win((b[a] + b[z]) // 2)
-        vals = stages[stage].to_numpy().astype(np.float64)
-        df[STAGE_PREFIX + stage] = np.bincount(w[done], weights=vals[done], minlength=n_windows)[:n_windows]
+        w = done_window(a, z)
+        vals = stages[stage].to_numpy()[done].astype(np.float64)
+        df[STAGE_PREFIX + stage] = np.bincount(w, weights=vals, minlength=n_windows)[:n_windows]
     if steps is not None and not steps.empty:
         ws = win(steps["start_ns"].to_numpy())
         g = steps.assign(window=ws).groupby("window")
