@@ -254,7 +254,8 @@ def wrap(mod, name):
 for mod, name in [(api, "load"), (stages, "lifecycle"), (steprows, "reduce_steps"), (roofline, "step_roofline"),
                   (attribution, "step_breakdown"), (stages, "request_stages"), (latency, "request_metrics"),
                   (api, "_token_pass"), (steprows, "own_step_sums"), (attribution, "attribute"), (windows, "window_timeline"),
-                  (latency, "latency_summaries"), (api, "_signals"), (api, "_stage_stats"), (api, "_worst")]:
+                  (windows, "window_verdicts"), (latency, "latency_summaries"), (api, "_signals"), (api, "_stage_stats"),
+                  (api, "_worst")]:
     wrap(mod, name)
 base = rss()
 c0 = time.process_time()
@@ -263,7 +264,7 @@ stop.append(1)
 print(f"  phases of analyze ({time.process_time() - c0:.2f} s CPU with the instrumentation; interpreter + imports {base:.0f} MiB):")
 print(f"  {'phase':34s} {'CPU s':>6s} {'RSS MiB at start':>16s} {'peak':>6s} {'at end':>6s}")
 for d, n, c, r0, pk, r1 in rows:
-    print(f"  {'  ' * d + n:34s} {c:6.2f} {r0:16.0f} {pk:6.0f} {r1:6.0f}")
+    print(f"  {'  ' * d + n:34s} {c:6.3f} {r0:16.0f} {pk:6.0f} {r1:6.0f}")
 """
 
 
