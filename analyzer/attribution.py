@@ -206,13 +206,15 @@ def attribute(
         t2 = stages["arrival_ns"].to_numpy() + (stages["receive"].to_numpy() + stages["tokenize"].to_numpy())
         order = np.argsort(t2)
         del t2
+        if n < 2**31:  # held through the loop: half the memory
+            order = order.astype(np.int32)
     out = {c: np.empty(n) for c in cols}
     for a in range(0, n, rows):
         if order is None:
             part = _attribute(stages.iloc[a : a + rows], None if own is None else own.iloc[a : a + rows], sb, tl)
             at: slice | np.ndarray = slice(a, a + len(part))
         else:
-            at = order[a : a + rows]
+            at = order[a : a + rows].astype(np.intp)
             sub = pd.DataFrame({c: stages[c].to_numpy()[at] for c in _STAGE_COLUMNS}, copy=False)
             part = _attribute(sub, None if own is None else own.iloc[at], sb, tl)
             del sub
