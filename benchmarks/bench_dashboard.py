@@ -4,7 +4,8 @@ Builds (once, cached under .bmap-cache/) a synthetic bundle of N requests with e
 step and agent sample, then opens it in headless Chromium twice:
 
 * ours: ``bottleneck_map.dashboard.create_app`` (server-side aggregation, WebGL series,
-  paged request grid, compressed responses, the map rendered into the first page);
+  paged request grid, compressed responses, the map drawn as HTML in the first page, so
+  no plotly.js is parsed before it; plotly.js and the grid library load in the background after);
 * naive: the same data the way a first Dash app would show it: every request in a
   client-side grid and every engine step as an SVG line, no compression.
 
@@ -59,7 +60,9 @@ def browser():  # noqa: ANN201
 
 
 DRAWN = """
-const gd = document.querySelector(arguments[0] + ' .js-plotly-plot');
+const box = document.querySelector(arguments[0] + ' .bm-ice-node');  // our map: HTML boxes
+if (box && box.getBoundingClientRect().width > 0) return performance.now();
+const gd = document.querySelector(arguments[0] + ' .js-plotly-plot');  // a plotly figure
 if (!gd || !gd._fullData || !gd._fullData.length || !gd.querySelector('.main-svg')) return null;
 return performance.now();
 """

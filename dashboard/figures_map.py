@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import plotly.graph_objects as go
+from dash import html
 
 from bottleneck_map.dashboard.style import (
     GROUP_COLORS,
@@ -37,62 +39,86 @@ def group_class(stages: list[Any]) -> str | None:
     return top.cls
 
 
-def map_figure(bmap: Any) -> go.Figure:
-    """An icicle read top-down and left to right: end-to-end latency, split into stage groups in
-    the order a request meets them, then into stages. Width is share of summed E2E latency; colour
-    is the bottleneck class the analyzer put behind each stage."""
+@dataclass(frozen=True)
+class MapNode:
+    """One box of the map: the root (end-to-end latency), a stage group, or a stage."""
+
+    id: str
+    parent: str  # "" for the root
+    level: int  # 0 root, 1 group, 2 stage
+    label: str
+    share: float  # of summed end-to-end latency (the root: the sum of its groups)
+    color: str
+    text: str  # lines shown in the box
+    hover: str  # lines shown on hover
+
+
+def map_nodes(bmap: Any) -> list[MapNode]:
+    """The map's boxes in flow order: end-to-end latency, split into stage groups in the order a
+    request meets them, then into stages. Share is of summed E2E latency; colour is the bottleneck
+    class the analyzer put behind each stage (a group takes its largest stage's)."""
     e2e = bmap.latency_for("all").e2e if bmap.latency_for("all") else None
     groups = _groups(bmap)
-    ids, labels, parents, values, colors, texts, hovers = [], [], [], [], [], [], []
     total = sum(s.share for _, stages in groups for s in stages)
-    ids.append("root")
-    labels.append(ROOT)
-    parents.append("")
-    values.append(total * 100)
-    colors.append("#EEF1F4")
-    root_text = "end-to-end latency"
+    root_text = ["end-to-end latency"]
     if e2e is not None and e2e.p50 is not None:
-        root_text += f": p50 {fmt_s(e2e.p50)} · p95 {fmt_s(e2e.p95)} over {e2e.count:,} requests"
+        root_text[0] += f": p50 {fmt_s(e2e.p50)} · p95 {fmt_s(e2e.p95)} over {e2e.count:,} requests"
     if bmap.top is not None:
-        root_text += f"<br>top constraint: {class_name(bmap.top.cls)} ({fmt_pct(bmap.top.share_of_latency)} of latency)"
-    texts.append(root_text)
-    hovers.append(root_text)
+        root_text.append(
+            f"top constraint: {class_name(bmap.top.cls)} ({fmt_pct(bmap.top.share_of_latency)} of latency)"
+        )
+    nodes = [MapNode("root", "", 0, ROOT, total, "#EEF1F4", "\n".join(root_text), "\n".join(root_text))]
     for i, (g, stages) in enumerate(groups):
         share = sum(s.share for s in stages)
         cls = group_class(stages)
         gid = f"g{i}:{g}"
-        ids.append(gid)
-        labels.append(f"{i + 1}. {g}")
-        parents.append("root")
-        values.append(share * 100)
-        colors.append(class_color(cls))
-        texts.append(f"{fmt_pct(share)} of latency<br>{class_name(cls)}")
-        hovers.append(f"{g}: {fmt_pct(share)} of summed latency<br>class behind it: {class_name(cls)}")
-        for s in stages:
-            ids.append(f"{gid}/{s.stage}")
-            labels.append(stage_name(s.stage))
-            parents.append(gid)
-            values.append(s.share * 100)
-            colors.append(_lighter(class_color(s.cls)))
-            texts.append(f"{fmt_pct(s.share)}<br>p50 {fmt_s(s.p50_s)} · p95 {fmt_s(s.p95_s)}")
-            hovers.append(
-                f"{stage_name(s.stage)}: {fmt_pct(s.share)} of summed latency<br>"
-                f"p50 {fmt_s(s.p50_s)} · p95 {fmt_s(s.p95_s)} · p99 {fmt_s(s.p99_s)}<br>"
-                f"in {s.requests_with_stage:,} requests<br>class: {class_name(s.cls)}"
+        nodes.append(
+            MapNode(
+                gid,
+                "root",
+                1,
+                f"{i + 1}. {g}",
+                share,
+                class_color(cls),
+                f"{fmt_pct(share)} of latency\n{class_name(cls)}",
+                f"{g}: {fmt_pct(share)} of summed latency\nclass behind it: {class_name(cls)}",
             )
+        )
+        for s in stages:
+            nodes.append(
+                MapNode(
+                    f"{gid}/{s.stage}",
+                    gid,
+                    2,
+                    stage_name(s.stage),
+                    s.share,
+                    _lighter(class_color(s.cls)),
+                    f"{fmt_pct(s.share)}\np50 {fmt_s(s.p50_s)} · p95 {fmt_s(s.p95_s)}",
+                    f"{stage_name(s.stage)}: {fmt_pct(s.share)} of summed latency\n"
+                    f"p50 {fmt_s(s.p50_s)} · p95 {fmt_s(s.p95_s)} · p99 {fmt_s(s.p99_s)}\n"
+                    f"in {s.requests_with_stage:,} requests\nclass: {class_name(s.cls)}",
+                )
+            )
+    return nodes
+
+
+def map_figure(bmap: Any) -> go.Figure:
+    """The map as a plotly icicle (the compare view's small maps)."""
+    nodes = map_nodes(bmap)
+    br = "<br>"
     fig = go.Figure(
         go.Icicle(
-            ids=ids,
-            labels=labels,
-            parents=parents,
-            values=values,
+            ids=[n.id for n in nodes],
+            labels=[n.label for n in nodes],
+            parents=[n.parent for n in nodes],
+            values=[n.share * 100 for n in nodes],
             branchvalues="total",
             sort=False,
-            text=texts,
+            text=[n.text.replace("\n", br) for n in nodes],
             texttemplate="<b>%{label}</b><br>%{text}",
-            hovertext=hovers,
+            hovertext=[n.hover.replace("\n", br) for n in nodes],
             hoverinfo="text",
-            marker={"colors": colors, "line": {"color": "white", "width": 2}},
+            marker={"colors": [n.color for n in nodes], "line": {"color": "white", "width": 2}},
             tiling={"orientation": "v"},
             pathbar={"visible": False},
             insidetextfont={"size": 13},
@@ -103,6 +129,54 @@ def map_figure(bmap: Any) -> go.Figure:
     # text that cannot be read at 10 px is hidden (hover and the table below still have it)
     fig.update_layout(margin={"l": 4, "r": 4, "t": 4, "b": 4}, uniformtext={"minsize": 10, "mode": "hide"})
     return fig
+
+
+def map_icicle(bmap: Any, element_id: str = "map-graph") -> html.Div:
+    """The map as HTML boxes (the map view): the same icicle as :func:`map_figure`, drawn by the
+    browser's layout engine, so the first view needs no plotly.js (4.8 MB of script and about a
+    second of CPU to start). Widths are shares; each box's title holds its hover text."""
+    nodes = map_nodes(bmap)
+    children: dict[str, list[MapNode]] = {}
+    for n in nodes[1:]:
+        children.setdefault(n.parent, []).append(n)
+
+    def box(n: MapNode) -> html.Div:
+        lines = n.text.split("\n")
+        return html.Div(
+            [html.B(n.label), *[html.Span(line) for line in lines]],
+            className=f"bm-ice-node bm-ice-l{n.level}",
+            title=n.hover,
+            style={"background": n.color},
+            **{"data-label": n.label, "data-share": f"{n.share:.6f}", "data-level": str(n.level)},
+        )
+
+    root = nodes[0]
+    total = root.share or 1.0
+    columns = []
+    for g in children.get("root", []):
+        stages = children.get(g.id, [])
+        inner = g.share or 1.0
+        columns.append(
+            html.Div(
+                [
+                    box(g),
+                    html.Div(
+                        [
+                            html.Div(box(s), className="bm-ice-cell", style={"flexGrow": s.share / inner})
+                            for s in stages
+                        ],
+                        className="bm-ice-row",
+                    ),
+                ],
+                className="bm-ice-col",
+                style={"flexGrow": g.share / total},
+            )
+        )
+    return html.Div(
+        [box(root), html.Div(columns, className="bm-ice-row bm-ice-groups")],
+        id=element_id,
+        className="bm-ice",
+    )
 
 
 def _lighter(hex_color: str, amount: float = 0.35) -> str:

@@ -1,15 +1,11 @@
 """The page's HTML shell: what the browser fetches first, and what it fetches only when needed.
 
-Dash puts a ``<script>`` tag for every imported component library into the page. Two changes
-make the first view cheaper:
-
-* Libraries in :data:`LAZY_LIBRARIES` (the request explorer's AG Grid, 1.3 MB of script) are
-  taken out of the page. Their URLs go into a ``<meta name="bmap-lazy-scripts">`` tag, and
-  ``assets/lazy-libraries.js`` loads them when their view is opened (the tab change waits for
-  it, see ``callbacks.register``) or once the first view is drawn and the browser is idle.
-* The scripts the first view needs but Dash only asks for after the layout arrived (dcc's
-  graph chunk and plotly.js, 4.8 MB) are preloaded, so they download while the page's other
-  scripts are parsed instead of after.
+Dash puts a ``<script>`` tag for every imported component library into the page. Libraries in
+:data:`LAZY_LIBRARIES` (the request explorer's AG Grid, 1.3 MB of script) are taken out of it:
+their URLs go into a ``<meta name="bmap-lazy-scripts">`` tag, and ``assets/lazy-libraries.js``
+loads them when their view is opened (the tab change waits for it, see ``callbacks.register``)
+or once the first view is drawn and the browser is idle. (plotly.js is not in the page either:
+Dash loads it when a graph first renders, and the first view, the map, is HTML.)
 """
 
 from __future__ import annotations
@@ -20,11 +16,6 @@ import re
 import dash
 
 LAZY_LIBRARIES = ("dash_ag_grid",)
-# Fetched by dcc's chunk loader once a Graph renders; paths as that loader requests them.
-PRELOAD_PATHS = (
-    "/_dash-component-suites/dash/dcc/async-graph.js",
-    "/_dash-component-suites/plotly/package_data/plotly.min.js",
-)
 LAZY_META = "bmap-lazy-scripts"
 _SCRIPT_TAG = re.compile(r'<script src="(?P<src>[^"]+)"></script>\s*')
 
@@ -48,15 +39,10 @@ class Dash(dash.Dash):
     """``dash.Dash`` with the page shell above; everything else is Dash's own."""
 
     lazy_libraries: tuple[str, ...] = LAZY_LIBRARIES
-    preload_paths: tuple[str, ...] = PRELOAD_PATHS
 
     def interpolate_index(self, **kwargs: str) -> str:
         scripts, lazy = split_lazy_scripts(kwargs.get("scripts", ""), self.lazy_libraries)
         spec = " ".join(f"{lib}={','.join(urls)}" for lib, urls in lazy.items())
-        preload = "".join(
-            f'<link rel="preload" as="script" href="{html.escape(self.get_relative_path(p))}">'
-            for p in self.preload_paths
-        )
         kwargs["scripts"] = scripts
-        kwargs["metas"] = kwargs.get("metas", "") + f'<meta name="{LAZY_META}" content="{html.escape(spec)}">' + preload
+        kwargs["metas"] = kwargs.get("metas", "") + f'<meta name="{LAZY_META}" content="{html.escape(spec)}">'
         return super().interpolate_index(**kwargs)

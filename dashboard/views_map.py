@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from dash import dcc, html
+from dash import html
 
-from bottleneck_map.dashboard.components import GRAPH_CONFIG, chip
-from bottleneck_map.dashboard.figures_map import map_figure, stage_rows
+from bottleneck_map.dashboard.components import chip
+from bottleneck_map.dashboard.figures_map import map_icicle, stage_rows
 from bottleneck_map.dashboard.store import Loaded
 from bottleneck_map.dashboard.style import CLASS_NAMES, class_color, class_name, fmt_pct, fmt_s, stage_name
 
@@ -26,10 +26,10 @@ def map_view(loaded: Loaded) -> html.Div:
                     ),
                     html.P(
                         "Width is each stage's share of summed end-to-end latency; colour is the bottleneck class "
-                        "the analyzer puts behind the stage. Hover a stage for p50/p95/p99.",
+                        "the analyzer puts behind the stage. Hover a box for p50/p95/p99.",
                         className="bm-help",
                     ),
-                    dcc.Graph(id="map-graph", figure=map_figure(m), config=GRAPH_CONFIG),
+                    map_icicle(m),
                     html.Div([chip(c) for c in legend], className="bm-legend"),
                     _stage_table(m),
                     _worst_table(m),

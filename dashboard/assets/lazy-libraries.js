@@ -1,6 +1,8 @@
 // Component libraries left out of the page (dashboard/index_page.py) are loaded here: when a
 // view that needs one is opened (the clientside callback `bmap.viewReady` waits for it before
-// the server renders the view), or in the background once the first view is drawn.
+// the server renders the view), or in the background once the first view is drawn. plotly.js,
+// which the first view (an HTML map) does not need, is loaded in the background too: dcc's
+// Graph uses `window.Plotly` when it is already there.
 (function () {
   "use strict";
   const VIEW_LIBRARIES = { requests: ["dash_ag_grid"] };
@@ -53,10 +55,21 @@
   });
   window.dash_clientside = Object.assign({}, window.dash_clientside, { bmap: ns });
 
-  // Background load once a figure is on screen and the browser has nothing else to do, so the
-  // request explorer usually opens without waiting for its grid library.
+  function loadPlotly() {
+    if (window.Plotly || !window._dashPlotlyJSURL) {
+      return Promise.resolve();
+    }
+    if (!pending.plotly) {
+      pending.plotly = loadScript(window._dashPlotlyJSURL);
+      pending.plotly.catch(function () { delete pending.plotly; });
+    }
+    return pending.plotly;
+  }
+
+  // Background load once the first view is on screen and the browser has nothing else to do, so
+  // the other views usually open without waiting for plotly.js or the grid library.
   function prefetchWhenDrawn(triesLeft) {
-    if (!document.querySelector(".js-plotly-plot .main-svg")) {
+    if (!document.querySelector(".bm-ice-node, .js-plotly-plot .main-svg")) {
       if (triesLeft > 0) {
         setTimeout(function () { prefetchWhenDrawn(triesLeft - 1); }, 500);
       }
@@ -64,9 +77,11 @@
     }
     const idle = window.requestIdleCallback || function (f) { return setTimeout(f, 300); };
     idle(function () {
+      let chain = loadPlotly();
       for (const lib of Object.keys(lazyUrls())) {
-        loadLibrary(lib).catch(function (err) { console.warn(err.message); });
+        chain = chain.then(function () { return loadLibrary(lib); });
       }
+      chain.catch(function (err) { console.warn(err.message); });
     }, { timeout: 5000 });
   }
   window.addEventListener("load", function () { setTimeout(function () { prefetchWhenDrawn(60); }, 500); });

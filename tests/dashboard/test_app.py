@@ -111,15 +111,6 @@ def test_the_grid_library_is_left_out_of_the_page_and_served_on_demand(app) -> N
     assert client.get("/assets/lazy-libraries.js").status_code == 200
 
 
-def test_the_first_views_late_scripts_are_preloaded_and_served(app) -> None:  # noqa: ANN001
-    client = app.server.test_client()
-    page = client.get("/").get_data(as_text=True)
-    hrefs = [c.split('"')[0] for c in page.split('<link rel="preload" as="script" href="')[1:]]
-    assert any(h.endswith("plotly.min.js") for h in hrefs)
-    for href in hrefs:
-        assert client.get(href).status_code == 200, href
-
-
 def test_live_store_reanalyses_when_the_bundle_grows(bundles: dict[str, Path], tmp_path: Path) -> None:
     import shutil
 

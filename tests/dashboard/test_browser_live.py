@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from dashboard_server import ServerThread
-from test_browser import graph_data, severe_console, wait_js
+from test_browser import map_boxes, severe_console, wait_js
 
 from bottleneck_map.bundle import BundleWriter, read_bundle
 
@@ -38,7 +38,7 @@ def _requests_shown(driver) -> int:  # noqa: ANN001
 
 def test_growing_bundle_refreshes_in_place(driver, url, growing: Path, artifacts: Path) -> None:  # noqa: ANN001
     driver.get(url)
-    graph_data(driver, "map-graph")
+    map_boxes(driver)
     assert "live" in driver.find_element("id", "live-badge").text
     before = _requests_shown(driver)
     driver.execute_script("window.__notReloaded = true;")
@@ -49,6 +49,6 @@ def test_growing_bundle_refreshes_in_place(driver, url, growing: Path, artifacts
     wait_js(driver, f"return document.getElementById('run-summary').innerText.includes('{before + 30:,}')", timeout=30)
     assert _requests_shown(driver) == before + 30
     assert driver.execute_script("return window.__notReloaded === true"), "refreshed without reloading the page"
-    graph_data(driver, "map-graph")
+    map_boxes(driver)
     driver.save_screenshot(str(artifacts / "7-live.png"))
     assert severe_console(driver) == []

@@ -10,7 +10,7 @@ import pytest
 from bottleneck_map.dashboard import drilldown, layout
 from bottleneck_map.dashboard.bundles import BundleRegistry
 from bottleneck_map.dashboard.figures_latency import cdf_points
-from bottleneck_map.dashboard.figures_map import map_figure
+from bottleneck_map.dashboard.figures_map import map_figure, map_icicle, map_nodes
 from bottleneck_map.dashboard.figures_requests import waterfall_figure
 from bottleneck_map.dashboard.store import Loaded, Store
 
@@ -26,6 +26,35 @@ def busy(store: Store) -> Loaded:
 
 
 def test_map_follows_the_flow_and_the_analyzers_shares(busy: Loaded) -> None:
+    nodes = map_nodes(busy.bmap)
+    groups = [n.label for n in nodes if n.parent == "root"]
+    order = [g.split(". ")[1] for g in groups]
+    flow = ["tokenize", "queue", "prefill", "decode", "streaming"]
+    assert order == [g for g in flow if g in order], "groups appear in the order a request meets them"
+    shares = {s.stage: s.share for s in busy.bmap.stages}
+    queue = next(n for n in nodes if n.id.endswith("/queue"))
+    assert queue.share == pytest.approx(shares["queue"])
+    for g in (n for n in nodes if n.level == 1):
+        assert g.share == pytest.approx(sum(n.share for n in nodes if n.parent == g.id)), "a group is its stages"
+
+
+def test_the_html_map_lays_boxes_out_by_share(busy: Loaded) -> None:
+    ice = map_icicle(busy.bmap)
+    assert ice.id == "map-graph"
+    root_box, groups_row = ice.children
+    assert root_box.children[0].children == "query → response"
+    nodes = {n.label: n for n in map_nodes(busy.bmap)}
+    total = nodes["query → response"].share
+    for col in groups_row.children:
+        group_box, stages_row = col.children
+        group = nodes[group_box.children[0].children]
+        assert col.style["flexGrow"] == pytest.approx(group.share / total)
+        grows = [cell.style["flexGrow"] for cell in stages_row.children]
+        assert sum(grows) == pytest.approx(1.0)
+        assert group_box.style["background"] == group.color and "of summed latency" in group_box.title
+
+
+def test_compare_maps_are_the_same_boxes_as_plotly_icicles(busy: Loaded) -> None:
     fig = map_figure(busy.bmap)
     trace = fig.data[0]
     groups = [label for label, parent in zip(trace.labels, trace.parents, strict=True) if parent == "root"]
