@@ -18,6 +18,7 @@ the last flush.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -225,7 +226,7 @@ class BundleWriter:
         name = f"part-{self.writer_id}-{seq:06d}.parquet"
         final = self.path / table / name
         tmp = final.with_name(f".{name}.tmp")
-        pq.write_table(arrow, tmp, compression="zstd")
+        pq.write_table(arrow, tmp, compression="zstd", use_dictionary=_dictionary_columns(table))
         os.replace(tmp, final)
         self._rows_written[table] += arrow.num_rows
 
@@ -327,6 +328,21 @@ def _columns_to_table(table: str, batches: list[_Columns]) -> pa.Table:
         return pa.Table.from_arrays(arrays, schema=schema)
     except _ROW_ERRORS:
         return _rows_to_table(table, [row for b in batches for row in b.rows()])
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or (pa.types.is_list(t) and pa.types.is_string(t.value_type))
+
+
+@functools.cache
+def _dictionary_columns(table: str) -> list[str]:
+    """Columns written dictionary-encoded: text (ids, names, classes, the steps' request id
+    lists), which repeats and is read back as dictionaries. Numeric columns are written plain:
+    their values rarely repeat, and trying a dictionary for them first made a segment slower to
+    write and larger (measured on agent samples: 5.0 -> 3.6 ms and 155 -> 131 kB per 2,000 rows)."""
+    return [
+        f.name if pa.types.is_string(f.type) else f"{f.name}.list.element" for f in SCHEMAS[table] if _is_text(f.type)
+    ]
 
 
 def _items_to_table(table: str, items: list[Mapping[str, Any] | _Columns]) -> pa.Table:

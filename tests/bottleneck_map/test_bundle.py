@@ -43,6 +43,15 @@ def test_plain_pandas_and_pyarrow_read_every_table_without_our_code(make_bundle)
     assert json.loads((path / "meta.json").read_text())["clock"]["kind"] == "monotonic"
 
 
+def test_text_columns_are_dictionary_encoded_and_numbers_plain(make_bundle):
+    path = make_bundle(n_requests=4, n_steps=6)
+    for table, text, number in (("requests", "request_id", "arrival_ns"), ("steps", "request_ids", "start_ns")):
+        meta = pq.ParquetFile(next((path / table).glob("*.parquet"))).metadata.row_group(0)
+        enc = {meta.column(i).path_in_schema.split(".")[0]: meta.column(i).encodings for i in range(meta.num_columns)}
+        assert any("DICTIONARY" in e for e in enc[text]), (table, enc[text])
+        assert not any("DICTIONARY" in e for e in enc[number]), (table, enc[number])
+
+
 def test_flush_by_row_count_makes_segments_before_close(tmp_path):
     w = BundleWriter(tmp_path / "b", new_meta("test"), flush_rows=10, flush_interval_s=60)
     for i in range(25):
