@@ -146,7 +146,7 @@ def build_server(
             threads=threads,
             flush_interval_s=flush_interval_s,
         )
-    from bottleneck_map.bundle import BundleWriter, new_meta
+    from bottleneck_map.bundle import BundleWriter
     from bottleneck_map.embedded_engine.engine import LLMEngine
     from bottleneck_map.embedded_engine.loader import load_model
     from bottleneck_map.embedded_engine.server import MetricsSink, build_app, make_state
@@ -165,19 +165,17 @@ def build_server(
     engine = LLMEngine(loaded, engine_config, sink=sink, injection=injection)
     writer = None
     if bundle is not None:
-        from bottleneck_map.embedded_engine.cli import device_meta
+        from bottleneck_map.embedded_engine.server_process import serve_meta
 
-        device = device_meta(engine.device, engine.dtype) if measure_device else {"kind": engine.device.type}
-        meta = new_meta(
-            "bottleneck-map serve",
-            model=loaded.config.to_meta(engine.dtype),
-            engine=engine.config.to_meta(),
-            device=device,
-            workload={"description": "OpenAI-compatible API traffic", "served_model_name": name},
-            capabilities={"steps": True, "samples": agent, "streaming": True},
+        meta = serve_meta(
+            loaded,
+            engine,
+            name,
             instance=instance,
-            serve={"engine_process": False, "torch_threads": __import__("torch").get_num_threads()},
-            **({"injected": injection.to_meta()} if injection is not None and injection.active else {}),
+            engine_process=False,
+            samples=agent,
+            measure_device=measure_device,
+            injection=injection,
         )
         writer = BundleWriter(bundle, meta, flush_interval_s=flush_interval_s)
         sink.writer, sink.clock = writer, Clock.from_meta(writer.meta)

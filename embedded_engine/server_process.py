@@ -111,10 +111,41 @@ class _Forwarding:
         self.requests: list[dict[str, Any]] = []
 
 
+def serve_meta(
+    loaded: Any,
+    engine: Any,
+    name: str,
+    *,
+    instance: str,
+    engine_process: bool,
+    samples: bool,
+    measure_device: bool,
+    injection: Any,
+) -> dict[str, Any]:
+    """``meta.json`` of a bundle ``serve`` writes (either layout)."""
+    import torch
+
+    from bottleneck_map.bundle import new_meta
+    from bottleneck_map.embedded_engine.cli import device_meta
+
+    device = device_meta(engine.device, engine.dtype) if measure_device else {"kind": engine.device.type}
+    return new_meta(
+        "bottleneck-map serve",
+        model=loaded.config.to_meta(engine.dtype),
+        engine=engine.config.to_meta(),
+        device=device,
+        workload={"description": "OpenAI-compatible API traffic", "served_model_name": name},
+        capabilities={"steps": True, "samples": samples, "streaming": True},
+        instance=instance,
+        serve={"engine_process": engine_process, "torch_threads": torch.get_num_threads()},
+        **({"injected": injection.to_meta()} if injection is not None and injection.active else {}),
+    )
+
+
 def _build_engine(spec: EngineSpec, fwd: _Forwarding):
     import torch
 
-    from bottleneck_map.bundle import BundleWriter, new_meta
+    from bottleneck_map.bundle import BundleWriter
     from bottleneck_map.embedded_engine.engine import LLMEngine
     from bottleneck_map.embedded_engine.loader import load_model
     from bottleneck_map.embedded_engine.server_cli import tracer_provider_from_env
@@ -143,19 +174,15 @@ def _build_engine(spec: EngineSpec, fwd: _Forwarding):
     engine = LLMEngine(loaded, ecfg, sink=sink, injection=spec.injection)
     writer = None
     if spec.bundle is not None:
-        from bottleneck_map.embedded_engine.cli import device_meta
-
-        device = device_meta(engine.device, engine.dtype) if spec.measure_device else {"kind": engine.device.type}
-        meta = new_meta(
-            "bottleneck-map serve",
-            model=loaded.config.to_meta(engine.dtype),
-            engine=engine.config.to_meta(),
-            device=device,
-            workload={"description": "OpenAI-compatible API traffic", "served_model_name": name},
-            capabilities={"steps": True, "samples": spec.samples, "streaming": True},
+        meta = serve_meta(
+            loaded,
+            engine,
+            name,
             instance=spec.instance,
-            serve={"engine_process": True, "torch_threads": torch.get_num_threads()},
-            **({"injected": spec.injection.to_meta()} if spec.injection is not None and spec.injection.active else {}),
+            engine_process=True,
+            samples=spec.samples,
+            measure_device=spec.measure_device,
+            injection=spec.injection,
         )
         writer = BundleWriter(spec.bundle, meta, flush_interval_s=spec.flush_interval_s)
         sink.writer, sink.clock = writer, Clock.from_meta(writer.meta)
