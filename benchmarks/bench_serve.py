@@ -21,9 +21,12 @@ import httpx
 import psutil
 
 
-def wait_ready(url: str, timeout: float = 120.0) -> None:
+def wait_ready(url: str, serve: subprocess.Popen | None = None, timeout: float = 180.0) -> None:
+    """Wait for ``serve``'s /health; fail early if its process exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if serve is not None and serve.poll() is not None:
+            raise RuntimeError(f"serve exited with code {serve.returncode}")
         try:
             if httpx.get(url + "/health", timeout=2).status_code == 200:
                 return

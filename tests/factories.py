@@ -47,3 +47,22 @@ def step_row(i: int, request_ids: list[str], t0: int = 1_000_000_000, **over) ->
     }
     row.update(over)
     return row
+
+
+def span_request_row(i: int, instance: str, arrival_ns: int, queue_ns: int) -> dict:
+    """A request as `collect` records it from a span (no steps, no tokens): queued 2 ms after
+    arrival, scheduled ``queue_ns`` later, first token 50 ms and finish 250 ms after scheduling."""
+    ms = 1_000_000
+    sched = arrival_ns + 2 * ms + queue_ns
+    return {
+        "request_id": f"{instance}-{i}",
+        "instance": instance,
+        "finish_reason": "length",
+        "prompt_tokens": 64,
+        "output_tokens": 21,
+        "arrival_ns": arrival_ns,
+        "queued_ns": arrival_ns + 2 * ms,
+        "first_scheduled_ns": sched,
+        "first_token_ns": sched + 50 * ms,
+        "finished_ns": sched + 250 * ms,
+    }

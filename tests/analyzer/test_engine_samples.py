@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from factories import span_request_row
 
 from bottleneck_map.analyzer import analyze
 from bottleneck_map.analyzer.engine_samples import counter_increase, engine_frame
@@ -17,24 +18,6 @@ T0 = 1_700_000_000 * S  # collect bundles use the Unix clock
 KV, SLOTS = "10.0.0.1:8000", "10.0.0.2:8000"
 
 
-def _request(i: int, inst: str, arrival: int, queue: int) -> dict:
-    sched = arrival + 2 * MS + queue
-    first = sched + 50 * MS
-    fin = first + 200 * MS
-    return {
-        "request_id": f"{inst}-{i}",
-        "instance": inst,
-        "finish_reason": "length",
-        "prompt_tokens": 64,
-        "output_tokens": 21,
-        "arrival_ns": arrival,
-        "queued_ns": arrival + 2 * MS,
-        "first_scheduled_ns": sched,
-        "first_token_ns": first,
-        "finished_ns": fin,
-    }
-
-
 @pytest.fixture
 def fleet_bundle(tmp_path):
     """Two engines behind one Prometheus, spans only (no steps): one starved of KV blocks, one of batch slots."""
@@ -44,7 +27,7 @@ def fleet_bundle(tmp_path):
     w = BundleWriter(path, meta)
     for inst in (KV, SLOTS):
         for i in range(30):
-            w.add_request(_request(i, inst, T0 + i * 300 * MS, queue=1500 * MS))
+            w.add_request(span_request_row(i, inst, T0 + i * 300 * MS, queue_ns=1500 * MS))
     for k in range(12):  # one Prometheus point per second
         ts = T0 + k * S
         # KV-starved: 3 running of the 6 seen at the start, 5 waiting, KV cache ~full, preemptions rising.

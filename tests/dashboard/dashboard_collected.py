@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from factories import span_request_row
+
 from bottleneck_map.bundle import BundleWriter
 from bottleneck_map.collect import collect_meta
 
@@ -23,22 +25,7 @@ def make_collected_bundle(path: Path) -> Path:
     w = BundleWriter(path, meta)
     for inst in (KV, SLOTS):
         for i in range(60):
-            arrival = T0 + i * 450 * MS
-            sched = arrival + 2 * MS + 900 * MS
-            w.add_request(
-                {
-                    "request_id": f"{inst}-{i}",
-                    "instance": inst,
-                    "finish_reason": "length",
-                    "prompt_tokens": 64,
-                    "output_tokens": 21,
-                    "arrival_ns": arrival,
-                    "queued_ns": arrival + 2 * MS,
-                    "first_scheduled_ns": sched,
-                    "first_token_ns": sched + 50 * MS,
-                    "finished_ns": sched + 250 * MS,
-                }
-            )
+            w.add_request(span_request_row(i, inst, T0 + i * 450 * MS, queue_ns=900 * MS))
     for k in range(SECONDS):
         ts = T0 + k * S
         w.add_sample(
