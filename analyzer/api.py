@@ -115,32 +115,40 @@ def _counters_complete(steps: pa.Table) -> bool:
 
 def _token_pass(t: Tables, codes: np.ndarray, n_classes: int, rows: int) -> tuple[latency.GapPool, float | None]:
     """One pass over the requests' token lists, ``rows`` requests at a time: the pooled ITL gaps
-    (from ``delivered_ns``, else ``token_ns``) and the mean token -> byte delay (None unless every
-    request's ``delivered_ns`` pairs with its ``token_ns``)."""
-    delivered = any(c.column(0).null_count < c.num_rows for c in t.chunks("requests", ["delivered_ns"], rows))
-    if not delivered:
-        gaps = latency.pooled_gaps((c.column(0) for c in t.chunks("requests", ["token_ns"], rows)), codes, n_classes)
-        return gaps, None
-    acc = {"sum": 0, "count": 0, "paired": True, "tokens": 0}
-
-    def lists():
-        for c in t.chunks("requests", ["token_ns", "delivered_ns"], rows):
-            tok, dl = c.column("token_ns"), c.column("delivered_ns")
-            tl = to_np(pc.list_value_length(tok), 0, np.int64)
-            acc["tokens"] += int(tl.sum())
-            if acc["paired"] and np.array_equal(tl, to_np(pc.list_value_length(dl), 0, np.int64)):
-                a, b = pc.list_flatten(tok), pc.list_flatten(dl)
+    (from ``delivered_ns``, else ``token_ns`` when no request has deliveries) and the mean token ->
+    byte delay (None unless every request's ``delivered_ns`` pairs with its ``token_ns``)."""
+    delivered = latency.GapCollector(n_classes)
+    tokens: latency.GapCollector | None = latency.GapCollector(n_classes)  # until a delivery is seen
+    total = count = n_tokens = 0
+    paired = True
+    off = 0
+    for c in t.chunks("requests", ["token_ns", "delivered_ns"], rows):
+        tok, dl = c.column("token_ns"), c.column("delivered_ns")
+        cc = codes[off : off + c.num_rows]
+        off += c.num_rows
+        if tokens is not None and dl.null_count < len(dl):
+            tokens = None  # earlier chunks had no deliveries: they add no delivered gaps
+        if tokens is not None:
+            tokens.add(tok, cc)
+        else:
+            delivered.add(dl, cc)
+        tl = to_np(pc.list_value_length(tok), 0, np.int64)
+        n_tokens += int(tl.sum())
+        if paired and np.array_equal(tl, to_np(pc.list_value_length(dl), 0, np.int64)):
+            a, b = pc.list_flatten(tok), pc.list_flatten(dl)
+            if a.null_count or b.null_count:
                 ok = np.asarray(pc.and_(pc.is_valid(a), pc.is_valid(b)).to_numpy(zero_copy_only=False), bool)
                 d = to_np(b, 0, np.int64)[ok] - to_np(a, 0, np.int64)[ok]
-                acc["sum"] += int(d.sum())
-                acc["count"] += len(d)
             else:
-                acc["paired"] = False
-            yield dl
-
-    gaps = latency.pooled_gaps(lists(), codes, n_classes)
-    paired = acc["paired"] and acc["tokens"] > 0 and acc["count"] > 0
-    return gaps, (acc["sum"] / acc["count"] / 1e9 if paired else None)
+                d = to_np(b, 0, np.int64) - to_np(a, 0, np.int64)
+            total += int(d.sum())
+            count += len(d)
+        else:
+            paired = False
+    if tokens is not None:
+        return tokens.pool(), None
+    paired = paired and n_tokens > 0 and count > 0
+    return delivered.pool(), (total / count / 1e9 if paired else None)
 
 
 def analyze_full(

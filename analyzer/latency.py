@@ -152,7 +152,8 @@ def _kth(arrays: list[np.ndarray], k: int) -> int:
     lo, hi = min(int(a[0]) for a in arrays), max(int(a[-1]) for a in arrays)
     while lo < hi:
         mid = (lo + hi) // 2
-        if sum(int(np.searchsorted(a, mid, side="right")) for a in arrays) >= k + 1:
+        # The probe in the arrays' own dtype: a Python int would make numpy convert the whole array.
+        if sum(int(np.searchsorted(a, a.dtype.type(mid), side="right")) for a in arrays) >= k + 1:
             hi = mid
         else:
             lo = mid + 1
@@ -181,39 +182,54 @@ def _compact_gaps(lists: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return gaps if len(gaps) else np.empty(0, np.uint32)
 
 
+class GapCollector:
+    """Collects the ITL gaps of a chunk of requests at a time (:meth:`add`, in row order) into
+    one array per workload class; :meth:`pool` sorts them into a :class:`GapPool`."""
+
+    def __init__(self, n_classes: int) -> None:
+        self.n_classes = n_classes
+        self.parts: list[list[np.ndarray]] = [[] for _ in range(max(n_classes, 1))]
+
+    def add(self, lists: pa.ChunkedArray | pa.Array, codes: np.ndarray) -> None:
+        """The gaps inside ``lists``; ``codes`` is the class code of each of its requests."""
+        if self.n_classes > 1:
+            # The lists of each class taken apart first, so every gap lands in its class directly.
+            for k in range(self.n_classes):
+                rows = np.flatnonzero(codes == k)
+                if len(rows):
+                    self.parts[k].append(_compact_gaps(lists.take(pa.array(rows))))
+        else:
+            self.parts[0].append(_compact_gaps(lists))
+
+    def pool(self) -> GapPool:
+        parts = self.parts
+        dtype = np.uint32 if all(p.dtype == np.uint32 for ps in parts for p in ps) else np.int64
+        out = []
+        for ps in parts:
+            # Each piece is copied into its class array and dropped, its memory handed back now and
+            # then, so the pieces and the arrays are not all resident at once.
+            a = np.empty(sum(len(p) for p in ps), dtype)
+            at = 0
+            for i, p in enumerate(ps):
+                a[at : at + len(p)] = p
+                at += len(p)
+                ps[i] = None
+            ps.clear()
+            release_freed()
+            a.sort()
+            out.append(a)
+        return GapPool(out)
+
+
 def pooled_gaps(chunks: Iterable[pa.ChunkedArray | pa.Array], codes: np.ndarray, n_classes: int) -> GapPool:
     """:class:`GapPool` of the ITL lists given a chunk of requests at a time (in row order);
     ``codes`` is each request's class code (:func:`class_codes`)."""
-    parts: list[list[np.ndarray]] = [[] for _ in range(max(n_classes, 1))]
+    acc = GapCollector(n_classes)
     off = 0
     for lists in chunks:
-        n = len(lists)
-        if n_classes > 1:
-            # The lists of each class taken apart first, so every gap lands in its class directly.
-            c = codes[off : off + n]
-            for k in range(n_classes):
-                rows = np.flatnonzero(c == k)
-                if len(rows):
-                    parts[k].append(_compact_gaps(lists.take(pa.array(rows))))
-        else:
-            parts[0].append(_compact_gaps(lists))
-        off += n
-    dtype = np.uint32 if all(p.dtype == np.uint32 for ps in parts for p in ps) else np.int64
-    out = []
-    for ps in parts:
-        # Each piece is copied into its class array and dropped, its memory handed back now and
-        # then, so the pieces and the arrays are not all resident at once.
-        a = np.empty(sum(len(p) for p in ps), dtype)
-        at = 0
-        for i, p in enumerate(ps):
-            a[at : at + len(p)] = p
-            at += len(p)
-            ps[i] = None
-        ps.clear()
-        release_freed()
-        a.sort()
-        out.append(a)
-    return GapPool(out)
+        acc.add(lists, codes[off : off + len(lists)])
+        off += len(lists)
+    return acc.pool()
 
 
 def percentiles(values: np.ndarray | pd.Series, *, finite: bool = False, owned: bool = False) -> Percentiles:

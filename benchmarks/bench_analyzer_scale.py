@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 SLOTS = 64  # concurrent sequences (batch slots)
 STEP_NS = 10_000_000  # 10 ms per engine step
 SEGMENT_ROWS = 20_000  # rows per Parquet segment, BundleWriter's default flush_rows
+KV_BLOCKS = 16_384
 MODEL = {
     "name": "synthetic-llama-1b",
     "architecture": "LlamaForCausalLM",
@@ -55,14 +56,27 @@ def _list(offsets: np.ndarray, values: pa.Array) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
 
 
+def _lognormal(rng: np.random.Generator, median_ns: float, sigma: float, size: int) -> np.ndarray:
+    return (median_ns * rng.lognormal(0.0, sigma, size)).astype(np.int64)
+
+
 def generate(path: Path, n: int, seed: int = 0) -> None:
-    """A bundle of ``n`` requests served by SLOTS slots of continuous batching (vectorised)."""
-    from bottleneck_map.bundle import BundleWriter, new_meta
+    """A bundle of ``n`` requests served by SLOTS slots of continuous batching (vectorised).
+
+    Laid out as the engine writes it: every column the engine fills (the three per-token
+    lists ``scheduled_ns``, ``token_ns`` and ``delivered_ns``, the empty preemption lists,
+    the counters), step times that vary with the batch and jitter, tokens stamped per step,
+    each chunk delivered to the client after its own delay, arrivals and queueing that
+    differ per request. How well it compresses is compared with an engine bundle in
+    docs/performance.md.
+    """
+    from bottleneck_map.bundle import BundleWriter, _dictionary_columns, new_meta
     from bottleneck_map.schema import REQUESTS, SAMPLES, STEPS
 
     rng = np.random.default_rng(seed)
     out_tok = rng.integers(8, 57, n).astype(np.int64)  # mean 32 output tokens
     prompt = rng.integers(64, 513, n).astype(np.int32)
+    cached = np.where(rng.random(n) < 0.3, (prompt // 2) // 16 * 16, 0).astype(np.int32)  # prefix-cache hits
     slot = np.arange(n) % SLOTS
     # Each slot serves its requests back to back: a request occupies steps [s, s + out).
     order = np.lexsort((np.arange(n), slot))
@@ -72,69 +86,111 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
     base = np.maximum.accumulate(np.where(first_of_slot, csum - out_tok[order], 0))
     start_step[order] = csum - out_tok[order] - base
     n_steps = int((start_step + out_tok).max())
-    t0 = 10**12
-    step_start = t0 + np.arange(n_steps, dtype=np.int64) * STEP_NS
-    step_end = step_start + STEP_NS - 1_000_000
-    sched = step_start[start_step]
-    queue = rng.integers(0, 50_000_000, n)
-    arrival = sched - queue - 2_000_000
-    fin = step_end[start_step + out_tok - 1]
-    ids = np.char.add("r", np.char.zfill(np.arange(n).astype(str), 7)).astype(object)
     # (request, step) rows: request j in steps start_step[j] .. start_step[j] + out_tok[j] - 1.
     rep = np.repeat(np.arange(n), out_tok)
     within = np.arange(len(rep)) - np.repeat(np.cumsum(out_tok) - out_tok, out_tok)
     step_of = start_step[rep] + within
+    counts = np.bincount(step_of, minlength=n_steps)
+    pre_rows = within == 0
+    pre_tok = np.bincount(step_of, weights=np.where(pre_rows, prompt[rep] - cached[rep], 0), minlength=n_steps)
+    pre_seqs = np.bincount(step_of, weights=pre_rows.astype(float), minlength=n_steps).astype(np.int32)
+    # Step phases: the forward pass grows with the batch and its prefill tokens; every phase jitters.
+    schedule = _lognormal(rng, 250_000, 0.3, n_steps)
+    prepare = _lognormal(rng, 700_000, 0.3, n_steps)
+    forward = ((5_000_000 + 40_000 * counts + 2_000 * pre_tok) * rng.lognormal(0.0, 0.08, n_steps)).astype(np.int64)
+    sample = _lognormal(rng, 500_000, 0.3, n_steps)
+    post = _lognormal(rng, 250_000, 0.3, n_steps)
+    busy = schedule + prepare + forward + sample + post
+    gap = _lognormal(rng, 100_000, 0.4, n_steps)
+    t0 = 10**12
+    step_start = t0 + np.r_[0, np.cumsum(busy + gap)[:-1]]
+    step_end = step_start + busy
+    stamp = step_end - post  # tokens are stamped once per step, before post-processing
+    sched = step_start[start_step]
     tok_offsets = np.r_[0, np.cumsum(out_tok)]
-    token_ns = step_end[step_of] - 500_000
+    token_ns = stamp[step_of]
+    scheduled_ns = step_start[step_of]
+    # Each chunk reaches the client after its own delay; deliveries stay in order.
+    first_tok = np.repeat(token_ns[tok_offsets[:-1]], out_tok)
+    own = rep.astype(np.int64) << 40  # keeps the running maximum inside each request
+    delay = _lognormal(rng, 400_000, 0.6, len(token_ns))
+    delivered = np.maximum.accumulate(token_ns - first_tok + delay + own) - own + first_tok
+    queue = rng.exponential(20_000_000, n).astype(np.int64)
+    tok_time = (100_000 + 2_000 * prompt) * rng.lognormal(0.0, 0.2, n)
+    queued = sched - queue
+    tok_end = queued - _lognormal(rng, 30_000, 0.3, n)
+    tok_start = tok_end - tok_time.astype(np.int64)
+    arrival = tok_start - _lognormal(rng, 60_000, 0.3, n)
+    last = tok_offsets[1:] - 1
+    fin = token_ns[last] + _lognormal(rng, 50_000, 0.3, n)
+    ids = np.char.add("req-", np.char.zfill(np.arange(n).astype(str), 7)).astype(object)
     by_step = np.argsort(step_of, kind="stable")
     rows_req = rep[by_step]
     rows_within = within[by_step]
-    counts = np.bincount(step_of, minlength=n_steps)
     step_offsets = np.r_[0, np.cumsum(counts)]
     is_pf = rows_within == 0
-    qlen = np.where(is_pf, prompt[rows_req], 1).astype(np.int32)
+    qlen = np.where(is_pf, prompt[rows_req] - cached[rows_req], 1).astype(np.int32)
     clen = (prompt[rows_req] + rows_within + 1).astype(np.int32)
+    kv_used = np.bincount(step_of[by_step], weights=(clen + 15) // 16, minlength=n_steps).astype(np.int32)
+    arrivals = np.sort(arrival)
+    scheds = np.sort(sched)
+    waiting = (np.searchsorted(arrivals, step_start, "right") - np.searchsorted(scheds, step_start, "right")).astype(
+        np.int32
+    )
+    empty = _list(np.zeros(n + 1, np.int64), pa.array([], pa.int64()))
+    zeros32, zeros64 = np.zeros(n, np.int32), np.zeros(n, np.int64)
 
     classes = np.array(["chat", "rag", "agentic"], dtype=object)[rng.integers(0, 3, n)]
     requests = pa.table(
         {
             "request_id": pa.array(ids, pa.string()),
+            "instance": pa.array(np.full(n, "engine-0", dtype=object), pa.string()),
             "workload_class": pa.array(classes, pa.string()),
             "finish_reason": pa.array(np.full(n, "length", dtype=object), pa.string()),
             "prompt_tokens": pa.array(prompt),
             "output_tokens": pa.array(out_tok.astype(np.int32)),
-            "cached_prompt_tokens": pa.array(np.zeros(n, np.int32)),
+            "max_tokens": pa.array(out_tok.astype(np.int32)),
+            "cached_prompt_tokens": pa.array(cached),
+            "recomputed_tokens": pa.array(zeros32),
+            "swapped_bytes": pa.array(zeros64),
             "arrival_ns": pa.array(arrival),
-            "tokenize_start_ns": pa.array(arrival + 100_000),
-            "tokenize_end_ns": pa.array(arrival + 1_100_000),
-            "queued_ns": pa.array(arrival + 1_100_000),
+            "tokenize_start_ns": pa.array(tok_start),
+            "tokenize_end_ns": pa.array(tok_end),
+            "queued_ns": pa.array(queued),
             "first_scheduled_ns": pa.array(sched),
             "first_token_ns": pa.array(token_ns[tok_offsets[:-1]]),
             "finished_ns": pa.array(fin),
-            "first_byte_ns": pa.array(token_ns[tok_offsets[:-1]] + 200_000),
-            "last_byte_ns": pa.array(fin + 300_000),
+            "first_byte_ns": pa.array(delivered[tok_offsets[:-1]]),
+            "last_byte_ns": pa.array(delivered[last]),
+            "scheduled_ns": _list(tok_offsets, pa.array(scheduled_ns)),
+            "preempted_ns": empty,
+            "resumed_ns": empty,
             "token_ns": _list(tok_offsets, pa.array(token_ns)),
+            "delivered_ns": _list(tok_offsets, pa.array(delivered)),
         }
     )
-    pre_tok = np.bincount(step_of, weights=np.where(within == 0, prompt[rep], 0), minlength=n_steps).astype(np.int32)
-    pre_seqs = np.bincount(step_of, weights=(within == 0).astype(float), minlength=n_steps).astype(np.int32)
     steps = pa.table(
         {
-            "step_id": pa.array(np.arange(n_steps, dtype=np.int64)),
+            "step_id": pa.array(np.arange(1, n_steps + 1, dtype=np.int64)),
+            "instance": pa.array(np.full(n_steps, "engine-0", dtype=object), pa.string()),
             "start_ns": pa.array(step_start),
             "end_ns": pa.array(step_end),
-            "schedule_ns": pa.array(np.full(n_steps, 200_000, np.int64)),
-            "prepare_ns": pa.array(np.full(n_steps, 300_000, np.int64)),
-            "forward_ns": pa.array(np.full(n_steps, 8_000_000, np.int64)),
-            "sample_ns": pa.array(np.full(n_steps, 300_000, np.int64)),
-            "postprocess_ns": pa.array(np.full(n_steps, 200_000, np.int64)),
-            "num_prefill_tokens": pa.array(pre_tok),
+            "schedule_ns": pa.array(schedule),
+            "prepare_ns": pa.array(prepare),
+            "forward_ns": pa.array(forward),
+            "sample_ns": pa.array(sample),
+            "postprocess_ns": pa.array(post),
+            "num_prefill_tokens": pa.array(pre_tok.astype(np.int32)),
             "num_prefill_seqs": pa.array(pre_seqs),
             "num_decode_seqs": pa.array((counts - pre_seqs).astype(np.int32)),
             "num_running": pa.array(counts.astype(np.int32)),
-            "num_waiting": pa.array(np.zeros(n_steps, np.int32)),
-            "kv_blocks_used": pa.array((counts * 20).astype(np.int32)),
-            "kv_blocks_free": pa.array((4096 - counts * 20).astype(np.int32)),
+            "num_waiting": pa.array(waiting),
+            "num_swapped": pa.array(np.zeros(n_steps, np.int32)),
+            "num_preempted": pa.array(np.zeros(n_steps, np.int32)),
+            "kv_blocks_used": pa.array(kv_used),
+            "kv_blocks_free": pa.array((KV_BLOCKS - kv_used).astype(np.int32)),
+            "swap_out_bytes": pa.array(np.zeros(n_steps, np.int64)),
+            "swap_in_bytes": pa.array(np.zeros(n_steps, np.int64)),
             "request_ids": _list(step_offsets, pa.array(ids[rows_req], pa.string())),
             "query_lens": _list(step_offsets, pa.array(qlen)),
             "context_lens": _list(step_offsets, pa.array(clen)),
@@ -142,16 +198,21 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
         }
     )
     ts = np.arange(t0, int(step_end[-1]), 100_000_000, dtype=np.int64)
+    m = len(ts)
+    ts += rng.integers(0, 300_000, m)  # the sampler's wake-up jitter
+    util = np.clip(rng.normal(0.9, 0.05, m), 0, 1)
+    power = rng.normal(520.0, 40.0, m)
     samples = pa.table(
         {
             "ts_ns": pa.array(ts),
-            "source": pa.array(np.full(len(ts), "nvml", dtype=object), pa.string()),
-            "device": pa.array(np.full(len(ts), "0", dtype=object), pa.string()),
-            "gpu_util_ratio": pa.array(np.full(len(ts), 0.9)),
-            "sm_clock_hz": pa.array(np.full(len(ts), 1.98e9)),
-            "sm_clock_max_hz": pa.array(np.full(len(ts), 1.98e9)),
-            "clock_event_reasons": pa.array(np.zeros(len(ts), np.int64)),
-            "energy_j": pa.array((ts - t0) / 1e9 * 400.0),
+            "source": pa.array(np.full(m, "nvml", dtype=object), pa.string()),
+            "device": pa.array(np.full(m, "0", dtype=object), pa.string()),
+            "gpu_util_ratio": pa.array(util),
+            "power_w": pa.array(power),
+            "sm_clock_hz": pa.array(np.full(m, 1.98e9)),
+            "sm_clock_max_hz": pa.array(np.full(m, 1.98e9)),
+            "clock_event_reasons": pa.array(np.zeros(m, np.int64)),
+            "energy_j": pa.array(np.cumsum(power * 0.1)),
         }
     )
     meta = new_meta(
@@ -160,7 +221,7 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
         engine={
             "max_num_seqs": SLOTS,
             "max_num_batched_tokens": 8192,
-            "num_kv_blocks": 4096,
+            "num_kv_blocks": KV_BLOCKS,
             "block_size": 16,
             "chunked_prefill": True,
         },
@@ -179,12 +240,14 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
             table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type) for f in schema
         ]
         full = pa.Table.from_arrays(cols, schema=schema)
-        # Segments of SEGMENT_ROWS rows, as BundleWriter flushes them (its flush_rows default).
+        # Segments of SEGMENT_ROWS rows, as BundleWriter flushes them (its flush_rows default),
+        # with its encoding (only text dictionary-encoded, zstd).
         for seq, start in enumerate(range(0, max(full.num_rows, 1), SEGMENT_ROWS), 1):
             pq.write_table(
                 full.slice(start, SEGMENT_ROWS),
                 path / name / f"part-bench0000000-{seq:06d}.parquet",
                 compression="zstd",
+                use_dictionary=_dictionary_columns(name),
             )
 
 

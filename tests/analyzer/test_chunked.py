@@ -154,3 +154,39 @@ def test_iter_table_reads_what_table_reads(sim_bundle):
         assert b.table(name, columns=cols, segments=segs).num_rows == whole.num_rows
         assert b.table(name, columns=cols, segments=[]).num_rows == 0
     assert isinstance(analyze_full(path).stages, pd.DataFrame)
+
+
+def test_itl_pool_of_several_uint32_classes_matches_numpy():
+    """Gaps that fit uint32, spread over classes: the percentiles of the union come from a search
+    over the sorted class arrays."""
+    rng = np.random.default_rng(7)
+    lists = [list(np.cumsum(rng.integers(1, 3_000_000_000, rng.integers(2, 12)))) for _ in range(500)]
+    codes = rng.integers(0, 3, len(lists))
+    pool = pooled_gaps([pa.array(lists, pa.list_(pa.int64()))], codes, 3)
+    assert all(a.dtype == np.uint32 for a in pool.by_class)
+    gaps = np.concatenate([np.diff(r) for r in lists]) / 1e9
+    got = pool.percentiles()
+    np.testing.assert_allclose(
+        [got.p50, got.p90, got.p95, got.p99, got.max], [*np.percentile(gaps, [50, 90, 95, 99]), gaps.max()], rtol=1e-12
+    )
+
+
+def test_itl_from_deliveries_that_start_in_a_later_chunk(sim_bundle):
+    """Requests without ``delivered_ns`` before the first that has one: the ITL is pooled from the
+    deliveries (the requests without add no gaps), whatever the chunk size."""
+    path = sim_bundle(n_requests=20)
+    b = read_bundle(path)
+    req = b.table("requests")
+    dl = req.column("delivered_ns").combine_chunks()
+    assert dl.null_count == 0
+    keep = pa.array(np.arange(req.num_rows) >= 6)
+    req = req.set_column(req.schema.get_field_index("delivered_ns"), "delivered_ns", pc.if_else(keep, dl, None))
+    for p in segment_paths(path, "requests"):
+        p.unlink()
+    pq.write_table(req, path / "requests" / "part-test0000-000001.parquet")
+    gaps = np.concatenate([np.diff(np.array(r, np.int64)) for r in dl.to_pylist()[6:]]) / 1e9
+    for rows in (ONE_CHUNK, 4):
+        itl = analyze_full(path, chunk_rows=rows).result.latency[0].itl
+        assert itl.count == len(gaps)
+        assert itl.p50 == pytest.approx(np.percentile(gaps, 50), rel=1e-12)
+        assert itl.p99 == pytest.approx(np.percentile(gaps, 99), rel=1e-12)
