@@ -43,16 +43,18 @@ class GpmMetric:
     scale: float  # multiply the NVML value by this to get base units
 
 
-# NVML reports utilisations in percent (0..100) and PCIe rates in MiB/s.
+# NVML reports utilisations in percent (0..100) and PCIe rates in MiB/s. In the order of the
+# GpuSample fields, so a reading (GpmReader.read_row) goes into a sample positionally.
 GPM_METRICS: tuple[GpmMetric, ...] = (
     GpmMetric("gpm_gr_engine_active_ratio", "NVML_GPM_METRIC_GRAPHICS_UTIL", 0.01),
     GpmMetric("gpm_sm_util_ratio", "NVML_GPM_METRIC_SM_UTIL", 0.01),
     GpmMetric("gpm_sm_occupancy_ratio", "NVML_GPM_METRIC_SM_OCCUPANCY", 0.01),
-    GpmMetric("gpm_tensor_active_ratio", "NVML_GPM_METRIC_ANY_TENSOR_UTIL", 0.01),
     GpmMetric("gpm_dram_bw_util_ratio", "NVML_GPM_METRIC_DRAM_BW_UTIL", 0.01),
+    GpmMetric("gpm_tensor_active_ratio", "NVML_GPM_METRIC_ANY_TENSOR_UTIL", 0.01),
     GpmMetric("gpm_pcie_tx_bytes_per_s", "NVML_GPM_METRIC_PCIE_TX_PER_SEC", float(MIB)),
     GpmMetric("gpm_pcie_rx_bytes_per_s", "NVML_GPM_METRIC_PCIE_RX_PER_SEC", float(MIB)),
 )
+NO_VALUES: tuple[None, ...] = (None,) * len(GPM_METRICS)  # a row without any metric
 
 
 def gpm_supported(nvml: ModuleType, handle: Any) -> bool:
@@ -104,22 +106,27 @@ class GpmReader:
         self._buffers = [nvml.nvmlGpmSampleAlloc(), nvml.nvmlGpmSampleAlloc()]
         self._prev = 0  # index of the buffer holding the latest sample
         self._prev_ns: int | None = None
-        self._values: dict[str, float] = {}
+        self._row: tuple[float | None, ...] = NO_VALUES  # the last reading, in GPM_METRICS order
         self._req: list[Any] | None = None  # the two metrics requests, by the buffer of the newer sample
         self._wanted: list[GpmMetric] = []
         self._unpack: Callable[..., tuple[Any, ...]] | None = None  # statuses and values of the request
         self._offset = 0
         self._all_ok: tuple[int, ...] = ()
-        self._fields: tuple[str, ...] = ()
+        self._complete = False  # every metric of GPM_METRICS is asked for, in that order
         self._scales: tuple[float, ...] = ()
         self._ok = nvml.NVML_SUCCESS
         self._not_supported = nvml.NVML_ERROR_NOT_SUPPORTED
 
     def read(self) -> dict[str, float]:
-        """GPM metrics (base units) between the previous sample and now (a new dict
-        on every read that takes a sample; the caller may keep it).
+        """GPM metrics (base units) between the previous sample and now, by GpuSample field
+        (a new dict on every call; absent metrics left out). See :meth:`read_row`."""
+        return {m.field: v for m, v in zip(GPM_METRICS, self.read_row(), strict=True) if v is not None}
 
-        The first call only takes the first sample and returns ``{}``. The time
+    def read_row(self) -> tuple[float | None, ...]:
+        """GPM metrics (base units) between the previous sample and now, one value per entry
+        of ``GPM_METRICS`` (None where a metric is absent).
+
+        The first call only takes the first sample and returns no values. The time
         of a sample is taken after ``nvmlGpmSampleGet`` returns and compared with
         the time before the next one, so real spacing is never under the minimum.
         A read that comes less than ``max_wait_ns`` early (timer jitter at a 0.1 s
@@ -130,7 +137,7 @@ class GpmReader:
             early = self.min_spacing_ns - (self._clock_ns() - self._prev_ns)
             if early > self.max_wait_ns:
                 self.fresh = False
-                return dict(self._values)
+                return self._row
             if early > 0:
                 self._sleep(early / 1e9)
         self.fresh = True
@@ -139,31 +146,31 @@ class GpmReader:
         taken_ns = self._clock_ns()
         if self._prev_ns is None:
             self._prev, self._prev_ns = nxt, taken_ns
-            return {}
+            return NO_VALUES
         req = self._request(nxt)  # from the other buffer's sample to this one's
         self._prev, self._prev_ns = nxt, taken_ns
         self.nvml.nvmlGpmMetricsGet(req)
         # every metric's nvmlReturn and value in one unpack of the request's bytes (no attribute access)
         raw = self._unpack(req, self._offset)
         statuses = raw[0::2]
-        if statuses == self._all_ok:
-            values = dict(zip(self._fields, map(operator.mul, raw[1::2], self._scales), strict=True))
+        if self._complete and statuses == self._all_ok:
+            row = tuple(map(operator.mul, raw[1::2], self._scales))
         else:
-            values = self._checked(statuses, raw[1::2])
-        self._values = values
-        return values
+            row = self._checked(statuses, raw[1::2])
+        self._row = row
+        return row
 
-    def _checked(self, statuses: tuple[int, ...], raw: tuple[float, ...]) -> dict[str, float]:
+    def _checked(self, statuses: tuple[int, ...], raw: tuple[float, ...]) -> tuple[float | None, ...]:
         """Values of the metrics that succeeded; NotSupported drops a metric for good."""
-        values: dict[str, float] = {}
+        got = {}
         for m, status, value in zip(self._wanted, statuses, raw, strict=True):
             if status == self._ok:
-                values[m.field] = value * m.scale
+                got[m.field] = value * m.scale
             elif status == self._not_supported:
                 self.unsupported.add(m.field)
                 self._req = None  # rebuilt without it on the next read
                 log.info("GPM metric %s is not supported on this device; not asked again", m.constant)
-        return values
+        return tuple(got.get(m.field) for m in GPM_METRICS)
 
     @property
     def next_sample_ns(self) -> int | None:
@@ -189,7 +196,7 @@ class GpmReader:
                 reqs.append(req)
             self._unpack, self._offset = _status_value_reader(type(reqs[0]), len(self._wanted))
             self._all_ok = (self._ok,) * len(self._wanted)
-            self._fields = tuple(m.field for m in self._wanted)
+            self._complete = self._wanted == list(GPM_METRICS)
             self._scales = tuple(m.scale for m in self._wanted)
             self._req = reqs
         return self._req[newer]

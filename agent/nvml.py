@@ -29,7 +29,14 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from bottleneck_map.agent.gpm import DEFAULT_SPACING_NS, GPM_METRICS, MIN_SPACING_NS, GpmReader, gpm_supported
+from bottleneck_map.agent.gpm import (
+    DEFAULT_SPACING_NS,
+    GPM_METRICS,
+    MIN_SPACING_NS,
+    NO_VALUES,
+    GpmReader,
+    gpm_supported,
+)
 from bottleneck_map.agent.sample import GpuSample, Sample
 
 log = logging.getLogger("bottleneck_map.agent")
@@ -41,6 +48,14 @@ SLOW_INTERVAL_S = 1.0
 # read once per SLOW_INTERVAL_S and carried over in between (listed in GpuSample.stale)
 SLOW_GPU_FIELDS = frozenset({"temperature_c", "power_limit_w", "proc_gpu_mem_bytes", "proc_gpu_util_ratio"})
 GPM_FIELDS = frozenset(m.field for m in GPM_METRICS)
+# GpuSample.stale by (slow fields carried over, GPM values carried over)
+_STALE = {
+    (False, False): frozenset(),
+    (True, False): SLOW_GPU_FIELDS,
+    (False, True): GPM_FIELDS,
+    (True, True): SLOW_GPU_FIELDS | GPM_FIELDS,
+}
+_NO_SLOW = (None, None, None, None)  # temperature, power limit, watched process's memory and utilisation
 
 
 def _text(value: Any) -> str:
@@ -70,10 +85,12 @@ class _Device:
     max_clocks: tuple[float | None, float | None] = (None, None)  # SM and memory, Hz: read once
     gpm: GpmReader | None = None
     proc_util_ts_us: int = 0
-    slow: dict[str, float | None] = field(default_factory=dict)
+    # temperature_c, power_limit_w, proc_gpu_mem_bytes, proc_gpu_util_ratio, as last read
+    slow: tuple[float | None, ...] = _NO_SLOW
     slow_due: float = float("-inf")
-    # the per-tick scalar queries still asked: (key, function, argument or None, GpuSample field, scale)
-    plan: tuple[tuple[str, Callable[..., Any], Any, str, float], ...] = ()
+    # the per-tick scalar queries still asked: (position in the tick's scalars, key, function,
+    # argument or None, scale); the scalars are PCIe TX, RX, power, energy, SM clock, memory clock
+    plan: tuple[tuple[int, str, Callable[..., Any], Any, float], ...] = ()
 
 
 @dataclass
@@ -212,13 +229,14 @@ class NvmlSource:
             self._scaled(dev, "sm_max", n.nvmlDeviceGetMaxClockInfo, MHZ, n.NVML_CLOCK_SM),
             self._scaled(dev, "mem_max", n.nvmlDeviceGetMaxClockInfo, MHZ, n.NVML_CLOCK_MEM),
         )
+        # scales as floats: an int reading times a float scale is float(reading) * scale, in one step
         dev.plan = (
-            ("pcie_tx", n.nvmlDeviceGetPcieThroughput, n.NVML_PCIE_UTIL_TX_BYTES, "pcie_tx_bytes_per_s", KB),
-            ("pcie_rx", n.nvmlDeviceGetPcieThroughput, n.NVML_PCIE_UTIL_RX_BYTES, "pcie_rx_bytes_per_s", KB),
-            ("power", n.nvmlDeviceGetPowerUsage, None, "power_w", 1e-3),
-            ("energy", n.nvmlDeviceGetTotalEnergyConsumption, None, "energy_j", 1e-3),
-            ("sm_clock", n.nvmlDeviceGetClockInfo, n.NVML_CLOCK_SM, "sm_clock_hz", MHZ),
-            ("mem_clock", n.nvmlDeviceGetClockInfo, n.NVML_CLOCK_MEM, "mem_clock_hz", MHZ),
+            (0, "pcie_tx", n.nvmlDeviceGetPcieThroughput, n.NVML_PCIE_UTIL_TX_BYTES, float(KB)),
+            (1, "pcie_rx", n.nvmlDeviceGetPcieThroughput, n.NVML_PCIE_UTIL_RX_BYTES, float(KB)),
+            (2, "power", n.nvmlDeviceGetPowerUsage, None, 1e-3),
+            (3, "energy", n.nvmlDeviceGetTotalEnergyConsumption, None, 1e-3),
+            (4, "sm_clock", n.nvmlDeviceGetClockInfo, n.NVML_CLOCK_SM, float(MHZ)),
+            (5, "mem_clock", n.nvmlDeviceGetClockInfo, n.NVML_CLOCK_MEM, float(MHZ)),
         )
         if self.use_gpm and gpm_supported(n, dev.handle):
             try:
@@ -278,7 +296,7 @@ class NvmlSource:
         again), raise ``_DeviceLost`` for a lost device, drop the field this tick otherwise."""
         if isinstance(exc, self._unsupported_errors()):
             dev.unsupported.add(key)
-            dev.plan = tuple(q for q in dev.plan if q[0] != key)
+            dev.plan = tuple(q for q in dev.plan if q[1] != key)
             log.info("GPU %d: %s is not supported; not asked again", dev.index, key)
         elif isinstance(exc, self._lost_errors()):
             raise _DeviceLost(f"GPU {dev.index}: {key}: {exc}") from exc
@@ -314,9 +332,10 @@ class NvmlSource:
             self._maybe_reinit()
         out: list[GpuSample] = []
         newly_lost = False
+        now = self._clock()  # one clock read per tick for the once-a-second fields
         for dev in list(self.devices):
             try:
-                out.append(self._sample_device(dev))
+                out.append(self._sample_device(dev, now))
             except _DeviceLost as exc:
                 log.warning("%s; marking the device lost and re-initialising NVML with backoff", exc)
                 self.devices.remove(dev)
@@ -338,66 +357,91 @@ class NvmlSource:
             out.sort(key=lambda g: g.index)
         return out
 
-    def _sample_device(self, dev: _Device) -> GpuSample:
+    def _sample_device(self, dev: _Device, now: float) -> GpuSample:
+        """One GPU's reading, built in one GpuSample call from locals (no attribute set per field)."""
         n = self._nvml
         h = dev.handle
-        g = GpuSample(dev.index, dev.uuid, dev.name, dev.pci_bus_id)
         unsupported = dev.unsupported
+        gpu_util = mem_util = used = free = total = reasons = None
         if "utilization" not in unsupported:  # each query on its own, as _query does, without its call
             try:
                 util = n.nvmlDeviceGetUtilizationRates(h)
             except Exception as exc:
                 self._failed(dev, "utilization", exc)
             else:  # numeric ctypes fields: read past pynvml's attribute hooks
-                g.gpu_util_ratio = _get(util, "gpu") / 100.0
-                g.mem_util_ratio = _get(util, "memory") / 100.0
+                gpu_util = _get(util, "gpu") / 100.0
+                mem_util = _get(util, "memory") / 100.0
         if "memory" not in unsupported:
             try:
                 mem = n.nvmlDeviceGetMemoryInfo(h)
             except Exception as exc:
                 self._failed(dev, "memory", exc)
             else:
-                g.gpu_mem_used_bytes = float(_get(mem, "used"))
-                g.gpu_mem_free_bytes = float(_get(mem, "free"))
-                g.gpu_mem_total_bytes = float(_get(mem, "total"))
-        for key, fn, arg, attr, scale in dev.plan:
+                used = float(_get(mem, "used"))
+                free = float(_get(mem, "free"))
+                total = float(_get(mem, "total"))
+        scalars: list[float | None] = [None, None, None, None, None, None]
+        for i, key, fn, arg, scale in dev.plan:
             try:
                 value = fn(h) if arg is None else fn(h, arg)
             except Exception as exc:
                 self._failed(dev, key, exc)
                 continue
             if value is not None:
-                setattr(g, attr, float(value) * scale)
+                scalars[i] = value * scale
         if "clock_events" not in unsupported:
             try:
-                reasons = n.nvmlDeviceGetCurrentClocksEventReasons(h)
+                value = n.nvmlDeviceGetCurrentClocksEventReasons(h)
             except Exception as exc:
                 self._failed(dev, "clock_events", exc)
             else:
-                g.clock_event_reasons = None if reasons is None else int(reasons)
-        g.sm_clock_max_hz, g.mem_clock_max_hz = dev.max_clocks
-        now = self._clock()
-        if now >= dev.slow_due:
+                reasons = None if value is None else int(value)
+        slow_stale = now < dev.slow_due
+        if not slow_stale:
             dev.slow_due = now + self.slow_interval_s
             dev.slow = self._sample_slow(dev)
-        else:
-            g.stale = SLOW_GPU_FIELDS
-        for name, value in dev.slow.items():
-            setattr(g, name, value)
-        if dev.gpm is not None:
-            self._sample_gpm(dev, g)
-        return g
+        gpm, gpm_stale = (NO_VALUES, False) if dev.gpm is None else self._sample_gpm(dev)
+        tx, rx, power, energy, sm_clock, mem_clock = scalars
+        temperature, power_limit, proc_mem, proc_util = dev.slow
+        sm_max, mem_max = dev.max_clocks
+        # positional, in the order of GpuSample's fields
+        return GpuSample(
+            dev.index,
+            dev.uuid,
+            dev.name,
+            dev.pci_bus_id,
+            False,
+            gpu_util,
+            mem_util,
+            used,
+            free,
+            total,
+            tx,
+            rx,
+            power,
+            power_limit,
+            energy,
+            temperature,
+            sm_clock,
+            sm_max,
+            mem_clock,
+            mem_max,
+            reasons,
+            *gpm,
+            proc_mem,
+            proc_util,
+            _STALE[slow_stale, gpm_stale],
+        )
 
-    def _sample_slow(self, dev: _Device) -> dict[str, float | None]:
-        """Fields that change slowly or cost more: read every ``slow_interval_s``."""
+    def _sample_slow(self, dev: _Device) -> tuple[float | None, ...]:
+        """Fields that change slowly or cost more, read every ``slow_interval_s``: temperature,
+        power limit, and the watched process's GPU memory and SM utilisation."""
         n = self._nvml
-        out = {
-            "temperature_c": self._scaled(dev, "temperature", n.nvmlDeviceGetTemperature, 1.0, n.NVML_TEMPERATURE_GPU),
-            "power_limit_w": self._scaled(dev, "power_limit", n.nvmlDeviceGetEnforcedPowerLimit, 1e-3),
-        }
-        if self.watch_pid is not None:
-            out["proc_gpu_mem_bytes"], out["proc_gpu_util_ratio"] = self._sample_process(dev)
-        return out
+        temperature = self._scaled(dev, "temperature", n.nvmlDeviceGetTemperature, 1.0, n.NVML_TEMPERATURE_GPU)
+        power_limit = self._scaled(dev, "power_limit", n.nvmlDeviceGetEnforcedPowerLimit, 1e-3)
+        if self.watch_pid is None:
+            return temperature, power_limit, None, None
+        return temperature, power_limit, *self._sample_process(dev)
 
     def _sample_process(self, dev: _Device) -> tuple[float | None, float | None]:
         """GPU memory of the watched pid, and its mean SM utilisation since the last call."""
@@ -426,9 +470,10 @@ class NvmlSource:
         mine = [s.smUtil for s in samples if s.pid == self.watch_pid]
         return mem, (sum(mine) / len(mine) / 100.0 if mine else None)
 
-    def _sample_gpm(self, dev: _Device, g: GpuSample) -> None:
+    def _sample_gpm(self, dev: _Device) -> tuple[tuple[float | None, ...], bool]:
+        """The GPM metrics (in GPM_METRICS order) and whether they are carried over from an earlier read."""
         try:
-            values = dev.gpm.read()
+            values = dev.gpm.read_row()
         except self._lost_errors() as exc:
             raise _DeviceLost(f"GPU {dev.index}: GPM: {exc}") from exc
         except self._nvml.NVMLError as exc:
@@ -436,11 +481,8 @@ class NvmlSource:
                 log.info("GPU %d: GPM is not supported; not asked again", dev.index)
                 dev.gpm.close()
                 dev.gpm = None
-            return
-        for name, value in values.items():
-            setattr(g, name, value)
-        if not dev.gpm.fresh:
-            g.stale = g.stale | GPM_FIELDS
+            return NO_VALUES, False
+        return values, not dev.gpm.fresh
 
 
 def _text_of(fn: Callable[[Any], Any]) -> Callable[[Any], str]:

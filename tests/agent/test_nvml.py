@@ -236,3 +236,39 @@ def test_a_non_nvml_exception_costs_one_field_and_one_log_line(install_nvml, cap
         assert [g.index for g in out] == [0, 1]
         assert all(g.power_w is None and g.energy_j is not None for g in out)
     assert caplog.text.count("raised ZeroDivisionError") == 2  # once per GPU
+
+
+def test_gpm_metrics_land_in_their_own_fields(install_nvml, clock):
+    gpm = {
+        real.NVML_GPM_METRIC_GRAPHICS_UTIL: 11.0,
+        real.NVML_GPM_METRIC_SM_UTIL: 22.0,
+        real.NVML_GPM_METRIC_SM_OCCUPANCY: 33.0,
+        real.NVML_GPM_METRIC_DRAM_BW_UTIL: 44.0,
+        real.NVML_GPM_METRIC_ANY_TENSOR_UTIL: 55.0,
+        real.NVML_GPM_METRIC_PCIE_TX_PER_SEC: 6.0,
+        real.NVML_GPM_METRIC_PCIE_RX_PER_SEC: 7.0,
+    }
+    install_nvml([FakeGpu(gpm_values=gpm, processes=[(4242, GIB)])], clock_ns=clock.ns)
+    src = NvmlSource(watch_pid=4242, clock=clock, gpm_interval_s=0.1)
+    src.start()
+    reader = src.devices[0].gpm
+    reader._clock_ns, reader._sleep = clock.ns, clock.advance  # GPM spacing on the test's clock
+    (first,) = src.sample(0)
+    assert first.gpm_sm_util_ratio is None and "gpm_sm_util_ratio" not in first.stale  # one sample: no window yet
+    clock.advance(0.1)
+    (g,) = src.sample(1)
+    got = (
+        g.gpm_gr_engine_active_ratio,
+        g.gpm_sm_util_ratio,
+        g.gpm_sm_occupancy_ratio,
+        g.gpm_dram_bw_util_ratio,
+        g.gpm_tensor_active_ratio,
+    )
+    assert got == pytest.approx((0.11, 0.22, 0.33, 0.44, 0.55))
+    assert (g.gpm_pcie_tx_bytes_per_s, g.gpm_pcie_rx_bytes_per_s) == (6.0 * 1024**2, 7.0 * 1024**2)
+    # the fields around the GPM ones are still the right ones
+    assert g.clock_event_reasons == 0x4 | 0x40 and g.proc_gpu_mem_bytes == GIB
+    assert g.stale == frozenset({"temperature_c", "power_limit_w", "proc_gpu_mem_bytes", "proc_gpu_util_ratio"})
+    clock.advance(0.05)
+    (early,) = src.sample(2)  # too early for a GPM sample: the last values, listed as stale
+    assert early.gpm_dram_bw_util_ratio == pytest.approx(0.44) and "gpm_dram_bw_util_ratio" in early.stale
