@@ -180,6 +180,14 @@ def analyze_full(
     peaks = device_peaks(meta.get("device"))
     warnings = t.warnings
 
+    # One pass over the requests' token lists first, while little else is held: the pooled ITL
+    # gaps are the largest thing it builds, and only their percentiles are kept.
+    codes, classes = pd.factorize(pc.fill_null(requests.column("workload_class"), "default").to_pandas(), sort=True)
+    itl, token_to_byte = _token_pass(t, codes, len(classes), chunk_rows or CHUNK_REQUESTS)
+    itl = itl.taken()
+    del codes
+    release()
+
     # One pass over the steps' per-sequence lists, a chunk of steps at a time: per-step sums for
     # the roofline, per-request own step time for the stages.
     has_steps = caps["steps"]
@@ -211,7 +219,7 @@ def analyze_full(
     # Per-request tables.
     st = stages.request_stages(requests, sums=req_sums, life=life)
     del life
-    metrics = latency.request_metrics(requests)
+    metrics = latency.request_metrics(requests, labels=st)
     # What the rest needs of the requests table, taken now: without steps the engine samples
     # need the instances later; with them the table is dropped (``Analysis.tables`` re-reads it).
     spans = stages.preempted_spans(requests, pd.DataFrame(windows.bounds(st)))
@@ -219,9 +227,6 @@ def analyze_full(
     if has_steps:
         requests = None
         t.forget("requests")
-    codes, classes = latency.class_codes(metrics)
-    itl, token_to_byte = _token_pass(t, codes, len(classes), chunk_rows or CHUNK_REQUESTS)
-    itl = itl.taken()  # the percentiles are all that is needed of the gaps
     release()
     # Exact own-step make-up when the exploded steps are small (a second pass over them); the
     # interval make-up otherwise.
@@ -234,6 +239,7 @@ def analyze_full(
     del lookup
     attr = attribution.attribute(st, own, sb)
     del own
+    release()
     # Without steps, the engine's own series in the samples are the evidence for queueing vs KV blocks.
     eng_frame = engine_samples.engine_frame(t.samples) if not has_steps and caps["samples"] else None
     eng_ev = None

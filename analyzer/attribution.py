@@ -139,8 +139,6 @@ class Timeline:
         for col in ("dur", *_STEP_CLASSES):
             self.cum[col] = self._cum(sb[col].to_numpy()[order])
         self.cum["kv_blocked"] = self._cum((sb["dur"] * sb["kv_blocked"]).to_numpy()[order])
-        # Each point's rise to the next (the last point's: 0), for the interpolation.
-        self.rise = {k: np.append(np.diff(y), 0.0) for k, y in self.cum.items()}
 
     def _cum(self, v: np.ndarray) -> np.ndarray:
         y = np.empty(2 * len(v))
@@ -168,8 +166,9 @@ class Timeline:
         f[t < x[0]] = 0.0
         out = {}
         for k in keys:
-            v = self.cum[k][i]
-            v += f * self.rise[k][i]
+            y = self.cum[k]
+            v = y[i]
+            v += f * (y[i1] - v)  # the rise to the next point (none after the last)
             out[k] = v
         return out
 

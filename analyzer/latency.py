@@ -28,8 +28,11 @@ SLO_KEYS = ("ttft", "tpot", "e2e", "itl")
 _FAILED_REASONS = {"error", "abort", "aborted", "cancelled"}
 
 
-def request_metrics(requests: pa.Table) -> pd.DataFrame:
-    """One row per request: ``ok``, ``ttft_s``, ``tpot_s``, ``e2e_s``, token counts, preemptions."""
+def request_metrics(requests: pa.Table, *, labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per request: ``ok``, ``ttft_s``, ``tpot_s``, ``e2e_s``, token counts, preemptions.
+
+    ``labels``: the ``request_id`` and ``workload_class`` columns of these requests when already
+    taken (:func:`request_stages`'s), shared instead of taken again."""
     arrival = ns(requests, "arrival_ns")
     first = ns(requests, "first_byte_ns")
     first = np.where(first == NA_NS, ns(requests, "first_token_ns"), first)
@@ -53,8 +56,12 @@ def request_metrics(requests: pa.Table) -> pd.DataFrame:
     _, parent = flat_list(requests, "preempted_ns")
     return pd.DataFrame(
         {
-            "request_id": requests.column("request_id").to_pandas(),
-            "workload_class": pc.fill_null(requests.column("workload_class"), "default").to_pandas(),
+            "request_id": requests.column("request_id").to_pandas() if labels is None else labels["request_id"],
+            "workload_class": (
+                pc.fill_null(requests.column("workload_class"), "default").to_pandas()
+                if labels is None
+                else labels["workload_class"]
+            ),
             "ok": ok,
             "failed": failed,
             "arrival_ns": arrival,
