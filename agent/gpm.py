@@ -106,6 +106,8 @@ class GpmReader:
         self._buffers = [nvml.nvmlGpmSampleAlloc(), nvml.nvmlGpmSampleAlloc()]
         self._prev = 0  # index of the buffer holding the latest sample
         self._prev_ns: int | None = None
+        # the earliest time (clock_ns) the next sample may be taken; None before the first
+        self.next_sample_ns: int | None = None
         self._row: tuple[float | None, ...] = NO_VALUES  # the last reading, in GPM_METRICS order
         self._req: list[Any] | None = None  # the two metrics requests, by the buffer of the newer sample
         self._wanted: list[GpmMetric] = []
@@ -144,6 +146,7 @@ class GpmReader:
         nxt = 1 - self._prev
         self.nvml.nvmlGpmSampleGet(self.handle, self._buffers[nxt])
         taken_ns = self._clock_ns()
+        self.next_sample_ns = taken_ns + self.min_spacing_ns
         if self._prev_ns is None:
             self._prev, self._prev_ns = nxt, taken_ns
             return NO_VALUES
@@ -171,11 +174,6 @@ class GpmReader:
                 self._req = None  # rebuilt without it on the next read
                 log.info("GPM metric %s is not supported on this device; not asked again", m.constant)
         return tuple(got.get(m.field) for m in GPM_METRICS)
-
-    @property
-    def next_sample_ns(self) -> int | None:
-        """The earliest time (``clock_ns``) the next sample may be taken; None before the first."""
-        return None if self._prev_ns is None else self._prev_ns + self.min_spacing_ns
 
     def _request(self, newer: int) -> Any:
         """The metrics request from the sample in the other buffer to the one in buffer ``newer``.

@@ -21,11 +21,14 @@ Nothing here raises to the caller: the agent never dies on an NVML error.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import logging
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from types import ModuleType
 from typing import Any
 
@@ -55,7 +58,44 @@ _STALE = {
     (False, True): GPM_FIELDS,
     (True, True): SLOW_GPU_FIELDS | GPM_FIELDS,
 }
-_NO_SLOW = (None, None, None, None)  # temperature, power limit, watched process's memory and utilisation
+_NO_SLOW = (None, None, None, None)
+_GPM = attrgetter("gpm")
+_NEXT_SAMPLE_NS = attrgetter("next_sample_ns")  # temperature, power limit, watched process's memory and utilisation
+
+
+def fields_reader(struct_type: type, names: tuple[str, ...]) -> Callable[[Any], tuple[int, ...]]:
+    """A function reading the integer fields ``names`` (in order of their offsets) of a ctypes
+    structure of ``struct_type`` from its bytes in one ``struct.unpack_from``: the numbers the
+    structure's fields hold, without an attribute access (pynvml's structures hook those) each."""
+    fmt, pos = "=", 0
+    for name in names:
+        desc = getattr(struct_type, name)
+        ctype = dict(struct_type._fields_)[name]
+        code = getattr(ctype, "_type_", None)
+        if not isinstance(code, str) or code not in "bBhHiIlLqQ" or desc.offset < pos:
+            raise TypeError(f"{struct_type.__name__}.{name} is not an integer field after the previous one")
+        size = ctypes.sizeof(ctype)
+        fmt += f"{desc.offset - pos}x" + {1: "b", 2: "h", 4: "i", 8: "q"}[size]
+        if code.isupper():  # unsigned
+            fmt = fmt[:-1] + fmt[-1].upper()
+        pos = desc.offset + size
+    return struct.Struct(fmt).unpack_from
+
+
+_UTIL_FIELDS = ("gpu", "memory")  # nvmlDeviceGetUtilizationRates, percent
+_MEMORY_FIELDS = ("total", "free", "used")  # nvmlDeviceGetMemoryInfo, bytes
+_READERS: dict[type, Callable[[Any], tuple[int, ...]]] = {}
+
+
+def _reader(struct_type: type, names: tuple[str, ...]) -> Callable[[Any], tuple[int, ...]]:
+    """:func:`fields_reader` of a result type, made once per type; attribute reads past
+    pynvml's hooks where the fields are not plain integers at fixed offsets."""
+    try:
+        read = fields_reader(struct_type, names)
+    except (TypeError, AttributeError, KeyError):
+        read = lambda obj: tuple(_get(obj, name) for name in names)  # noqa: E731
+    _READERS[struct_type] = read
+    return read
 
 
 def _text(value: Any) -> str:
@@ -316,9 +356,7 @@ class NvmlSource:
         first GPM device (the others follow in the same order); None without GPM. The sampler
         starts a tick that would come a few ms earlier at this time instead, so GPM reads do
         not each wait inside the tick."""
-        times = [d.gpm.next_sample_ns for d in self.devices if d.gpm is not None]
-        times = [t for t in times if t is not None]
-        return min(times) if times else None
+        return min(filter(None, map(_NEXT_SAMPLE_NS, filter(None, map(_GPM, self.devices)))), default=None)
 
     def collect(self, sample: Sample) -> None:
         """Append this tick's GPU readings to ``sample.gpus``."""
@@ -368,18 +406,20 @@ class NvmlSource:
                 util = n.nvmlDeviceGetUtilizationRates(h)
             except Exception as exc:
                 self._failed(dev, "utilization", exc)
-            else:  # numeric ctypes fields: read past pynvml's attribute hooks
-                gpu_util = _get(util, "gpu") / 100.0
-                mem_util = _get(util, "memory") / 100.0
+            else:  # numeric ctypes fields, read from the structure's bytes past pynvml's attribute hooks
+                t = type(util)
+                gpu, memory = (_READERS.get(t) or _reader(t, _UTIL_FIELDS))(util)
+                gpu_util = gpu / 100.0
+                mem_util = memory / 100.0
         if "memory" not in unsupported:
             try:
                 mem = n.nvmlDeviceGetMemoryInfo(h)
             except Exception as exc:
                 self._failed(dev, "memory", exc)
             else:
-                used = float(_get(mem, "used"))
-                free = float(_get(mem, "free"))
-                total = float(_get(mem, "total"))
+                t = type(mem)
+                total, free, used = (_READERS.get(t) or _reader(t, _MEMORY_FIELDS))(mem)
+                total, free, used = float(total), float(free), float(used)
         scalars: list[float | None] = [None, None, None, None, None, None]
         for i, key, fn, arg, scale in dev.plan:
             try:

@@ -272,3 +272,16 @@ def test_gpm_metrics_land_in_their_own_fields(install_nvml, clock):
     clock.advance(0.05)
     (early,) = src.sample(2)  # too early for a GPM sample: the last values, listed as stale
     assert early.gpm_dram_bw_util_ratio == pytest.approx(0.44) and "gpm_dram_bw_util_ratio" in early.stale
+
+
+def test_fields_reader_reads_the_numbers_the_structure_holds():
+    from bottleneck_map.agent.nvml import fields_reader
+
+    mem = real.c_nvmlMemory_t(total=80 * GIB, free=50 * GIB, used=30 * GIB)
+    assert fields_reader(real.c_nvmlMemory_t, ("total", "free", "used"))(mem) == (80 * GIB, 50 * GIB, 30 * GIB)
+    util = real.c_nvmlUtilization_t(gpu=87, memory=41)
+    assert fields_reader(real.c_nvmlUtilization_t, ("gpu", "memory"))(util) == (87, 41)
+    v2 = real.c_nvmlMemory_v2_t(version=7, total=8, reserved=1, free=3, used=4)
+    assert fields_reader(real.c_nvmlMemory_v2_t, ("total", "free", "used"))(v2) == (8, 3, 4)  # gaps skipped
+    with pytest.raises(TypeError):  # not integers: the caller reads attributes instead
+        fields_reader(real.nvmlPciInfo_t, ("busId",))
