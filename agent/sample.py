@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
+from itertools import zip_longest
 from operator import attrgetter
 from typing import Any, ClassVar
 
@@ -215,17 +216,64 @@ def _gpu_values_without(stale: frozenset[str]) -> Callable[[GpuSample], tuple[An
 def to_columns(samples: Sequence[Sample], instance: str | None = None) -> dict[str, list[Any]]:
     """The rows :func:`to_rows` gives for ``samples``, in the same order, as columns
     (column name -> one value per row), for ``BundleWriter.extend_columns``. GPU rows
-    are read straight off the :class:`GpuSample` slots, without a dict per row."""
+    are read straight off the :class:`GpuSample` slots, without a dict per row, and
+    stop at their last column: the host columns after it are filled in as None by the
+    transposition (``zip_longest``)."""
     rows: list[tuple[Any, ...]] = []
+    append = rows.append
     for sample in samples:
         ts = sample.ts_ns
         if sample.host is not None or sample.proc is not None:
-            host = host_row(ts, sample.host, sample.proc, instance)
-            rows.append((ts, "host", "host", instance, *_NO_GPU_VALUES, *map(host.get, _HOST_COLUMNS)))
+            append((ts, "host", "host", instance, *_NO_GPU_VALUES, *_host_values(sample.host, sample.proc)))
         for g in sample.gpus:
-            stale = g.stale
+            stale, i = g.stale, g.index
             values = (_GPU_VALUES if not stale else _gpu_values_without(stale))(g)
-            rows.append((ts, "gpu", str(g.index), instance, *values, *_NO_HOST_VALUES))
+            append((ts, "gpu", _DEVICES[i] if i < _N_DEVICES else str(i), instance, *values))
     if not rows:
         return {}
-    return {name: list(col) for name, col in zip(_ROW_COLUMNS, zip(*rows, strict=True), strict=True)}
+    columns = dict(zip(_ROW_COLUMNS, map(list, zip_longest(*rows))))  # noqa: B905 - shorter without host rows
+    for name in _ROW_COLUMNS[len(columns) :]:  # GPU rows only: the host columns are null in all of them
+        columns[name] = [None] * len(rows)
+    return columns
+
+
+def _host_values(host: HostSample | None, proc: ProcSample | None) -> tuple[Any, ...]:
+    """The values of :func:`host_row` in the order of ``_HOST_COLUMNS``, without its dict."""
+    if host is None:
+        values: tuple[Any, ...] = _NO_HOST_ROW
+    else:
+        values = (host.cpu_util_ratio, host.cpu_util_max_core_ratio, list(host.cpu_util_per_core) or None)
+        if host.stale:  # the slow host fields are only written on the tick that read them
+            values += _NO_SLOW_HOST
+        else:
+            values += (
+                host.load1,
+                host.host_mem_used_bytes,
+                host.host_mem_total_bytes,
+                host.host_swap_used_bytes,
+                host.net_total("rx_bytes"),
+                host.net_total("tx_bytes"),
+                host.net_total("rx_packets"),
+                host.net_total("tx_packets"),
+                host.disk_total("read_bytes"),
+                host.disk_total("write_bytes"),
+            )
+    if proc is None:
+        return values + _NO_PROC_ROW
+    if proc.stale:
+        return (*values, proc.cpu_ratio, None, None, None, None)
+    return (
+        *values,
+        proc.cpu_ratio,
+        proc.num_threads,
+        proc.rss_bytes,
+        proc.ctx_switches_voluntary,
+        proc.ctx_switches_involuntary,
+    )
+
+
+_NO_SLOW_HOST = (None,) * 10
+_NO_HOST_ROW = (None,) * 13
+_NO_PROC_ROW = (None,) * 5
+_N_DEVICES = 64
+_DEVICES = tuple(str(i) for i in range(_N_DEVICES))  # the device column of GPU rows, made once

@@ -106,6 +106,8 @@ def test_columns_hold_the_same_rows_in_the_same_order():
     assert columns["power_w"][5] is None and columns["temperature_c"][5] == 61.0  # each row its own stale set
     assert columns["gpm_sm_util_ratio"][5] == 0.5 and columns["temperature_c"][6] is None
     assert to_columns([Sample(ts_ns=1)]) == {}
+    gpu_only = to_columns([Sample(ts_ns=7, gpus=[other])], "node-1")  # no host row: host columns all null
+    assert gpu_only.keys() == columns.keys() and gpu_only["load1"] == [None] and gpu_only["device"] == ["4"]
 
 
 def test_columns_round_trip_through_a_bundle(tmp_path):
@@ -114,3 +116,15 @@ def test_columns_round_trip_through_a_bundle(tmp_path):
     df = read_bundle(tmp_path / "b").samples
     assert list(df["source"]) == ["host", "gpu", "gpu"] * 2
     assert df.iloc[1]["gpm_sm_occupancy_ratio"] == 0.4 and math.isnan(df.iloc[2]["power_w"])
+
+
+def test_host_columns_hold_each_host_and_process_value_in_its_own_column():
+    host = HostSample(0.1, [0.1, 0.2], 0.2, 1.0, 5.0, 15.0, 2.0, 3.0, 4.0, 6.0, 7.0)
+    host.net = {"eth0": NetCounters(11.0, 12.0, 13.0, 14.0)}
+    host.disk = {"sda": DiskCounters(21.0, 22.0)}
+    proc = ProcSample(pid=9, cpu_ratio=0.5, num_threads=31.0, rss_bytes=32.0)
+    proc.ctx_switches_voluntary, proc.ctx_switches_involuntary = 33.0, 34.0
+    (row,) = to_rows(Sample(ts_ns=1, host=host, proc=proc))
+    columns = to_columns([Sample(ts_ns=1, host=host, proc=proc)])
+    assert {name: values[0] for name, values in columns.items() if name in row} == row
+    assert len({v for k, v in row.items() if isinstance(v, float)}) == 17  # all distinct: none swapped
