@@ -92,14 +92,7 @@ def analyze(
     Raises :class:`~bottleneck_map.bundle.BundleError` for a bundle that cannot be
     analysed (unreadable, or no requests) and ValueError for bad arguments (an unknown instance).
     """
-    return analyze_full(
-        bundle_or_path,
-        window_s=window_s,
-        slo=slo,
-        gpu_hour_cost=gpu_hour_cost,
-        instance=instance,
-        chunk_rows=chunk_rows,
-    ).result
+    return _analysis(bundle_or_path, window_s, slo, gpu_hour_cost, instance, chunk_rows, keep_frames=False).result
 
 
 def _lookup(requests: pa.Table, life: pd.DataFrame) -> steprows.RequestLookup:
@@ -161,6 +154,21 @@ def analyze_full(
     chunk_rows: int | None = None,
 ) -> Analysis:
     """Like :func:`analyze`, also returning the per-request, per-step and per-window tables."""
+    return _analysis(bundle_or_path, window_s, slo, gpu_hour_cost, instance, chunk_rows, keep_frames=True)
+
+
+def _analysis(
+    bundle_or_path: Bundle | Tables | str | os.PathLike[str],
+    window_s: float,
+    slo: Mapping[str, float] | None,
+    gpu_hour_cost: float | None,
+    instance: str | None,
+    chunk_rows: int | None,
+    *,
+    keep_frames: bool,
+) -> Analysis:
+    """The analysis; without ``keep_frames`` only ``result`` (and ``tables``) is filled in, and
+    the per-request and per-step frames are dropped as soon as what the map needs of them is taken."""
     if not window_s or window_s <= 0 or not np.isfinite(window_s):
         raise ValueError(f"window_s must be a positive number of seconds, got {window_s!r}")
     if gpu_hour_cost is not None and (gpu_hour_cost < 0 or not np.isfinite(gpu_hour_cost)):
@@ -200,6 +208,28 @@ def analyze_full(
             t, steps, lookup, life["t4"].to_numpy(), list_sums=not _counters_complete(steps), chunk_rows=step_chunk
         )
         release()
+    # Exact own-step make-up when the exploded steps are small (a second pass over them, after
+    # the step breakdown); the interval make-up otherwise.
+    exact = has_steps and int(step_sums.seqs.sum()) <= EXACT_OWN_ROWS
+    if not exact:
+        lookup = None
+    # Per-request tables.
+    st = stages.request_stages(requests, sums=req_sums, life=life)
+    del life, req_sums
+    metrics = latency.request_metrics(requests, labels=st)
+    lat = latency.latency_summaries(metrics, itl, slo)
+    ttft = metrics["ttft_s"].to_numpy()
+    if not keep_frames:
+        metrics = None
+    # What the rest needs of the requests table, taken now: without steps the engine samples
+    # need the instances later; with them the table is dropped (``Analysis.tables`` re-reads it).
+    spans = stages.preempted_spans(requests, pd.DataFrame(windows.bounds(st)))
+    req_facts = _request_facts(requests)
+    if has_steps:
+        requests = None
+        t.forget("requests")
+    release()
+    # Per-step tables, once the requests table is dropped.
     samples = hardware.sample_frame(t.samples) if caps["samples"] else hardware.sample_frame(t.samples.slice(0, 0))
     roof = roofline.step_roofline(steps, meta.get("model"), peaks, sums=step_sums) if has_steps else pd.DataFrame()
     throttle_loss = None
@@ -216,27 +246,31 @@ def analyze_full(
     if sb is not None:
         sb["tokens_out"] = np.nan_to_num(f64(steps, "num_decode_seqs")) + np.nan_to_num(f64(steps, "num_prefill_seqs"))
 
-    # Per-request tables.
-    st = stages.request_stages(requests, sums=req_sums, life=life)
-    del life
-    metrics = latency.request_metrics(requests, labels=st)
-    # What the rest needs of the requests table, taken now: without steps the engine samples
-    # need the instances later; with them the table is dropped (``Analysis.tables`` re-reads it).
-    spans = stages.preempted_spans(requests, pd.DataFrame(windows.bounds(st)))
-    req_facts = _request_facts(requests)
-    if has_steps:
-        requests = None
-        t.forget("requests")
-    release()
-    # Exact own-step make-up when the exploded steps are small (a second pass over them); the
-    # interval make-up otherwise.
-    exact = has_steps and int(step_sums.seqs.sum()) <= EXACT_OWN_ROWS
+    del step_sums
     own = (
         steprows.own_step_sums(t, steps, lookup, sb, st["first_token_ns"].to_numpy(), chunk_rows=step_chunk)
         if exact
         else None
     )
     del lookup
+    if has_steps:  # what the signals need of the steps table; the rest is dropped (re-read on demand)
+        steps = steps.select(["swap_out_bytes", "swap_in_bytes", "num_decode_seqs"])
+        t.forget("steps")
+    # What the map needs of the per-step roofline.
+    points = roofline.roofline_points(roof, peaks) if has_steps else []
+    roof_end = int(roof["end_ns"].max()) if has_steps else None
+    model_time_s = float(np.nansum(roof["model_time_s"])) if has_steps and "model_time_s" in roof else None
+    busy = (
+        hardware.busy_mask(
+            samples,
+            roof["start_ns"].to_numpy() if has_steps else np.empty(0, np.int64),
+            roof["end_ns"].to_numpy() if has_steps else np.empty(0, np.int64),
+        )
+        if not samples.empty
+        else np.empty(0, bool)
+    )
+    if not keep_frames:
+        roof = None
     attr = attribution.attribute(st, own, sb)
     del own
     release()
@@ -261,8 +295,8 @@ def analyze_full(
     # Time bounds and windows.
     start_ns = int(st["arrival_ns"].min())
     end_candidates = [int(st["end_ns"].max())]
-    if has_steps:
-        end_candidates.append(int(roof["end_ns"].max()))
+    if roof_end is not None:
+        end_candidates.append(roof_end)
     end_ns = max(end_candidates)
     duration_s = (end_ns - start_ns) / 1e9
     window_ns = max(int(window_s * 1e9), 1)
@@ -273,22 +307,14 @@ def analyze_full(
         )
     hw_win = hardware.per_window(samples, start_ns, window_ns, n_windows) if not samples.empty else None
     timeline = windows.window_timeline(st, attr, sb, hw_win, start_ns, window_ns, n_windows, spans, eng_frame)
+    release()
     win_verdicts = windows.window_verdicts(timeline)
 
     # Signals for the rules.
-    lat = latency.latency_summaries(metrics, itl, slo)
-    points = roofline.roofline_points(roof, peaks) if has_steps else []
-    busy = (
-        hardware.busy_mask(
-            samples,
-            roof["start_ns"].to_numpy() if has_steps else np.empty(0, np.int64),
-            roof["end_ns"].to_numpy() if has_steps else np.empty(0, np.int64),
-        )
-        if not samples.empty
-        else np.empty(0, bool)
-    )
     hw = hardware.summary(samples, busy)
-    sig = _signals(req_facts, steps, st, attr, share, sb, roof, points, lat[0], hw, samples, peaks, engine, done)
+    sig = _signals(
+        req_facts, steps, st, attr, share, sb, model_time_s, points, lat[0], hw, samples, peaks, engine, done
+    )
     sig.values["token_to_byte_s"] = token_to_byte
     if eng_ev is not None:
         _engine_sample_signals(sig, eng_ev)
@@ -325,12 +351,14 @@ def analyze_full(
         latency=lat,
         roofline=points,
         windows=win_verdicts,
-        worst_requests=_worst(st, attr, metrics, done),
+        worst_requests=_worst(st, attr, ttft, done),
         kv_usage=_kv_usage(sb) if eng_ev is None else _kv_usage_samples(eng_frame),
         hardware=hw,
         cost=_cost(lat[0], gpu_hour_cost, hw, samples, meta),
         warnings=warnings,
     )
+    if not keep_frames:
+        return Analysis(t, None, None, None, None, None, None, None, result)
     return Analysis(t, st, metrics, roof, sb if sb is not None else pd.DataFrame(), attr, timeline, samples, result)
 
 
@@ -365,7 +393,7 @@ def _union_length(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _signals(
-    req_facts, steps, st, attr, share, sb, roof, points, lat_all, hw, samples, peaks, engine, done
+    req_facts, steps, st, attr, share, sb, model_time_s, points, lat_all, hw, samples, peaks, engine, done
 ) -> classify.Signals:
     v: dict[str, Any] = {}
     d = _done_columns(st, done)
@@ -411,9 +439,9 @@ def _signals(
             float((sb["host_overhead"] - sb["forward_overhead"]).sum() / dur.sum()) if dur.sum() > 0 else None
         )
         v["forward_overhead_frac"] = float(sb["forward_overhead"].sum() / dur.sum()) if dur.sum() > 0 else None
-        if "model_time_s" in roof:
+        if model_time_s is not None:
             fwd_t = (sb["dur"] - (sb["host_overhead"] - sb["forward_overhead"]) - sb["pcie_transfer"]).sum() / 1e9
-            v["roof_efficiency"] = float(np.nansum(roof["model_time_s"]) / fwd_t) if fwd_t > 0 else None
+            v["roof_efficiency"] = model_time_s / fwd_t if fwd_t > 0 else None
         b = windows.bounds(st)
         lo, hi = b["t3"][done], b["t5"][done]
         union = _union_length(lo, hi)
@@ -584,7 +612,7 @@ def _top_stable(v: np.ndarray, k: int) -> np.ndarray:
     return cand[np.argsort(-v[cand], kind="stable")[:k]]
 
 
-def _worst(st: pd.DataFrame, attr: pd.DataFrame, metrics: pd.DataFrame, done: np.ndarray) -> list[RequestExplanation]:
+def _worst(st: pd.DataFrame, attr: pd.DataFrame, ttft_s: np.ndarray, done: np.ndarray) -> list[RequestExplanation]:
     idx = np.flatnonzero(done)
     if not len(idx):
         return []
@@ -602,7 +630,7 @@ def _worst(st: pd.DataFrame, attr: pd.DataFrame, metrics: pd.DataFrame, done: np
         why = f"{cls}: {float(a.max()) / 1e9:.3f} s of {e2e_s:.3f} s ({100 * float(a.max()) / max(float(row['e2e_ns']), 1):.0f}%); longest stage {dom_stage} {stages_s.get(dom_stage, 0):.3f} s"
         if row["preemptions"]:
             why += f"; preempted {int(row['preemptions'])}x"
-        ttft = metrics["ttft_s"].iloc[i]
+        ttft = ttft_s[i]
         out.append(
             RequestExplanation(
                 request_id=str(row["request_id"]),

@@ -28,19 +28,21 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _analyze(path: Path, window: float, slo: dict, cost: float | None, full: bool = False, instance: str | None = None):
-    from bottleneck_map.analyzer.api import analyze_full
+    from bottleneck_map.analyzer.api import analyze, analyze_full
     from bottleneck_map.analyzer.data import UnknownInstance
     from bottleneck_map.bundle import BundleError
 
     try:
-        a = analyze_full(path, window_s=window, slo=slo, gpu_hour_cost=cost, instance=instance)
+        # The map alone (``analyze``) drops its per-request frames early: less memory.
+        run = analyze_full if full else analyze
+        a = run(path, window_s=window, slo=slo, gpu_hour_cost=cost, instance=instance)
     except UnknownInstance as exc:
         raise typer.BadParameter(str(exc), param_hint="--instance") from None
     except BundleError as exc:
         raise _fail(str(exc)) from None
     except ValueError as exc:
         raise _fail(f"{path}: {exc}") from None
-    return a if full else a.result
+    return a
 
 
 def register(app: typer.Typer) -> None:
@@ -79,11 +81,12 @@ def register(app: typer.Typer) -> None:
             )
         if not bundle.exists():
             raise _fail(f"{bundle}: no such bundle directory")
-        a = _analyze(bundle, window, slo_d, gpu_hour_cost, full=True, instance=instance)
-        m = a.result
+        html = fmt is Format.html
+        a = _analyze(bundle, window, slo_d, gpu_hour_cost, full=html, instance=instance)
+        m = a.result if html else a
         if fmt is Format.json:
             text = m.to_json()
-        elif fmt is Format.html:
+        elif html:
             from bottleneck_map.analyzer.report_html import render_html
 
             text = render_html(m, per_step=a.roofline)

@@ -172,18 +172,8 @@ def class_codes(metrics: pd.DataFrame) -> tuple[np.ndarray, pd.Index]:
     return pd.factorize(metrics["workload_class"], sort=True)
 
 
-def _compact_gaps(lists: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """The gaps inside each list: uint32 ns when they all fit (0 .. ~4.3 s), else int64."""
-    values = pc.list_flatten(lists) if len(lists) else pa.array([], pa.int64())
-    if values.null_count or len(values) < 2:
-        gaps = _gaps(lists)[1]
-    else:  # no nulls: drop the gaps that cross from one list to the next
-        v = to_np(values, 0, np.int64)
-        lengths = to_np(pc.list_value_length(lists), 0, np.int64)
-        ends = np.cumsum(lengths)
-        keep = np.ones(len(v) - 1, bool)
-        keep[ends[(lengths > 0) & (ends < len(v))] - 1] = False
-        gaps = np.diff(v)[keep]
+def _compact(gaps: np.ndarray) -> np.ndarray:
+    """Gaps as uint32 ns when they all fit (0 .. ~4.3 s), else int64."""
     if len(gaps) and int(gaps.min()) >= 0 and int(gaps.max()) < 2**32:
         return gaps.astype(np.uint32)
     return gaps if len(gaps) else np.empty(0, np.uint32)
@@ -199,14 +189,15 @@ class GapCollector:
 
     def add(self, lists: pa.ChunkedArray | pa.Array, codes: np.ndarray) -> None:
         """The gaps inside ``lists``; ``codes`` is the class code of each of its requests."""
+        req, gaps = _gaps(lists)
         if self.n_classes > 1:
-            # The lists of each class taken apart first, so every gap lands in its class directly.
+            cls = codes[req]  # each gap's class, from the request it is in
             for k in range(self.n_classes):
-                rows = np.flatnonzero(codes == k)
-                if len(rows):
-                    self.parts[k].append(_compact_gaps(lists.take(pa.array(rows))))
+                part = gaps[cls == k]
+                if len(part):
+                    self.parts[k].append(_compact(part))
         else:
-            self.parts[0].append(_compact_gaps(lists))
+            self.parts[0].append(_compact(gaps))
 
     def pool(self) -> GapPool:
         parts = self.parts

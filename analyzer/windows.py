@@ -124,12 +124,13 @@ def window_timeline(
         df[STAGE_PREFIX + stage] = np.bincount(w, weights=vals, minlength=n_windows)[:n_windows]
     if steps is not None and not steps.empty:
         ws = win(steps["start_ns"].to_numpy())
-        g = steps.assign(window=ws).groupby("window")
         for col in ("kv_usage", "num_waiting", "num_running"):
             if col in steps:
-                df[col] = g[col].mean().reindex(idx)
+                df[col] = _window_mean(ws, steps[col].to_numpy(np.float64), n_windows)
         if "tokens_out" in steps:
-            df["output_tokens_per_s"] = g["tokens_out"].sum().reindex(idx).fillna(0) / (window_ns / 1e9)
+            df["output_tokens_per_s"] = _window_sum(ws, steps["tokens_out"].to_numpy(np.float64), n_windows) / (
+                window_ns / 1e9
+            )
     elif engine is not None and not engine.empty:
         per_inst = (
             engine.assign(window=win(engine["ts_ns"].to_numpy()))
@@ -145,6 +146,20 @@ def window_timeline(
             if col in hw_windows:
                 df[col] = hw_windows[col].to_numpy()[:n_windows]
     return df
+
+
+def _window_sum(w: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
+    """Per window, the sum of the values that are not NaN (0 where none)."""
+    ok = ~np.isnan(v)
+    return np.bincount(w[ok], weights=v[ok], minlength=n)[:n]
+
+
+def _window_mean(w: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
+    """Per window, the mean of the values that are not NaN (NaN where none)."""
+    ok = ~np.isnan(v)
+    count = np.bincount(w[ok], minlength=n)[:n]
+    total = np.bincount(w[ok], weights=v[ok], minlength=n)[:n]
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def stage_group_shares(row: dict) -> dict[str, float]:

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from bottleneck_map.analyzer import analyze_full, api, request_stages
+from bottleneck_map.analyzer import analyze, analyze_full, api, request_stages
 from bottleneck_map.analyzer.latency import GapPool, pooled_gaps
 from bottleneck_map.analyzer.steprows import RequestLookup
 from bottleneck_map.bundle import read_bundle, segment_paths
@@ -190,3 +190,17 @@ def test_itl_from_deliveries_that_start_in_a_later_chunk(sim_bundle):
         assert itl.count == len(gaps)
         assert itl.p50 == pytest.approx(np.percentile(gaps, 50), rel=1e-12)
         assert itl.p99 == pytest.approx(np.percentile(gaps, 99), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "sim",
+    [
+        {"preemption_mode": "swap", "num_kv_blocks": 30, "swap_ns_per_block": 20_000, "n_requests": 30},
+        {"throttle": True, "n_requests": 25},
+    ],
+)
+def test_map_alone_equals_the_full_analysis(sim_bundle, sim):
+    """``analyze`` drops its per-request and per-step frames as soon as the map has what it needs
+    of them; the map is the one ``analyze_full`` (which keeps them) gives."""
+    path = sim_bundle(**sim)
+    _same_maps(analyze(path, chunk_rows=7), analyze_full(path).result)
