@@ -14,6 +14,7 @@ for that read only.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import operator
 import struct
@@ -67,9 +68,11 @@ def gpm_supported(nvml: ModuleType, handle: Any) -> bool:
         return False
 
 
+@functools.cache
 def _status_value_reader(request_type: type, n: int) -> tuple[Callable[..., tuple[Any, ...]], int]:
     """``(unpack_from, offset)`` reading ``(nvmlReturn, value)`` of the first ``n`` metric entries
-    of a ``c_nvmlGpmMetricsGet_t`` from its bytes, laid out as ctypes lays the structure out."""
+    of a ``c_nvmlGpmMetricsGet_t`` from its bytes, laid out as ctypes lays the structure out.
+    Made once per layout and shared by every GPU's reader (one object to keep in cache per tick)."""
     entry = dict(request_type._fields_)["metrics"]._type_  # c_nvmlGpmMetric_t
     status, value, size = entry.nvmlReturn, entry.value, ctypes.sizeof(entry)
     if status.size != 4 or value.size != 8 or value.offset < status.offset + 4:
@@ -78,6 +81,16 @@ def _status_value_reader(request_type: type, n: int) -> tuple[Callable[..., tupl
     gap = f"{size - value.offset - 8 + status.offset}x"
     fmt = "=" + gap.join([one] * n)
     return struct.Struct(fmt).unpack_from, request_type.metrics.offset + status.offset
+
+
+@functools.cache
+def _all_ok(ok: int, n: int) -> tuple[int, ...]:
+    return (ok,) * n  # shared by every GPU's reader
+
+
+@functools.cache
+def _scales(wanted: tuple[GpmMetric, ...]) -> tuple[float, ...]:
+    return tuple(m.scale for m in wanted)  # shared by every GPU's reader
 
 
 class GpmReader:
@@ -193,9 +206,9 @@ class GpmReader:
                 _set(req, "sample2", self._buffers[new])
                 reqs.append(req)
             self._unpack, self._offset = _status_value_reader(type(reqs[0]), len(self._wanted))
-            self._all_ok = (self._ok,) * len(self._wanted)
+            self._all_ok = _all_ok(self._ok, len(self._wanted))
             self._complete = self._wanted == list(GPM_METRICS)
-            self._scales = tuple(m.scale for m in self._wanted)
+            self._scales = _scales(tuple(self._wanted))
             self._req = reqs
         return self._req[newer]
 

@@ -182,6 +182,8 @@ class NvmlSource:
         self._backoff = backoff_initial_s
         self._lost_indices: set[int] = set()
         self._reported: set[tuple[int, str]] = set()  # (GPU, field or error) already logged
+        self._plan_of: ModuleType | None = None  # the module the shared plan was made from
+        self._shared_plan: tuple[tuple[int, str, Callable[..., Any], Any, float], ...] = ()
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> bool:
@@ -242,6 +244,7 @@ class NvmlSource:
             self.status.lost = True
             return False
         devices, lost = [], set()
+        self._plan_of = None  # the per-tick plan is made afresh for each initialisation
         for i in range(count):
             try:
                 devices.append(self._open_device(i))
@@ -269,21 +272,28 @@ class NvmlSource:
             self._scaled(dev, "sm_max", n.nvmlDeviceGetMaxClockInfo, MHZ, n.NVML_CLOCK_SM),
             self._scaled(dev, "mem_max", n.nvmlDeviceGetMaxClockInfo, MHZ, n.NVML_CLOCK_MEM),
         )
-        # scales as floats: an int reading times a float scale is float(reading) * scale, in one step
-        dev.plan = (
-            (0, "pcie_tx", n.nvmlDeviceGetPcieThroughput, n.NVML_PCIE_UTIL_TX_BYTES, float(KB)),
-            (1, "pcie_rx", n.nvmlDeviceGetPcieThroughput, n.NVML_PCIE_UTIL_RX_BYTES, float(KB)),
-            (2, "power", n.nvmlDeviceGetPowerUsage, None, 1e-3),
-            (3, "energy", n.nvmlDeviceGetTotalEnergyConsumption, None, 1e-3),
-            (4, "sm_clock", n.nvmlDeviceGetClockInfo, n.NVML_CLOCK_SM, float(MHZ)),
-            (5, "mem_clock", n.nvmlDeviceGetClockInfo, n.NVML_CLOCK_MEM, float(MHZ)),
-        )
+        dev.plan = self._plan(n)  # one tuple shared by every GPU until one of them drops a query
         if self.use_gpm and gpm_supported(n, dev.handle):
             try:
                 dev.gpm = GpmReader(n, dev.handle, min_spacing_ns=self.gpm_spacing_ns)
             except n.NVMLError as exc:
                 log.info("GPU %d: GPM sample buffers unavailable (%s)", index, exc)
         return dev
+
+    def _plan(self, n: ModuleType) -> tuple[tuple[int, str, Callable[..., Any], Any, float], ...]:
+        """The per-tick scalar queries, made once per NVML initialisation and shared by the GPUs."""
+        if self._plan_of is not n:
+            self._plan_of = n
+            # scales as floats: an int reading times a float scale is float(reading) * scale, in one step
+            self._shared_plan = (
+                (0, "pcie_tx", n.nvmlDeviceGetPcieThroughput, n.NVML_PCIE_UTIL_TX_BYTES, float(KB)),
+                (1, "pcie_rx", n.nvmlDeviceGetPcieThroughput, n.NVML_PCIE_UTIL_RX_BYTES, float(KB)),
+                (2, "power", n.nvmlDeviceGetPowerUsage, None, 1e-3),
+                (3, "energy", n.nvmlDeviceGetTotalEnergyConsumption, None, 1e-3),
+                (4, "sm_clock", n.nvmlDeviceGetClockInfo, n.NVML_CLOCK_SM, float(MHZ)),
+                (5, "mem_clock", n.nvmlDeviceGetClockInfo, n.NVML_CLOCK_MEM, float(MHZ)),
+            )
+        return self._shared_plan
 
     def _drop_devices(self) -> None:
         for dev in self.devices:

@@ -285,3 +285,15 @@ def test_fields_reader_reads_the_numbers_the_structure_holds():
     assert fields_reader(real.c_nvmlMemory_v2_t, ("total", "free", "used"))(v2) == (8, 3, 4)  # gaps skipped
     with pytest.raises(TypeError):  # not integers: the caller reads attributes instead
         fields_reader(real.nvmlPciInfo_t, ("busId",))
+
+
+def test_a_query_dropped_on_one_gpu_is_still_asked_on_the_others(install_nvml):
+    gpus = [FakeGpu(not_supported={"nvmlDeviceGetPowerUsage"}), FakeGpu(uuid="GPU-1")]
+    fake = install_nvml(gpus)
+    src = NvmlSource(gpm=False)
+    src.start()
+    for t in range(3):
+        g0, g1 = src.sample(t)
+        assert g0.power_w is None and g1.power_w == pytest.approx(312.5)
+    assert fake.calls_by_gpu[(0, "nvmlDeviceGetPowerUsage")] == 1
+    assert fake.calls_by_gpu[(1, "nvmlDeviceGetPowerUsage")] == 3
