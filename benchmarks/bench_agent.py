@@ -21,9 +21,14 @@
    wires them (sampler, bundle writer, /metrics server) and each stage of the sampler thread is
    timed with ``time.thread_time()``; per-thread CPU from ``/proc/self/task``. With
    ``--baseline DIR`` the baseline's stages are measured at the same time in a second process.
+5. ``--hot``: the tick's parts (host source, NVML source with GPM on every other tick, the rows
+   to columns hand-over) called back to back, best of 40 repetitions: warm-cache CPU, which
+   filters out most of a busy VM's noise. With ``--baseline DIR`` the two trees run in
+   alternating fresh processes, ``--rounds`` times.
 
     python benchmarks/bench_agent.py [--seconds 30] [--rounds 1] [--scrapes 300] [--baseline DIR]
     python benchmarks/bench_agent.py --stages [--seconds 30] [--baseline DIR]
+    python benchmarks/bench_agent.py --hot [--rounds 4] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -318,6 +323,58 @@ def stages(args: argparse.Namespace) -> None:
         print(f"  {name}: {100 * ns / 1e9 / dt:.3f} % ({ns / 1e3 / ticks:.0f} us per tick)")
 
 
+def hot(args: argparse.Namespace) -> None:
+    """Back-to-back CPU of one tick's parts (warm caches), the best of many repetitions: what
+    the code costs with the machine's noise filtered out, for comparing two trees on a busy VM
+    (at 10 Hz the same parts cost several times more, from cold caches)."""
+    import importlib.util
+
+    agent_dir = Path(importlib.util.find_spec("bottleneck_map.agent").origin).resolve().parent
+    sys.path.insert(0, str(agent_dir.parent / "tests" / "agent"))
+    import fake_pynvml
+
+    sys.modules["pynvml"] = fake_pynvml.FakeNvml(fake_pynvml.h100s(args.gpus)).module
+    from bottleneck_map.agent.sample import Sample, to_columns
+    from bottleneck_map.agent.sampler import Sampler
+
+    sampler = Sampler(interval_s=0.1, watch_pid=os.getppid())
+    sampler.open()
+    host, nvml = sampler.sources
+    readers = [d.gpm for d in nvml.devices if d.gpm is not None]
+    for r in readers:  # GPM on every other call, as at 10 Hz with 0.2 s windows: spacing by call count
+        r.min_spacing_ns = r.max_wait_ns = 0
+    calls = [0]
+
+    def nvml_tick() -> None:
+        calls[0] += 1
+        for r in readers:
+            r.min_spacing_ns = 0 if calls[0] % 2 else 1 << 62
+        nvml.sample(0)
+
+    def best_us(fn, n: int = 100, reps: int = 40) -> float:  # noqa: ANN001
+        best = float("inf")
+        for _ in range(reps):
+            t = time.thread_time_ns()
+            for _ in range(n):
+                fn()
+            best = min(best, (time.thread_time_ns() - t) / n / 1e3)
+        return best
+
+    for _ in range(20):
+        sampler.sample_once()
+    batch = [sampler.sample_once() for _ in range(100)]
+    parts = {
+        "host source": best_us(lambda: host.collect(Sample(0))),
+        f"NVML source, {args.gpus} GPUs, GPM every other tick": best_us(nvml_tick),
+        "rows to columns (per tick of a 100-tick batch)": best_us(lambda: to_columns(batch, "bench"), 3, 20) / 100,
+    }
+    sampler.stop()
+    print(f"hot, back to back ({agent_dir.parent}), best of 40 repetitions, load {os.getloadavg()[0]:.2f}:")
+    for name, us in parts.items():
+        print(f"  {name}: {us:.1f} us per tick")
+    print(f"  sum: {sum(parts.values()):.1f} us per tick")
+
+
 def alone(tmp: Path, args: argparse.Namespace) -> None:
     """Our agent with the test double and with the minimal stand-in, in alternating windows."""
     cpu: dict[str, list[float]] = {"scripted": [], "minimal": []}
@@ -347,8 +404,23 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="CPU windows per pynvml stand-in, alternating")
     ap.add_argument("--baseline", type=Path, help="an exported earlier tree, run side by side with ours")
     ap.add_argument("--stages", action="store_true", help="in-process per-stage CPU accounting only")
+    ap.add_argument("--hot", action="store_true", help="back-to-back CPU of the tick's parts (warm caches) only")
+    ap.add_argument("--hot-once", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--side-by-side-only", action="store_true", help="with --baseline: skip the runs of ours alone")
     args = ap.parse_args()
+    if args.hot_once:
+        hot(args)
+        return
+    if args.hot:  # each tree in a fresh process of its own, alternating, --rounds times
+        me = [sys.executable, str(Path(__file__).resolve()), "--hot-once", "--gpus", str(args.gpus)]
+        tmp = Path(tempfile.mkdtemp(prefix="bench-agent-"))
+        root = baseline_import_root(args.baseline.resolve(), tmp) if args.baseline is not None else None
+        for _ in range(args.rounds):
+            subprocess.run(me, check=True)
+            if root is not None:
+                subprocess.run(me, env=dict(os.environ, PYTHONPATH=str(root)), cwd=str(tmp), check=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     if args.stages:
         baseline = None
         if args.baseline is not None:  # the baseline's stages in a second process, at the same time
