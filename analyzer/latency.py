@@ -191,7 +191,8 @@ class GapCollector:
         """The gaps inside ``lists``; ``codes`` is the class code of each of its requests."""
         req, gaps = _gaps(lists)
         if self.n_classes > 1:
-            cls = codes[req]  # each gap's class, from the request it is in
+            small = codes.astype(np.int8) if self.n_classes < 128 else codes
+            cls = small[req]  # each gap's class, from the request it is in
             for k in range(self.n_classes):
                 part = gaps[cls == k]
                 if len(part):
