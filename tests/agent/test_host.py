@@ -144,6 +144,24 @@ def test_process_cpu_seconds_with_a_command_name_holding_parentheses():
     assert proc_cpu_seconds(line) == 300 / CLOCK_TICKS
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process CPU clocks")
+def test_process_cpu_clock_reads_what_proc_pid_stat_counts():
+    import time
+
+    from bottleneck_map.agent.host import CLOCK_TICKS, ProcStatFile, proc_cpu_seconds, process_cpu_clock
+
+    clock = process_cpu_clock(os.getpid())
+    assert clock is not None
+    t = time.process_time()
+    while time.process_time() - t < 0.2:  # some CPU to count
+        pass
+    stat = proc_cpu_seconds(ProcStatFile(f"/proc/{os.getpid()}/stat").read())
+    by_clock = time.clock_gettime_ns(clock) / 1e9
+    assert abs(by_clock - time.process_time()) < 0.01  # the same clock as our own process CPU time
+    assert abs(by_clock - stat) <= 3 / CLOCK_TICKS + 0.01  # /proc counts the same time in clock ticks
+    assert process_cpu_clock(2**22 + 12345) is None  # no such process (above Linux's pid_max)
+
+
 def test_watched_process_cpu_is_measured_between_ticks():
     burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\ntime.sleep(30)"
     child = subprocess.Popen([sys.executable, "-c", burn])
