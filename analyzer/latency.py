@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bottleneck_map.analyzer.data import NA_NS, flat_list, ns, release_freed, to_np
+from bottleneck_map.analyzer.data import NA_NS, flat_list, ns, to_np
 from bottleneck_map.analyzer.result import LatencySummary, Percentiles
 
 SLO_KEYS = ("ttft", "tpot", "e2e", "itl")
@@ -205,8 +205,8 @@ class GapCollector:
         dtype = np.uint32 if all(p.dtype == np.uint32 for ps in parts for p in ps) else np.int64
         out = []
         for ps in parts:
-            # Each piece is copied into its class array and dropped, its memory handed back now and
-            # then, so the pieces and the arrays are not all resident at once.
+            # Each piece is copied into its class array and dropped, so the freed pieces are
+            # reused for the next class's array.
             a = np.empty(sum(len(p) for p in ps), dtype)
             at = 0
             for i, p in enumerate(ps):
@@ -214,7 +214,6 @@ class GapCollector:
                 at += len(p)
                 ps[i] = None
             ps.clear()
-            release_freed()
             a.sort()
             out.append(a)
         return GapPool(out)
