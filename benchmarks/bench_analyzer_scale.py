@@ -1,7 +1,8 @@
 """Analyzer scale benchmark: analysis time and peak memory versus just reading the bundle's Parquet.
 
-Generates synthetic bundles (N requests with their steps, written with pyarrow in the bundle
-layout), then, each in a fresh subprocess so peak RSS is per measurement:
+Generates synthetic bundles (N requests with their steps, written with pyarrow in the layout
+and encoding the engine's bundles have: every column the engine fills, jittered times; see
+``--calibrate``), then, each in a fresh subprocess so peak RSS is per measurement:
 
 * baseline: ``read_bundle(path).table(...)`` for requests, steps and samples (reading the Parquet);
 * ours: ``analyze(path)`` (which includes the same read).
@@ -12,10 +13,13 @@ bundle size on disk, how much larger the tables are in memory as Arrow (``arrow/
 bundle's compression ratio) and the ratios the analyzer issue sets: analysis <= 2x read time,
 peak memory <= 3x bundle size on disk (``ana/disk`` total, ``net/disk`` less the interpreter),
 linear from 100k to 1M. Read and analysis runs alternate; the fastest of ``--repeat`` runs of
-each (by CPU time) is kept; imports happen before either clock starts. Bundles are generated in a subprocess. ``--phases`` adds where the
-analysis of the largest size spends CPU and memory.
+each (by CPU time) is kept; imports happen before either clock starts. Bundles are generated
+in a subprocess. ``--phases`` adds where the analysis of the largest size spends CPU and memory.
+``--calibrate BUNDLE`` compares the synthetic bundle's columns, byte for byte per row on disk,
+with those of a bundle the engine wrote.
 
     python benchmarks/bench_analyzer_scale.py --sizes 100000 300000 1000000
+    python benchmarks/bench_analyzer_scale.py --calibrate BUNDLE
 """
 
 from __future__ import annotations
@@ -340,6 +344,42 @@ def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def calibrate(real: Path, n: int) -> None:
+    """How the synthetic bundle compares with an engine bundle: per table, in memory / on disk,
+    and the compressed bytes per row of every column, each table written as one segment with
+    the writer's encoding (so segment sizes do not differ between the two)."""
+    import io
+
+    from bottleneck_map.bundle import _dictionary_columns, read_bundle
+
+    with tempfile.TemporaryDirectory(prefix="bmap-calibrate-") as tmp:
+        synth = Path(tmp) / "synthetic"
+        generate(synth, n)
+        for name in ("requests", "steps"):
+            sizes = {}
+            for label, path in (("engine", real), ("synthetic", synth)):
+                table = read_bundle(path).table(name)
+                buf = io.BytesIO()
+                pq.write_table(table, buf, compression="zstd", use_dictionary=_dictionary_columns(name))
+                buf.seek(0)
+                md = pq.ParquetFile(buf).metadata
+                cols: dict[str, int] = {}
+                for g in range(md.num_row_groups):
+                    for c in range(md.num_columns):
+                        col = md.row_group(g).column(c)
+                        cols[col.path_in_schema] = cols.get(col.path_in_schema, 0) + col.total_compressed_size
+                rows = max(table.num_rows, 1)
+                sizes[label] = {k: v / rows for k, v in cols.items()}
+                print(
+                    f"{name} {label}: {table.num_rows:,} rows, {buf.getbuffer().nbytes / rows:.0f} bytes/row on disk, "
+                    f"in memory / on disk {table.nbytes / buf.getbuffer().nbytes:.2f}"
+                )
+            print(f"  {'column':34s} {'engine B/row':>12s} {'synthetic B/row':>15s}")
+            for k in sorted(sizes["engine"], key=lambda k: -sizes["engine"][k]):
+                if sizes["engine"][k] >= 0.5 or sizes["synthetic"].get(k, 0) >= 0.5:
+                    print(f"  {k:34s} {sizes['engine'][k]:12.1f} {sizes['synthetic'].get(k, 0):15.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000])
@@ -347,7 +387,17 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="write bundles here instead of a temp dir")
     ap.add_argument("--chunk-rows", type=int, default=0, help="analyze(chunk_rows=...); 0: the default")
     ap.add_argument("--phases", action="store_true", help="also print where the analysis of the largest size goes")
+    ap.add_argument(
+        "--calibrate",
+        type=Path,
+        default=None,
+        metavar="BUNDLE",
+        help="compare the synthetic bundle's columns with an engine bundle's (per row, on disk) and exit",
+    )
     args = ap.parse_args()
+    if args.calibrate is not None:
+        calibrate(args.calibrate, 20_000)
+        return
     print(
         f"{'requests':>9} {'steps':>9} {'disk MiB':>8} {'arrow/disk':>10} {'read s':>7} {'analyze s':>9} {'x wall':>6} "
         f"{'read cpu':>8} {'ana cpu':>8} {'x cpu':>6} {'read MiB':>8} {'ana MiB':>8} {'base MiB':>8} "
