@@ -24,7 +24,7 @@ from bottleneck_map.analyzer import (
     steprows,
     windows,
 )
-from bottleneck_map.analyzer.data import NA_NS, Tables, f64, for_instance, load, release, to_np
+from bottleneck_map.analyzer.data import NA_NS, Tables, f64, for_instance, load, release, to_np, workload_classes
 from bottleneck_map.analyzer.devices import device_peaks
 from bottleneck_map.analyzer.result import (
     CLASSES,
@@ -190,7 +190,7 @@ def _analysis(
 
     # One pass over the requests' token lists first, while little else is held: the pooled ITL
     # gaps are the largest thing it builds, and only their percentiles are kept.
-    codes, classes = pd.factorize(pc.fill_null(requests.column("workload_class"), "default").to_pandas(), sort=True)
+    codes, classes = latency.class_codes(workload_classes(requests))
     itl, token_to_byte = _token_pass(t, codes, len(classes), chunk_rows or CHUNK_REQUESTS)
     itl = itl.taken()
     del codes

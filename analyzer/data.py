@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -283,6 +284,11 @@ def to_np(arr: pa.Array | pa.ChunkedArray, fill: Any, dtype: Any) -> np.ndarray:
     if arr.null_count:
         arr = pc.fill_null(arr, fill)
     return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=dtype)
+
+
+def workload_classes(requests: pa.Table) -> pd.Series:
+    """Each request's workload class, ``"default"`` where it has none."""
+    return pc.fill_null(requests.column("workload_class"), "default").to_pandas()
 
 
 def flat_list(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bottleneck_map.analyzer.data import NA_NS, flat_list, ns, to_np
+from bottleneck_map.analyzer.data import NA_NS, flat_list, ns, to_np, workload_classes
 from bottleneck_map.analyzer.result import LatencySummary, Percentiles
 
 SLO_KEYS = ("ttft", "tpot", "e2e", "itl")
@@ -57,11 +57,7 @@ def request_metrics(requests: pa.Table, *, labels: pd.DataFrame | None = None) -
     return pd.DataFrame(
         {
             "request_id": requests.column("request_id").to_pandas() if labels is None else labels["request_id"],
-            "workload_class": (
-                pc.fill_null(requests.column("workload_class"), "default").to_pandas()
-                if labels is None
-                else labels["workload_class"]
-            ),
+            "workload_class": workload_classes(requests) if labels is None else labels["workload_class"],
             "ok": ok,
             "failed": failed,
             "arrival_ns": arrival,
@@ -167,9 +163,10 @@ def _kth(arrays: list[np.ndarray], k: int) -> int:
     return lo
 
 
-def class_codes(metrics: pd.DataFrame) -> tuple[np.ndarray, pd.Index]:
-    """Per request, the code of its workload class, and the classes (sorted)."""
-    return pd.factorize(metrics["workload_class"], sort=True)
+def class_codes(workload_class: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """Per request, the code of its workload class (:func:`~bottleneck_map.analyzer.data.workload_classes`),
+    and the classes (sorted)."""
+    return pd.factorize(workload_class, sort=True)
 
 
 def _compact(gaps: np.ndarray) -> np.ndarray:
@@ -329,7 +326,7 @@ def latency_summaries(
     ``itl``: the :func:`inter_token_latencies` frame, or a :class:`GapPool` by :func:`class_codes`.
     """
     duration = _duration_s(metrics)
-    codes, classes = class_codes(metrics)
+    codes, classes = class_codes(metrics["workload_class"])
     metrics = metrics.drop(columns=["request_id", "workload_class"])  # per-class copies without the strings
     pooled = isinstance(itl, GapPool)
     out = [summarize(metrics, itl.percentiles() if pooled else itl, duration_s=duration, slo=slo)]

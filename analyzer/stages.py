@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bottleneck_map.analyzer.data import NA_NS, flat_list, flat_values, ns, to_np
+from bottleneck_map.analyzer.data import NA_NS, flat_list, flat_values, ns, to_np, workload_classes
 from bottleneck_map.analyzer.result import STAGES
 
 
@@ -305,7 +305,7 @@ def request_stages(
         sums = RequestSums.zeros(n)
     head = {
         "request_id": requests.column("request_id").to_pandas(),
-        "workload_class": pc.fill_null(requests.column("workload_class"), "default").to_pandas(),
+        "workload_class": workload_classes(requests),
         "complete": t["complete"].to_numpy(),
         "arrival_ns": t["t0"].to_numpy(),
         "first_token_ns": t["t4"].to_numpy(),
