@@ -1,19 +1,19 @@
 """Host source: CPU per core, load, memory and swap, network per interface, disk
 I/O per device, and one watched process.
 
-CPU utilisation is measured between consecutive calls (each source keeps its
-own previous reading). Host CPU and the watched process's CPU are read every
-tick; load, memory, swap, network and disk counters, and the process's threads,
-RSS and context switches once a second (``slow_interval_s``), carried over in
-between and listed in ``stale``.
+The watched process's CPU is read every tick. The host's fields (per-core CPU,
+load, memory, swap, network and disk counters) and the process's threads, RSS
+and context switches are read once a second (``slow_interval_s``), carried over
+in between and listed in ``stale``. Per-core CPU is measured between consecutive
+reads (each source keeps its own previous reading): ``/proc/stat`` counts in
+clock ticks of 10 ms, so a 100 ms window can only show a core at 0, 10, 20 ...
+100 % busy; a one-second window resolves 1 %.
 
 On Linux every read keeps its ``/proc`` file open and re-reads it with one
-``pread`` (:class:`ProcStatFile`), parsing only the fields it uses: every tick
-``/proc/stat`` and ``/proc/<pid>/stat``; once a second ``/proc/meminfo``,
-``/proc/net/dev``, ``/proc/diskstats`` and ``/proc/<pid>/status`` (threads and
-RSS come from that tick's ``/proc/<pid>/stat``). At 10 Hz the per-tick reads
-cost about a tenth of ``psutil.cpu_times(percpu=True)`` plus
-``Process.cpu_percent()``, which open, parse and wrap the files on every call.
+``pread`` (:class:`ProcStatFile`), parsing only the fields it uses:
+``/proc/stat``, ``/proc/meminfo``, ``/proc/net/dev``, ``/proc/diskstats``,
+``/proc/<pid>/stat`` and ``/proc/<pid>/status``. The watched process's CPU comes
+from its CPU-time clock (:func:`process_cpu_clock`), one ``clock_gettime`` a tick.
 The numbers are the ones psutil reads (the same files and fields); where
 ``/proc`` is not there, or a file cannot be parsed, psutil is used.
 """
@@ -25,8 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import fields
-from operator import attrgetter
+from dataclasses import fields, replace
 from typing import Any
 
 import psutil
@@ -36,9 +35,12 @@ from bottleneck_map.agent.sample import DiskCounters, HostSample, NetCounters, P
 log = logging.getLogger("bottleneck_map.agent")
 
 SLOW_INTERVAL_S = 1.0
-# read once per SLOW_INTERVAL_S: they change slowly and cost more than the per-core CPU read
+# read once per SLOW_INTERVAL_S and carried over in between: every field of HostSample
 SLOW_HOST_FIELDS = frozenset(
     {
+        "cpu_util_ratio",
+        "cpu_util_per_core",
+        "cpu_util_max_core_ratio",
         "load1",
         "load5",
         "load15",
@@ -51,10 +53,7 @@ SLOW_HOST_FIELDS = frozenset(
         "disk",
     }
 )
-# HostSample's fields from load1 to disk, in order: a sample is built in one call from the slow reading
-_SLOW_ORDER = [f.name for f in fields(HostSample)][3:-1]
-assert set(_SLOW_ORDER) == SLOW_HOST_FIELDS, _SLOW_ORDER
-_slow_values = attrgetter(*_SLOW_ORDER)
+assert {f.name for f in fields(HostSample)} - {"stale"} == SLOW_HOST_FIELDS
 SLOW_PROC_FIELDS = frozenset({"num_threads", "rss_bytes", "ctx_switches_voluntary", "ctx_switches_involuntary"})
 
 
@@ -319,21 +318,15 @@ class HostSource:
         sample.proc = self.sample_proc()
 
     def sample_host(self) -> HostSample:
-        """CPU every call; load, memory, swap, network and disk every ``slow_interval_s``
-        (carried over in between and listed in ``stale``)."""
-        now_cpu = self._read_cpu()
-        per_core = busy_ratios(self._last_cpu, now_cpu) if self._last_cpu else []
-        self._last_cpu = now_cpu
+        """Every field once per ``slow_interval_s``; in between, the last reading again with
+        every field listed in ``stale`` (one object per reading, shared by those ticks)."""
         now = self._clock()
         if self._slow is None or now >= self._slow_due:
             self._slow_due = now + self.slow_interval_s
-            self._slow = self._sample_slow()
-            stale: frozenset[str] = frozenset()
-        else:
-            stale = SLOW_HOST_FIELDS
-        if not per_core:
-            return HostSample(None, [], None, *_slow_values(self._slow), stale)
-        return HostSample(sum(per_core) / len(per_core), per_core, max(per_core), *_slow_values(self._slow), stale)
+            fresh = self._sample_slow()
+            self._slow = replace(fresh, stale=SLOW_HOST_FIELDS)
+            return fresh
+        return self._slow
 
     def _read_meminfo(self) -> tuple[int, int, int, int] | None:
         """MemTotal, MemAvailable, SwapTotal, SwapFree in bytes from one pread of
@@ -350,6 +343,14 @@ class HostSource:
 
     def _sample_slow(self) -> HostSample:
         h = HostSample()
+        now_cpu = self._read_cpu()
+        if self._last_cpu:
+            per_core = busy_ratios(self._last_cpu, now_cpu)
+            if per_core:
+                h.cpu_util_per_core = per_core
+                h.cpu_util_ratio = sum(per_core) / len(per_core)
+                h.cpu_util_max_core_ratio = max(per_core)
+        self._last_cpu = now_cpu
         try:
             h.load1, h.load5, h.load15 = os.getloadavg()
         except OSError:

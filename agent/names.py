@@ -141,8 +141,8 @@ class OtherMetric:
 OTHER_METRICS: tuple[OtherMetric, ...] = (
     OtherMetric(GPU_LOST, "gauge", "0/1", "1 when the GPU stopped answering NVML (GpuIsLost/Unknown); re-init is retried with backoff.", "NVML errors", ("gpu", "hostname")),
     OtherMetric(CLOCK_EVENT_ACTIVE, "gauge", "0/1", "1 while the named clock-event reason holds the clocks down.", "nvmlDeviceGetCurrentClocksEventReasons bits", ("gpu", "uuid", "model_name", "hostname", "reason")),
-    OtherMetric("bmap_host_cpu_utilization_ratio", "gauge", "ratio", "CPU utilisation of the whole host over the last interval.", "/proc/stat cpuN lines (as psutil.cpu_times(percpu=True)), mean"),
-    OtherMetric("bmap_host_cpu_core_utilization_ratio", "gauge", "ratio", "CPU utilisation of one logical CPU over the last interval.", "/proc/stat cpuN lines (as psutil.cpu_times(percpu=True))", ("cpu", "hostname")),
+    OtherMetric("bmap_host_cpu_utilization_ratio", "gauge", "ratio", "CPU utilisation of the whole host over the last second (read once a second).", "/proc/stat cpuN lines (as psutil.cpu_times(percpu=True)), mean"),
+    OtherMetric("bmap_host_cpu_core_utilization_ratio", "gauge", "ratio", "CPU utilisation of one logical CPU over the last second (read once a second).", "/proc/stat cpuN lines (as psutil.cpu_times(percpu=True))", ("cpu", "hostname")),
     OtherMetric("bmap_host_load1", "gauge", "tasks", "1-minute load average.", "os.getloadavg()"),
     OtherMetric("bmap_host_load5", "gauge", "tasks", "5-minute load average.", "os.getloadavg()"),
     OtherMetric("bmap_host_load15", "gauge", "tasks", "15-minute load average.", "os.getloadavg()"),

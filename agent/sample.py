@@ -151,24 +151,23 @@ def host_row(ts_ns: int, host: HostSample | None, proc: ProcSample | None, insta
     """The ``source="host"`` row: host totals plus the watched process."""
     row: dict[str, Any] = {"ts_ns": ts_ns, "source": "host", "device": "host", "instance": instance}
     if host is not None:
-        row.update(
+        host_fields = dict(
             cpu_util_ratio=host.cpu_util_ratio,
             cpu_util_max_core_ratio=host.cpu_util_max_core_ratio,
             cpu_util_per_core=list(host.cpu_util_per_core) or None,
+            load1=host.load1,
+            host_mem_used_bytes=host.host_mem_used_bytes,
+            host_mem_total_bytes=host.host_mem_total_bytes,
+            host_swap_used_bytes=host.host_swap_used_bytes,
+            net_rx_bytes_total=host.net_total("rx_bytes"),
+            net_tx_bytes_total=host.net_total("tx_bytes"),
+            net_rx_packets_total=host.net_total("rx_packets"),
+            net_tx_packets_total=host.net_total("tx_packets"),
+            disk_read_bytes_total=host.disk_total("read_bytes"),
+            disk_write_bytes_total=host.disk_total("write_bytes"),
         )
-        fresh = not host.stale  # the slow host fields are only written on the tick that read them
-        row.update(
-            load1=host.load1 if fresh else None,
-            host_mem_used_bytes=host.host_mem_used_bytes if fresh else None,
-            host_mem_total_bytes=host.host_mem_total_bytes if fresh else None,
-            host_swap_used_bytes=host.host_swap_used_bytes if fresh else None,
-            net_rx_bytes_total=host.net_total("rx_bytes") if fresh else None,
-            net_tx_bytes_total=host.net_total("tx_bytes") if fresh else None,
-            net_rx_packets_total=host.net_total("rx_packets") if fresh else None,
-            net_tx_packets_total=host.net_total("tx_packets") if fresh else None,
-            disk_read_bytes_total=host.disk_total("read_bytes") if fresh else None,
-            disk_write_bytes_total=host.disk_total("write_bytes") if fresh else None,
-        )
+        fresh = not host.stale  # host fields are only written on the tick that read them
+        row.update(host_fields if fresh else dict.fromkeys(host_fields))
     if proc is not None:
         fresh = not proc.stale
         row.update(
@@ -239,25 +238,24 @@ def to_columns(samples: Sequence[Sample], instance: str | None = None) -> dict[s
 
 def _host_values(host: HostSample | None, proc: ProcSample | None) -> tuple[Any, ...]:
     """The values of :func:`host_row` in the order of ``_HOST_COLUMNS``, without its dict."""
-    if host is None:
+    if host is None or host.stale:  # host fields are only written on the tick that read them
         values: tuple[Any, ...] = _NO_HOST_ROW
     else:
-        values = (host.cpu_util_ratio, host.cpu_util_max_core_ratio, list(host.cpu_util_per_core) or None)
-        if host.stale:  # the slow host fields are only written on the tick that read them
-            values += _NO_SLOW_HOST
-        else:
-            values += (
-                host.load1,
-                host.host_mem_used_bytes,
-                host.host_mem_total_bytes,
-                host.host_swap_used_bytes,
-                host.net_total("rx_bytes"),
-                host.net_total("tx_bytes"),
-                host.net_total("rx_packets"),
-                host.net_total("tx_packets"),
-                host.disk_total("read_bytes"),
-                host.disk_total("write_bytes"),
-            )
+        values = (
+            host.cpu_util_ratio,
+            host.cpu_util_max_core_ratio,
+            list(host.cpu_util_per_core) or None,
+            host.load1,
+            host.host_mem_used_bytes,
+            host.host_mem_total_bytes,
+            host.host_swap_used_bytes,
+            host.net_total("rx_bytes"),
+            host.net_total("tx_bytes"),
+            host.net_total("rx_packets"),
+            host.net_total("tx_packets"),
+            host.disk_total("read_bytes"),
+            host.disk_total("write_bytes"),
+        )
     if proc is None:
         return values + _NO_PROC_ROW
     if proc.stale:
@@ -272,7 +270,6 @@ def _host_values(host: HostSample | None, proc: ProcSample | None) -> tuple[Any,
     )
 
 
-_NO_SLOW_HOST = (None,) * 10
 _NO_HOST_ROW = (None,) * 13
 _NO_PROC_ROW = (None,) * 5
 _N_DEVICES = 64

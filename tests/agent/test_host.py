@@ -67,7 +67,9 @@ def test_slow_host_fields_once_per_interval(clock):
     assert not first.stale and not third.stale
     assert {"load1", "host_mem_used_bytes", "net", "disk"} <= second.stale
     assert second.host_mem_total_bytes == first.host_mem_total_bytes  # carried over
-    assert second.cpu_util_per_core  # CPU is read every tick
+    assert second.cpu_util_per_core == first.cpu_util_per_core  # carried over, like the other host fields
+    assert {"cpu_util_ratio", "cpu_util_per_core", "cpu_util_max_core_ratio"} <= second.stale
+    assert third.cpu_util_per_core is not first.cpu_util_per_core  # read again
 
 
 def test_per_core_ratios_from_cpu_times():
