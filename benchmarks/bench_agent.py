@@ -25,10 +25,13 @@
    to columns hand-over) called back to back, best of 40 repetitions: warm-cache CPU, which
    filters out most of a busy VM's noise. With ``--baseline DIR`` the two trees run in
    alternating fresh processes, ``--rounds`` times.
+6. ``--cold``: single operations 100 ms after their last run against back to back, and the NVML
+   source's per-GPU reading in tick order inside a running sampler: where a tick's cost comes from.
 
     python benchmarks/bench_agent.py [--seconds 30] [--rounds 1] [--scrapes 300] [--baseline DIR]
     python benchmarks/bench_agent.py --stages [--seconds 30] [--baseline DIR]
     python benchmarks/bench_agent.py --hot [--rounds 4] [--baseline DIR]
+    python benchmarks/bench_agent.py --cold [--cold-reps 40]
 """
 
 from __future__ import annotations
@@ -395,6 +398,65 @@ def alone(tmp: Path, args: argparse.Namespace) -> None:
     print(f"load average {os.getloadavg()[0]:.2f} at the end of the CPU runs")
 
 
+def cold(args: argparse.Namespace) -> None:
+    """What an operation costs 100 ms after the last time it ran (as in a 10 Hz tick) against
+    back to back: thread CPU, medians of ``--cold-reps``. On a VM most of a tick's cost is this
+    difference, paid once per distinct code path per tick."""
+    import statistics
+
+    sys.path.insert(0, str(FAKE_DIR))
+    import fake_pynvml
+
+    sys.modules["pynvml"] = fake_pynvml.FakeNvml(fake_pynvml.h100s(args.gpus)).module
+    from bottleneck_map.agent.host import per_core_busy_total
+    from bottleneck_map.agent.sampler import Sampler
+
+    fd = os.open("/proc/loadavg", os.O_RDONLY)
+    stat = os.open("/proc/stat", os.O_RDONLY)
+    proc_stat = os.pread(stat, 16384, 0)
+    ops = {
+        "two thread_time_ns() calls": lambda: None,
+        "pread of /proc/loadavg": lambda: os.pread(fd, 4096, 0),
+        "pread of /proc/stat": lambda: os.pread(stat, 16384, 0),
+        "parse the cpu lines of /proc/stat": lambda: per_core_busy_total(proc_stat),
+    }
+
+    def cpu_us(fn) -> float:  # noqa: ANN001
+        t = time.thread_time_ns()
+        fn()
+        return (time.thread_time_ns() - t) / 1e3
+
+    print(f"cold (100 ms after the last call) against back to back, medians of {args.cold_reps}:")
+    for name, fn in ops.items():
+        spaced = []
+        for _ in range(args.cold_reps):
+            time.sleep(0.1)
+            spaced.append(cpu_us(fn))
+        warm = [cpu_us(fn) for _ in range(args.cold_reps)]
+        print(f"  {name}: {statistics.median(spaced):.1f} us cold, {statistics.median(warm):.1f} us warm")
+    os.close(fd)
+    os.close(stat)
+    # the NVML source's per-GPU reading inside a running sampler: the first GPU of a tick runs cold
+    sampler = Sampler(interval_s=0.1, watch_pid=os.getppid())
+    nvml = sampler.sources[1]
+    per_gpu: dict[int, list[float]] = {}
+    sample_device = nvml._sample_device
+
+    def timed(dev, now):  # noqa: ANN001, ANN202
+        t = time.thread_time_ns()
+        try:
+            return sample_device(dev, now)
+        finally:
+            per_gpu.setdefault(dev.index, []).append((time.thread_time_ns() - t) / 1e3)
+
+    nvml._sample_device = timed
+    sampler.start()
+    time.sleep(2 + args.cold_reps * 0.1)
+    sampler.stop()
+    medians = [statistics.median(v[10:]) for _, v in sorted(per_gpu.items())]
+    print("  NVML source at 10 Hz, per GPU in tick order: " + ", ".join(f"{m:.0f}" for m in medians) + " us")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=30.0, help="CPU measurement window")
@@ -406,8 +468,13 @@ def main() -> None:
     ap.add_argument("--stages", action="store_true", help="in-process per-stage CPU accounting only")
     ap.add_argument("--hot", action="store_true", help="back-to-back CPU of the tick's parts (warm caches) only")
     ap.add_argument("--hot-once", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--cold", action="store_true", help="operations 100 ms apart against back to back only")
+    ap.add_argument("--cold-reps", type=int, default=40)
     ap.add_argument("--side-by-side-only", action="store_true", help="with --baseline: skip the runs of ours alone")
     args = ap.parse_args()
+    if args.cold:
+        cold(args)
+        return
     if args.hot_once:
         hot(args)
         return
