@@ -39,6 +39,7 @@ def _agent_meta(sampler: Any, names: str) -> dict[str, Any]:
                 "available": st.available,
                 "host_only_reason": st.host_only_reason,
                 "driver_version": st.driver_version,
+                "blocking_queries": st.blocking_queries,
                 "gpus": [
                     {
                         "index": d.index,

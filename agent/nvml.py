@@ -59,6 +59,21 @@ _STALE = {
     (True, True): SLOW_GPU_FIELDS | GPM_FIELDS,
 }
 _NO_SLOW = (None, None, None, None)
+# A per-tick query whose calls all take longer than this at start-up (wall time, the fastest of
+# PROBE_CALLS) is read once a second instead: NVML documents nvmlDeviceGetPcieThroughput as
+# "querying a byte counter over a 20 ms interval", and 16 such calls would not fit a 100 ms tick
+# on an 8-GPU node. None turns the probe off.
+BLOCKING_QUERY_S: float | None = 0.005
+PROBE_CALLS = 3  # the fastest of three: a call preempted once on a busy host does not count
+# the GpuSample field of each per-tick scalar query (keys of NvmlSource._plan)
+_PLAN_FIELDS = {
+    "pcie_tx": "pcie_tx_bytes_per_s",
+    "pcie_rx": "pcie_rx_bytes_per_s",
+    "power": "power_w",
+    "energy": "energy_j",
+    "sm_clock": "sm_clock_hz",
+    "mem_clock": "mem_clock_hz",
+}
 _GPM = attrgetter("gpm")
 _NEXT_SAMPLE_NS = attrgetter("next_sample_ns")  # temperature, power limit, watched process's memory and utilisation
 
@@ -131,6 +146,8 @@ class _Device:
     # the per-tick scalar queries still asked: (position in the tick's scalars, key, function,
     # argument or None, scale); the scalars are PCIe TX, RX, power, energy, SM clock, memory clock
     plan: tuple[tuple[int, str, Callable[..., Any], Any, float], ...] = ()
+    # per-tick queries found blocking at start-up (read once a second): (position, value) as last read
+    slow_scalars: tuple[tuple[int, float | None], ...] = ()
 
 
 @dataclass
@@ -144,6 +161,8 @@ class NvmlStatus:
     reinit_attempts: int = 0
     recoveries: int = 0
     driver_version: str | None = None
+    # per-tick queries that blocked at start-up and are read once a second instead (plan keys)
+    blocking_queries: list[str] = field(default_factory=list)
 
 
 class NvmlSource:
@@ -160,6 +179,7 @@ class NvmlSource:
         gpm: bool = True,
         gpm_interval_s: float = DEFAULT_SPACING_NS / 1e9,
         slow_interval_s: float = SLOW_INTERVAL_S,
+        blocking_query_s: float | None = None,
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
@@ -171,6 +191,8 @@ class NvmlSource:
             raise ValueError(f"gpm_interval_s must be at least {MIN_SPACING_NS / 1e9:g} s, got {gpm_interval_s}")
         self.gpm_spacing_ns = int(round(gpm_interval_s * 1e9))
         self.slow_interval_s = slow_interval_s
+        # None: the module's BLOCKING_QUERY_S (itself None: no probe)
+        self.blocking_query_s = BLOCKING_QUERY_S if blocking_query_s is None else blocking_query_s
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self._clock = clock
@@ -184,6 +206,10 @@ class NvmlSource:
         self._reported: set[tuple[int, str]] = set()  # (GPU, field or error) already logged
         self._plan_of: ModuleType | None = None  # the module the shared plan was made from
         self._shared_plan: tuple[tuple[int, str, Callable[..., Any], Any, float], ...] = ()
+        # per-tick queries moved to the once-a-second reads, and the stale sets that name them
+        self._slow_plan: tuple[tuple[int, str, Callable[..., Any], Any, float], ...] = ()
+        self._stale = _STALE
+        self._clock_ns_wall: Callable[[], int] = time.perf_counter_ns
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> bool:
@@ -245,12 +271,14 @@ class NvmlSource:
             return False
         devices, lost = [], set()
         self._plan_of = None  # the per-tick plan is made afresh for each initialisation
+        self._slow_plan, self._stale = (), _STALE
         for i in range(count):
             try:
                 devices.append(self._open_device(i))
             except (_DeviceLost, n.NVMLError) as exc:
                 log.warning("GPU %d could not be opened (%s)", i, exc)
                 lost.add(i)
+        self._find_blocking_queries(devices)
         self.devices = devices
         self._lost_indices = lost
         self.status.available = True
@@ -294,6 +322,44 @@ class NvmlSource:
                 (5, "mem_clock", n.nvmlDeviceGetClockInfo, n.NVML_CLOCK_MEM, float(MHZ)),
             )
         return self._shared_plan
+
+    def _find_blocking_queries(self, devices: list[_Device]) -> None:
+        """Call each per-tick query ``PROBE_CALLS`` times on the first GPU, timed (wall clock);
+        those whose fastest call takes longer than ``blocking_query_s`` leave the per-tick plan
+        of every GPU and are read once a second (listed in ``stale`` in between, like the other
+        once-a-second fields). At initialisation only: nothing is timed during ticks."""
+        if not devices or not self.blocking_query_s:
+            return
+        first = devices[0]
+        blocking = []
+        for q in first.plan:
+            _, key, fn, arg, _ = q
+            fastest = float("inf")
+            try:
+                for _ in range(PROBE_CALLS):
+                    t = self._clock_ns_wall()
+                    fn(first.handle) if arg is None else fn(first.handle, arg)
+                    fastest = min(fastest, (self._clock_ns_wall() - t) / 1e9)
+            except Exception:  # noqa: BLE001 - the ticks handle and report query errors
+                continue
+            if fastest > self.blocking_query_s:
+                blocking.append(q)
+                log.warning(
+                    "%s took %.1f ms on GPU %d; reading %s once a second instead of every tick",
+                    getattr(fn, "__name__", key),
+                    fastest * 1e3,
+                    first.index,
+                    _PLAN_FIELDS[key],
+                )
+        if not blocking:
+            return
+        keys = {q[1] for q in blocking}
+        self._slow_plan = tuple(blocking)
+        self.status.blocking_queries = sorted(keys, key=list(_PLAN_FIELDS).index)
+        moved = frozenset(_PLAN_FIELDS[k] for k in keys)
+        self._stale = {(slow, gpm): st | moved if slow else st for (slow, gpm), st in _STALE.items()}
+        for dev in devices:
+            dev.plan = tuple(q for q in dev.plan if q[1] not in keys)
 
     def _drop_devices(self) -> None:
         for dev in self.devices:
@@ -450,6 +516,10 @@ class NvmlSource:
         if not slow_stale:
             dev.slow_due = now + self.slow_interval_s
             dev.slow = self._sample_slow(dev)
+            if self._slow_plan:
+                dev.slow_scalars = self._sample_slow_scalars(dev)
+        for i, value in dev.slow_scalars:  # empty unless a per-tick query blocked at start-up
+            scalars[i] = value
         gpm, gpm_stale = (NO_VALUES, False) if dev.gpm is None else self._sample_gpm(dev)
         tx, rx, power, energy, sm_clock, mem_clock = scalars
         temperature, power_limit, proc_mem, proc_util = dev.slow
@@ -480,7 +550,7 @@ class NvmlSource:
             *gpm,
             proc_mem,
             proc_util,
-            _STALE[slow_stale, gpm_stale],
+            self._stale[slow_stale, gpm_stale],
         )
 
     def _sample_slow(self, dev: _Device) -> tuple[float | None, ...]:
@@ -492,6 +562,14 @@ class NvmlSource:
         if self.watch_pid is None:
             return temperature, power_limit, None, None
         return temperature, power_limit, *self._sample_process(dev)
+
+    def _sample_slow_scalars(self, dev: _Device) -> tuple[tuple[int, float | None], ...]:
+        """The per-tick queries moved to once a second, as (position in the tick's scalars, value)."""
+        out = []
+        for i, key, fn, arg, scale in self._slow_plan:
+            value = self._query(dev, key, fn) if arg is None else self._query(dev, key, fn, arg)
+            out.append((i, None if value is None else value * scale))
+        return tuple(out)
 
     def _sample_process(self, dev: _Device) -> tuple[float | None, float | None]:
         """GPU memory of the watched pid, and its mean SM utilisation since the last call."""

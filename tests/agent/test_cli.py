@@ -83,6 +83,7 @@ def test_agent_writes_a_bundle_that_reads_back(tmp_path):
         "GPU-00000000-0000-0000-0000-000000000000",
         "GPU-00000001-0000-0000-0000-000000000000",
     ]
+    assert b.meta["agent"]["nvml"]["blocking_queries"] == []  # the double answers at once
     df = b.samples
     host, gpu = df[df["source"] == "host"], df[df["source"] == "gpu"]
     assert len(host) >= 3 and host["proc_cpu_ratio"].notna().all()  # every tick (few when the machine is busy)

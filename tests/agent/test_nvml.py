@@ -10,7 +10,15 @@ import pynvml as real
 import pytest
 from fake_pynvml import GIB, FakeGpu
 
+import bottleneck_map.agent.nvml as nvml_mod
 from bottleneck_map.agent.nvml import NvmlSource
+
+
+@pytest.fixture(autouse=True)
+def _no_start_up_probe(monkeypatch):
+    """These tests script results call by call and count calls; the start-up probe for blocking
+    queries (tested on its own below) calls each per-tick query a few times more."""
+    monkeypatch.setattr(nvml_mod, "BLOCKING_QUERY_S", None)
 
 
 def test_values_are_mapped_and_converted_to_base_units(install_nvml):
@@ -297,3 +305,72 @@ def test_a_query_dropped_on_one_gpu_is_still_asked_on_the_others(install_nvml):
         assert g0.power_w is None and g1.power_w == pytest.approx(312.5)
     assert fake.calls_by_gpu[(0, "nvmlDeviceGetPowerUsage")] == 1
     assert fake.calls_by_gpu[(1, "nvmlDeviceGetPowerUsage")] == 3
+
+
+def _slow(fn, seconds: float, times: int | None = None):
+    """``fn`` taking ``seconds`` longer (wall clock) on its first ``times`` calls (all when None)."""
+    import time
+
+    calls = [0]
+
+    def slow(*args):
+        calls[0] += 1
+        if times is None or calls[0] <= times:
+            time.sleep(seconds)
+        return fn(*args)
+
+    return slow
+
+
+def test_a_per_tick_query_that_blocks_at_start_up_is_read_once_a_second(install_nvml, clock, caplog):
+    fake = install_nvml(2)
+    fake.module.nvmlDeviceGetPcieThroughput = _slow(fake.module.nvmlDeviceGetPcieThroughput, 0.012)
+    src = NvmlSource(gpm=False, clock=clock, slow_interval_s=1.0, blocking_query_s=0.005)
+    caplog.set_level(logging.WARNING, "bottleneck_map.agent")
+    src.start()
+    assert src.status.blocking_queries == ["pcie_tx", "pcie_rx"]
+    assert "reading pcie_tx_bytes_per_s once a second instead of every tick" in caplog.text
+    probed = fake.calls_by_gpu[(0, "nvmlDeviceGetPcieThroughput")]
+    first = src.sample(0)
+    assert [g.pcie_tx_bytes_per_s for g in first] == [1_500 * 1000] * 2 and not first[0].stale
+    for t in (1, 2, 3):
+        clock.advance(0.25)
+        for g in src.sample(t):
+            assert g.pcie_rx_bytes_per_s == 250_000 * 1000  # carried over on /metrics
+            assert {"pcie_tx_bytes_per_s", "pcie_rx_bytes_per_s", "temperature_c"} <= g.stale
+            assert g.power_w == pytest.approx(312.5) and "power_w" not in g.stale  # still every tick
+    clock.advance(0.25)
+    again = src.sample(4)
+    assert not again[1].stale and again[1].pcie_tx_bytes_per_s == 1_500 * 1000
+    assert fake.calls_by_gpu[(0, "nvmlDeviceGetPcieThroughput")] == probed + 4  # two reads of TX and RX
+    assert fake.calls_by_gpu[(1, "nvmlDeviceGetPcieThroughput")] == 4
+    assert fake.calls_by_gpu[(1, "nvmlDeviceGetPowerUsage")] == 5
+
+
+def test_stale_pcie_is_null_in_bundle_rows(install_nvml, clock):
+    from bottleneck_map.agent.sample import Sample, to_columns
+
+    fake = install_nvml(1)
+    fake.module.nvmlDeviceGetPcieThroughput = _slow(fake.module.nvmlDeviceGetPcieThroughput, 0.012)
+    src = NvmlSource(gpm=False, clock=clock, blocking_query_s=0.005)
+    src.start()
+    samples = []
+    for t in range(3):
+        samples.append(Sample(ts_ns=t, gpus=src.sample(t)))
+        clock.advance(0.1)
+    columns = to_columns(samples)
+    assert columns["pcie_tx_bytes_per_s"] == [1_500 * 1000, None, None]
+    assert columns["power_w"] == [pytest.approx(312.5)] * 3
+
+
+def test_quick_queries_and_a_single_slow_call_stay_per_tick(install_nvml):
+    fake = install_nvml(1)
+    # one slow call (a preempted thread on a busy host) is not a blocking query: the fastest of three counts
+    fake.module.nvmlDeviceGetPowerUsage = _slow(fake.module.nvmlDeviceGetPowerUsage, 0.012, times=1)
+    src = NvmlSource(gpm=False, blocking_query_s=0.005)
+    src.start()
+    assert src.status.blocking_queries == []
+    (g,) = src.sample(0)
+    (g,) = src.sample(1)
+    assert g.pcie_tx_bytes_per_s == 1_500 * 1000 and g.power_w == pytest.approx(312.5)
+    assert not {"pcie_tx_bytes_per_s", "power_w"} & g.stale  # read on this tick
