@@ -209,7 +209,6 @@ class NvmlSource:
         # per-tick queries moved to the once-a-second reads, and the stale sets that name them
         self._slow_plan: tuple[tuple[int, str, Callable[..., Any], Any, float], ...] = ()
         self._stale = _STALE
-        self._clock_ns_wall: Callable[[], int] = time.perf_counter_ns
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> bool:
@@ -337,9 +336,9 @@ class NvmlSource:
             fastest = float("inf")
             try:
                 for _ in range(PROBE_CALLS):
-                    t = self._clock_ns_wall()
+                    t = time.perf_counter_ns()
                     fn(first.handle) if arg is None else fn(first.handle, arg)
-                    fastest = min(fastest, (self._clock_ns_wall() - t) / 1e9)
+                    fastest = min(fastest, (time.perf_counter_ns() - t) / 1e9)
             except Exception:  # noqa: BLE001 - the ticks handle and report query errors
                 continue
             if fastest > self.blocking_query_s:
