@@ -21,8 +21,8 @@ import torch
 
 
 def build_step(loaded, batch: int, lo: int, hi: int, block_size: int, seed: int):
-    from bottleneck_map.embedded_engine.attention import AttentionMetadata
-    from bottleneck_map.embedded_engine.kv_cache import allocate_kv_cache
+    from bottleneck_map.embedded_engine.model.attention import AttentionMetadata
+    from bottleneck_map.embedded_engine.model.kv_cache import allocate_kv_cache
 
     rng = random.Random(seed)
     ctx = [rng.randint(lo, hi) for _ in range(batch)]
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from bottleneck_map.embedded_engine import attention
-    from bottleneck_map.embedded_engine.loader import load_model
+    from bottleneck_map.embedded_engine.model import attention
+    from bottleneck_map.embedded_engine.model.loader import load_model
 
     loaded = load_model(args.model, device="cpu")
     step = build_step(loaded, args.batch, args.min_context, args.max_context, args.block_size, seed=0)

@@ -39,9 +39,9 @@ def decode_flops(cfg, context_lens: list[int]) -> int:
 
 
 def measure(loaded, batch: int, prompt_len: int, steps: int) -> dict:
-    from bottleneck_map.embedded_engine.engine import LLMEngine
-    from bottleneck_map.embedded_engine.engine_config import EngineConfig
-    from bottleneck_map.embedded_engine.sequence import SamplingParams
+    from bottleneck_map.embedded_engine.core.engine import LLMEngine
+    from bottleneck_map.embedded_engine.core.engine_config import EngineConfig
+    from bottleneck_map.embedded_engine.core.sequence import SamplingParams
 
     rng = random.Random(batch)
     engine = LLMEngine(
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from bottleneck_map.embedded_engine.loader import load_model
-    from bottleneck_map.embedded_engine.peaks import copy_bandwidth, matmul_flops
+    from bottleneck_map.embedded_engine.model.loader import load_model
+    from bottleneck_map.embedded_engine.model.peaks import copy_bandwidth, matmul_flops
 
     loaded = load_model(args.model, device="cpu", dtype="float32")
     bw = copy_bandwidth(torch.device("cpu"), 1.0)

@@ -36,9 +36,9 @@ def workload(n: int, prompt: tuple[int, int], output: tuple[int, int], vocab: in
 
 
 def run_ours(loaded, prompts, outputs, max_num_seqs: int, budget: int) -> tuple[float, int]:
-    from bottleneck_map.embedded_engine.engine import LLMEngine
-    from bottleneck_map.embedded_engine.engine_config import EngineConfig
-    from bottleneck_map.embedded_engine.sequence import SamplingParams
+    from bottleneck_map.embedded_engine.core.engine import LLMEngine
+    from bottleneck_map.embedded_engine.core.engine_config import EngineConfig
+    from bottleneck_map.embedded_engine.core.sequence import SamplingParams
 
     need = max(len(p) + o for p, o in zip(prompts, outputs, strict=True))
     cfg = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget, max_model_len=need + 16, device="cpu")
@@ -54,8 +54,8 @@ def run_ours(loaded, prompts, outputs, max_num_seqs: int, budget: int) -> tuple[
 def hf_model(loaded, preset: str):
     import transformers
 
-    from bottleneck_map.embedded_engine.loader import PRESETS_DIR
-    from bottleneck_map.embedded_engine.weights import random_hf_state
+    from bottleneck_map.embedded_engine.model.loader import PRESETS_DIR
+    from bottleneck_map.embedded_engine.model.weights import random_hf_state
 
     config = transformers.AutoConfig.from_pretrained(PRESETS_DIR / preset)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from bottleneck_map.embedded_engine.loader import load_model
+    from bottleneck_map.embedded_engine.model.loader import load_model
 
     loaded = load_model(args.model, device="cpu", dtype="float32", seed=0)
     prompts, outputs = workload(

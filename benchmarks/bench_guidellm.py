@@ -35,7 +35,7 @@ import numpy as np
 from bench_serve import wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
-TOKENIZER_DIR = ROOT / "embedded_engine" / "presets"
+TOKENIZER_DIR = ROOT / "embedded_engine" / "model" / "presets"
 METRICS = ("TTFT mean", "TTFT p50", "ITL/TPOT mean", "ITL/TPOT p50")
 
 

@@ -90,10 +90,10 @@ def main() -> None:
 
     import torch
 
-    from bottleneck_map.embedded_engine.engine import LLMEngine
-    from bottleneck_map.embedded_engine.engine_config import EngineConfig
-    from bottleneck_map.embedded_engine.loader import load_model
-    from bottleneck_map.embedded_engine.sequence import SamplingParams
+    from bottleneck_map.embedded_engine.core.engine import LLMEngine
+    from bottleneck_map.embedded_engine.core.engine_config import EngineConfig
+    from bottleneck_map.embedded_engine.core.sequence import SamplingParams
+    from bottleneck_map.embedded_engine.model.loader import load_model
 
     loaded = load_model(args.model, device="cpu", dtype="float32", seed=0)
     cfg = dict(device="cpu", max_num_seqs=args.max_num_seqs, num_kv_blocks=2048, max_model_len=512)

@@ -39,12 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from bottleneck_map.bundle import BundleWriter, new_meta
-    from bottleneck_map.embedded_engine.engine import LLMEngine
-    from bottleneck_map.embedded_engine.engine_config import EngineConfig
-    from bottleneck_map.embedded_engine.loader import load_model
-    from bottleneck_map.embedded_engine.runner import run_workload
-    from bottleneck_map.embedded_engine.tracing import TraceSink
-    from bottleneck_map.embedded_engine.workload import WorkloadSpec, build_workload, word_pool
+    from bottleneck_map.embedded_engine.core.engine import LLMEngine
+    from bottleneck_map.embedded_engine.core.engine_config import EngineConfig
+    from bottleneck_map.embedded_engine.core.tracing import TraceSink
+    from bottleneck_map.embedded_engine.model.loader import load_model
+    from bottleneck_map.embedded_engine.workloads.runner import run_workload
+    from bottleneck_map.embedded_engine.workloads.workload import WorkloadSpec, build_workload, word_pool
 
     loaded = load_model(args.model, device="cpu", dtype="float32")
     spec = WorkloadSpec(num_requests=args.num_requests, request_rate=float("inf"), seed=0)

@@ -74,12 +74,12 @@ def validate(
 
 def _register_components() -> None:
     """Subcommands in the order a newcomer meets them: record, diagnose, look, then the rest."""
-    from bottleneck_map import collect_cli
     from bottleneck_map.agent import cli as agent_cli
     from bottleneck_map.analyzer import cli as analyzer_cli
     from bottleneck_map.dashboard import cli as dashboard_cli
-    from bottleneck_map.embedded_engine import cli as engine_cli
-    from bottleneck_map.embedded_engine import server_cli
+    from bottleneck_map.embedded_engine.serving import server_cli
+    from bottleneck_map.embedded_engine.workloads import cli as engine_cli
+    from bottleneck_map.ingest import cli as collect_cli
 
     engine_cli.register(app)  # run
     analyzer_cli.register(app)  # analyze, diff

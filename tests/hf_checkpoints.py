@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bottleneck_map.embedded_engine.loader import PRESETS_DIR, load_model
+from bottleneck_map.embedded_engine.model.loader import PRESETS_DIR, load_model
 
 transformers = pytest.importorskip("transformers")
 

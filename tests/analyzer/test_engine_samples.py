@@ -10,7 +10,7 @@ from factories import span_request_row
 from bottleneck_map.analyzer import analyze
 from bottleneck_map.analyzer.engine_samples import counter_increase, engine_frame
 from bottleneck_map.bundle import BundleWriter, read_bundle
-from bottleneck_map.collect import collect_meta
+from bottleneck_map.ingest.collect import collect_meta
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -91,7 +91,7 @@ def test_slot_starved_instance_is_queueing_with_its_numbers(fleet_bundle):
 
 
 def test_fleet_map_and_unknown_instance(fleet_bundle):
-    from bottleneck_map.fleet import FLEET, fleet_maps
+    from bottleneck_map.analyzer.fleet import FLEET, fleet_maps
 
     maps = fleet_maps(fleet_bundle)
     assert set(maps) == {FLEET, KV, SLOTS}
@@ -132,7 +132,7 @@ def test_analyze_cli_instance_flag(fleet_bundle):
 
 
 def test_windows_carry_the_engine_series_without_steps(fleet_bundle):
-    from bottleneck_map.fleet import FLEET, fleet_maps
+    from bottleneck_map.analyzer.fleet import FLEET, fleet_maps
 
     maps = fleet_maps(fleet_bundle, window_s=1.0)
     kv = maps[KV].windows

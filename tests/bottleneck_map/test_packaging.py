@@ -30,10 +30,11 @@ def test_wheel_contains_every_module_of_every_component(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "bottleneck_map/__init__.py" in names
     for pkg, folder in COMPONENTS.items():
-        for src in (ROOT / folder).glob("*.py"):
-            assert f"bottleneck_map/{pkg}/{src.name}" in names, f"{folder}/{src.name} missing from the wheel"
-    for src in (ROOT / "bottleneck_map").glob("*.py"):
-        assert f"bottleneck_map/{src.name}" in names
+        for src in (ROOT / folder).rglob("*.py"):
+            rel = src.relative_to(ROOT / folder).as_posix()
+            assert f"bottleneck_map/{pkg}/{rel}" in names, f"{folder}/{rel} missing from the wheel"
+    for src in (ROOT / "bottleneck_map").rglob("*.py"):
+        assert f"bottleneck_map/{src.relative_to(ROOT / 'bottleneck_map').as_posix()}" in names
 
 
 def test_wheel_installs_no_generic_top_level_module(wheel):

@@ -8,7 +8,7 @@ from pathlib import Path
 from factories import span_request_row
 
 from bottleneck_map.bundle import BundleWriter
-from bottleneck_map.collect import collect_meta
+from bottleneck_map.ingest.collect import collect_meta
 
 S = 1_000_000_000
 MS = 1_000_000

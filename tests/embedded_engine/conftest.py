@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bottleneck_map.embedded_engine.engine import LLMEngine
-from bottleneck_map.embedded_engine.engine_config import EngineConfig
-from bottleneck_map.embedded_engine.sequence import RequestTrace, SamplingParams, Sequence
+from bottleneck_map.embedded_engine.core.engine import LLMEngine
+from bottleneck_map.embedded_engine.core.engine_config import EngineConfig
+from bottleneck_map.embedded_engine.core.sequence import RequestTrace, SamplingParams, Sequence
 
 # The test machine is shared: one intra-op thread avoids OpenMP spin contention (10x slower when loaded).
 torch.set_num_threads(1)
@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def tiny():
-    from bottleneck_map.embedded_engine.loader import load_model
+    from bottleneck_map.embedded_engine.model.loader import load_model
 
     return load_model("tiny", device="cpu", dtype="float32", seed=0)
 

@@ -1,0 +1,1 @@
+"""Ingest from external servers: the OTLP receiver, Prometheus pulls, ``collect`` and ``fleet``."""

@@ -1,0 +1,130 @@
+"""CLI registration of ``bottleneck-map collect`` (imports nothing heavy until it runs)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def collect(
+        out: Path = typer.Option(..., "--out", help="Bundle directory to write."),
+        host: str = typer.Option("127.0.0.1", "--host", help="Address of the OTLP/HTTP receiver."),
+        port: int = typer.Option(4318, "--port", help="Port of the OTLP/HTTP receiver (0 picks a free one)."),
+        prometheus: str | None = typer.Option(
+            None, "--prometheus", help="Prometheus base URL; its series over the run are added as samples."
+        ),
+        instance: list[str] = typer.Option(
+            [], "--instance", help="Keep only these Prometheus `instance` label values (repeatable)."
+        ),
+        duration: float | None = typer.Option(
+            None, "--duration", help="Stop after this many seconds (default: until Ctrl-C)."
+        ),
+        receive: bool = typer.Option(True, "--receive/--no-receive", help="Run the OTLP receiver."),
+        lookback: float = typer.Option(
+            0.0, "--lookback", help="Also query Prometheus this many seconds before the start."
+        ),
+        step: float | None = typer.Option(None, "--step", help="Prometheus query step in seconds (default: auto)."),
+        otlp_file: list[Path] = typer.Option(
+            [], "--otlp-file", help="Also ingest OTLP/JSON span files (the Collector's file exporter; repeatable)."
+        ),
+    ) -> None:
+        """Receive vLLM OTLP traces and pull Prometheus series into a bundle."""
+        from bottleneck_map.bundle import BundleWriter
+        from bottleneck_map.ingest.collect import TraceSink, add_otlp_file, collect_meta, finish, otlp_app
+        from bottleneck_map.ingest.http_server import UvicornServer
+        from bottleneck_map.ingest.otlp import OtlpError
+        from bottleneck_map.ingest.prometheus import PrometheusError
+
+        if not 0 <= port <= 65535:
+            raise typer.BadParameter(f"{port} is not a TCP port", param_hint="--port")
+        if duration is not None and duration < 0:
+            raise typer.BadParameter("must be >= 0", param_hint="--duration")
+        if lookback < 0:
+            raise typer.BadParameter("must be >= 0", param_hint="--lookback")
+        if step is not None and step <= 0:
+            raise typer.BadParameter("must be > 0", param_hint="--step")
+        if not receive and not prometheus and not otlp_file:
+            raise typer.BadParameter("--no-receive needs --prometheus or --otlp-file", param_hint="--no-receive")
+        for f in otlp_file:
+            if not f.is_file():
+                raise typer.BadParameter(f"{f} is not a file", param_hint="--otlp-file")
+        if prometheus and not prometheus.startswith(("http://", "https://")):
+            raise typer.BadParameter(f"{prometheus!r} is not an http(s) URL", param_hint="--prometheus")
+        writer = BundleWriter(out, collect_meta())
+        sink = TraceSink(writer)
+        started = time.time_ns()
+        for f in otlp_file:
+            try:
+                add_otlp_file(sink, f)
+            except (OtlpError, UnicodeDecodeError) as exc:
+                writer.close()
+                typer.echo(f"collect: {exc}", err=True)
+                raise typer.Exit(1) from None
+        if receive:
+            try:
+                server = UvicornServer(otlp_app(sink), host, port)
+            except OSError as exc:
+                writer.close()
+                raise typer.BadParameter(str(exc), param_hint="--port") from None
+            typer.echo(f"collect: OTLP/HTTP receiver on {server.url}/v1/traces, writing {out}", err=True)
+            if duration is not None:
+                threading.Timer(duration, lambda: setattr(server.server, "should_exit", True)).start()
+            try:
+                server.run()
+            except KeyboardInterrupt:
+                pass
+        try:
+            summary = finish(
+                writer, sink, started, prometheus=prometheus, instances=instance, step_s=step, lookback_s=lookback
+            )
+        except PrometheusError as exc:
+            writer.close()
+            typer.echo(f"collect: {exc}; the bundle keeps the requests received", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(
+            f"collect: {summary['requests']} requests, "
+            f"{sum(summary['prometheus_points'].values())} Prometheus points -> {out}",
+            err=True,
+        )
+
+    @app.command()
+    def fleet(
+        bundle: Path = typer.Argument(
+            ..., help="Bundle whose rows carry several instances (from collect).", exists=True
+        ),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
+    ) -> None:
+        """The bottleneck map per serving instance and fleet-wide: top verdict and latency per instance."""
+        import json
+
+        from rich.console import Console
+        from rich.table import Table
+
+        from bottleneck_map.analyzer.fleet import fleet_maps, summary_rows
+        from bottleneck_map.bundle import BundleError
+
+        try:
+            rows = summary_rows(fleet_maps(bundle))
+        except BundleError as exc:
+            typer.echo(f"fleet: {exc}", err=True)
+            raise typer.Exit(1) from None
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+
+        def ms(v: float | None) -> str:
+            return "-" if v is None else f"{v * 1e3:.1f}"
+
+        table = Table("instance", "requests", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "E2E p99 ms", "top")
+        for r in rows:
+            top = "-" if r["top"] is None else f"{r['top']} ({r['top_share']:.0%})"
+            table.add_row(
+                r["instance"], str(r["requests"]), ms(r["ttft_p50_s"]), ms(r["ttft_p99_s"]), ms(r["tpot_p50_s"]),
+                ms(r["e2e_p99_s"]), top,
+            )  # fmt: skip
+        Console().print(table)

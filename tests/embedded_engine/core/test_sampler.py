@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from bottleneck_map.embedded_engine.core.sampler import _filter_top_k_top_p, sample, sample_one, stop_status
+from bottleneck_map.embedded_engine.core.sequence import RequestTrace, SamplingParams, Sequence, SequenceStatus
+
+
+def _seq(params: SamplingParams, prompt=(1, 2, 3)) -> Sequence:
+    return Sequence("r", list(prompt), params, RequestTrace(arrival_ns=0), 0)
+
+
+def test_greedy_is_argmax():
+    logits = torch.tensor([[0.1, 3.0, -1.0], [5.0, 0.0, 4.9]])
+    seqs = [_seq(SamplingParams()), _seq(SamplingParams())]
+    assert sample(logits, seqs) == [1, 0]
+
+
+def test_top_k_keeps_only_k_tokens():
+    logits = torch.tensor([1.0, 4.0, 3.0, 2.0])
+    out = _filter_top_k_top_p(logits, 2, 1.0)
+    assert torch.isinf(out[[0, 3]]).all() and torch.isfinite(out[[1, 2]]).all()
+
+
+def test_top_p_keeps_the_nucleus():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    out = _filter_top_k_top_p(probs.log(), 0, 0.75)
+    # 0.5 < 0.75 so the second token stays; 0.8 >= 0.75 so the third is dropped
+    assert torch.isfinite(out[:2]).all() and torch.isinf(out[2:]).all()
+
+
+def test_top_k_one_is_greedy_even_with_temperature():
+    logits = torch.randn(100)
+    p = SamplingParams(temperature=1.5, top_k=1)
+    assert all(sample_one(logits, p) == int(logits.argmax()) for _ in range(20))
+
+
+def test_seeded_sampling_is_reproducible_and_seed_dependent():
+    logits = torch.zeros(2, 1000)
+    draws = []
+    for seed in (7, 7, 8):
+        seq = _seq(SamplingParams(temperature=1.0, seed=seed))
+        draws.append([sample(logits[:1], [seq])[0] for _ in range(10)])
+    assert draws[0] == draws[1]
+    assert draws[0] != draws[2]
+
+
+def test_temperature_sampling_follows_the_distribution():
+    torch.manual_seed(0)
+    logits = torch.tensor([0.0, 1.0]).log_softmax(-1)  # not used directly
+    logits = torch.tensor([0.25, 0.75]).log()
+    p = SamplingParams(temperature=1.0)
+    hits = sum(sample_one(logits, p) for _ in range(2000))
+    assert 0.70 < hits / 2000 < 0.80
+
+
+@pytest.mark.parametrize(
+    ("params", "token", "expected"),
+    [
+        (SamplingParams(max_tokens=5), 2, SequenceStatus.FINISHED_STOPPED),  # eos
+        (SamplingParams(max_tokens=5, ignore_eos=True), 2, None),
+        (SamplingParams(max_tokens=5, stop_token_ids=(77,)), 77, SequenceStatus.FINISHED_STOPPED),
+        (SamplingParams(max_tokens=1), 50, SequenceStatus.FINISHED_LENGTH),
+        (SamplingParams(max_tokens=5), 50, None),
+    ],
+)
+def test_stop_rules(params, token, expected):
+    seq = _seq(params)
+    seq.token_ids.append(token)
+    assert stop_status(seq, token, eos_token_ids=(0, 2), max_model_len=100) == expected
+
+
+def test_stop_at_max_model_len():
+    seq = _seq(SamplingParams(max_tokens=50, ignore_eos=True))
+    seq.token_ids.append(9)
+    assert stop_status(seq, 9, (0,), max_model_len=4) == SequenceStatus.FINISHED_LENGTH
+
+
+def test_invalid_params_are_rejected():
+    for kw in ({"max_tokens": 0}, {"temperature": -1}, {"top_p": 0}, {"top_k": -2}):
+        with pytest.raises(ValueError):
+            SamplingParams(**kw)
