@@ -2,7 +2,9 @@
 
 ``--metric-names prometheus`` (default) follows Prometheus naming: base units,
 ``_ratio``, ``_bytes``, ``_celsius``, ``_hertz``, ``_watts``, ``_joules_total``,
-labels ``gpu``, ``uuid``, ``model_name``, ``hostname``.
+labels ``gpu``, ``uuid``, ``gpu_model``, ``hostname``. No label is named like one of
+vLLM's (``model_name``, ``engine``), so a dashboard's ``label_values(model_name)``
+lists served models only when the agent and vLLM share a Prometheus.
 
 ``--metric-names dcgm`` emits dcgm-exporter's field names and units for the GPU
 metrics (percent, MiB, MHz, W, mJ; ``DCGM_FI_PROF_*`` ratios and bytes/s) with
@@ -140,7 +142,7 @@ class OtherMetric:
 
 OTHER_METRICS: tuple[OtherMetric, ...] = (
     OtherMetric(GPU_LOST, "gauge", "0/1", "1 when the GPU stopped answering NVML (GpuIsLost/Unknown); re-init is retried with backoff.", "NVML errors", ("gpu", "hostname")),
-    OtherMetric(CLOCK_EVENT_ACTIVE, "gauge", "0/1", "1 while the named clock-event reason holds the clocks down.", "nvmlDeviceGetCurrentClocksEventReasons bits", ("gpu", "uuid", "model_name", "hostname", "reason")),
+    OtherMetric(CLOCK_EVENT_ACTIVE, "gauge", "0/1", "1 while the named clock-event reason holds the clocks down.", "nvmlDeviceGetCurrentClocksEventReasons bits", ("gpu", "uuid", "gpu_model", "hostname", "reason")),
     OtherMetric("bmap_host_cpu_utilization_ratio", "gauge", "ratio", "CPU utilisation of the whole host over the last second (read once a second).", "/proc/stat cpuN lines (as psutil.cpu_times(percpu=True)), mean"),
     OtherMetric("bmap_host_cpu_core_utilization_ratio", "gauge", "ratio", "CPU utilisation of one logical CPU over the last second (read once a second).", "/proc/stat cpuN lines (as psutil.cpu_times(percpu=True))", ("cpu", "hostname")),
     OtherMetric("bmap_host_load1", "gauge", "tasks", "1-minute load average.", "os.getloadavg()"),
@@ -169,7 +171,7 @@ OTHER_METRICS: tuple[OtherMetric, ...] = (
     OtherMetric("bmap_agent_nvml_available", "gauge", "0/1", "1 when NVML is initialised; 0 in host-only mode.", "agent"),
 )  # fmt: skip
 
-PROM_LABELS = ("gpu", "uuid", "model_name", "hostname")
+PROM_LABELS = ("gpu", "uuid", "gpu_model", "hostname")
 DCGM_LABELS = ("gpu", "UUID", "device", "modelName", "Hostname", "pci_bus_id")
 
 
@@ -184,7 +186,7 @@ def gpu_labels(scheme: NameScheme, index: int, uuid: str | None, name: str | Non
             "Hostname": host,
             "pci_bus_id": bus or "",
         }
-    return {"gpu": str(index), "uuid": uuid or "", "model_name": name or "", "hostname": host}
+    return {"gpu": str(index), "uuid": uuid or "", "gpu_model": name or "", "hostname": host}
 
 
 def all_metric_names(scheme: NameScheme) -> list[str]:

@@ -69,6 +69,23 @@ def with_basic_auth(app: WsgiApp, auth: BasicAuth) -> WsgiApp:
     return guarded
 
 
+def with_head(app: WsgiApp) -> WsgiApp:
+    """HEAD answers as GET would, headers (Content-Length included) without the body."""
+
+    def head(environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") != "HEAD":
+            return app(environ, start_response)
+        reply: list = []
+        body = b"".join(
+            app({**environ, "REQUEST_METHOD": "GET"}, lambda status, headers, *_: reply.extend((status, headers)))
+        )
+        headers = [(k, v) for k, v in reply[1] if k.lower() != "content-length"]
+        start_response(reply[0], [*headers, ("Content-Length", str(len(body)))])
+        return []
+
+    return head
+
+
 class _QuietHandler(WSGIRequestHandler):
     """No access log; the TLS handshake happens here, in the request's own thread,
     so a client that stalls mid-handshake cannot block the accept loop."""
@@ -117,6 +134,7 @@ class MetricsServer:
         app: WsgiApp = make_wsgi_app(registry)
         if basic_auth is not None:
             app = with_basic_auth(app, basic_auth)
+        app = with_head(app)
         self.tls = tls_cert is not None
         ctx = tls_context(tls_cert, tls_key) if tls_cert and tls_key else None
         server_class = _IPv6Server if ":" in host else _Server

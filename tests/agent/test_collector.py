@@ -18,6 +18,7 @@ from bottleneck_map.agent.sampler import Sampler
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "agent.md"
 MIB = 1024 * 1024
+VLLM_LABELS = {"model_name", "engine"}  # the labels on every vllm:* series
 
 
 def scrape(sampler: Sampler, scheme: str) -> dict[str, list]:
@@ -51,7 +52,7 @@ def sampler(install_nvml):
 
 def test_prometheus_names_units_and_labels(sampler):
     m = scrape(sampler, "prometheus")
-    lab = {"gpu": "1", "uuid": "GPU-b", "model_name": "NVIDIA H100 80GB HBM3", "hostname": "node-1"}
+    lab = {"gpu": "1", "uuid": "GPU-b", "gpu_model": "NVIDIA H100 80GB HBM3", "hostname": "node-1"}
     assert one(m, "bmap_gpu_utilization_ratio", **lab) == pytest.approx(0.87)
     assert one(m, "bmap_gpu_memory_used_bytes", **lab) == 30 * 1024**3
     assert one(m, "bmap_gpu_power_watts", **lab) == pytest.approx(312.5)
@@ -97,6 +98,18 @@ def test_dcgm_names_units_and_labels(sampler):
     assert [lab["gpu"] for lab, _ in m["DCGM_FI_PROF_DRAM_ACTIVE"]] == ["1"]
     assert not any(name.startswith("bmap_gpu_utilization") for name in m)
     assert one(m, "bmap_host_cpu_utilization_ratio") >= 0  # host metrics keep their names
+
+
+@pytest.mark.parametrize("scheme", ["prometheus", "dcgm"])
+def test_no_series_carries_a_label_vllm_uses(sampler, scheme):
+    # vLLM's dashboards fill $model_name from label_values(model_name): a GPU model name there
+    # would be taken for the served model when the agent and vLLM share a Prometheus
+    m = scrape(sampler, scheme)
+    clashing = {(name, key) for name, rows in m.items() for lab, _ in rows for key in lab if key in VLLM_LABELS}
+    assert not clashing
+    gpu_series = [lab for name, rows in m.items() if name.startswith(("bmap_gpu_", "DCGM_")) for lab, _ in rows]
+    model_key = "modelName" if scheme == "dcgm" else "gpu_model"
+    assert any(lab.get(model_key) == "NVIDIA H100 80GB HBM3" for lab in gpu_series)
 
 
 def test_unsupported_field_is_absent_from_the_exposition(install_nvml):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import socket
 import ssl
 import urllib.error
 import urllib.request
@@ -43,6 +44,38 @@ def test_binds_loopback_by_default(registry):
         assert DEFAULT_HOST == "127.0.0.1" and server.host == "127.0.0.1"
         status, body = get(server.url)
         assert status == 200 and "bmap_host_cpu_utilization_ratio" in body
+    finally:
+        server.stop()
+
+
+def raw_request(server: MetricsServer, request: bytes) -> bytes:
+    """The whole reply to one request, read until the server closes the connection."""
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_head_answers_like_get_without_a_body(registry):
+    server = MetricsServer(registry, port=0, basic_auth=BasicAuth("scraper", "pw")).start()
+    auth = b"Authorization: Basic " + base64.b64encode(b"scraper:pw") + b"\r\n"
+    try:
+        for path, code, has_body in ((b"/metrics", b"200", True), (b"/", b"200", True)):
+            get_reply = raw_request(server, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n")
+            head, _, get_body = get_reply.partition(b"\r\n\r\n")
+            assert head.split()[1] == code and (b"bmap_host_cpu_utilization_ratio" in get_body) == has_body
+            reply = raw_request(server, b"HEAD " + path + b" HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n")
+            head, sep, body = reply.partition(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            headers = dict(line.split(b": ", 1) for line in lines[1:])
+            assert lines[0].split()[1] == code and sep and body == b""
+            assert headers[b"Content-Type"].startswith(b"text/plain")
+            assert int(headers[b"Content-Length"]) > 0
+        # without credentials HEAD is refused like GET, still without a body
+        reply = raw_request(server, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert reply.split()[1] == b"401" and reply.endswith(b"\r\n\r\n")
     finally:
         server.stop()
 
