@@ -20,8 +20,9 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
             p.copy_(1 + 0.1 * noise if "norm" in name else 0.15 * noise)
 
 
-def hf_checkpoint(tmp_path, config) -> tuple:
-    """A random ``config`` model saved in ``tmp_path``; returns (transformers model, our LoadedModel)."""
+def hf_checkpoint(tmp_path, config, chat_template: str | None = None) -> tuple:
+    """A random ``config`` model saved in ``tmp_path`` (with ``chat_template`` if given, which
+    transformers writes to ``chat_template.jinja``); returns (transformers model, our LoadedModel)."""
     torch.manual_seed(0)
     hf = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     _randomize(hf, seed=1)
@@ -30,6 +31,7 @@ def hf_checkpoint(tmp_path, config) -> tuple:
     fast = transformers.PreTrainedTokenizerFast(
         tokenizer_file=str(PRESETS_DIR / "tokenizer.json"), eos_token="<|im_end|>", bos_token="<|endoftext|>"
     )
+    fast.chat_template = chat_template
     fast.save_pretrained(tmp_path)  # tokenizer.json + tokenizer_config.json as transformers writes them
     return hf, load_model(str(tmp_path), device="cpu", dtype="float32")
 

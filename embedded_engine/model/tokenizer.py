@@ -1,4 +1,5 @@
-"""Tokenizer: a ``tokenizers`` ``tokenizer.json`` plus the chat template of ``tokenizer_config.json``."""
+"""Tokenizer: a ``tokenizers`` ``tokenizer.json`` plus the checkpoint's chat template
+(``chat_template.jinja`` as transformers 5 saves it, else ``tokenizer_config.json``'s ``chat_template``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.decoders import DecodeStream
 
-# Used when tokenizer_config.json has no ``chat_template``: ChatML, as Qwen2 and many others use.
+# Used when the checkpoint has no chat template: ChatML, as Qwen2 and many others use.
 DEFAULT_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -58,11 +59,13 @@ class Tokenizer:
 
     @classmethod
     def from_dir(cls, path: Path, eos_token_ids: Sequence[int] = ()) -> Tokenizer:
-        """Load ``tokenizer.json`` (required) and ``tokenizer_config.json`` (optional) from ``path``."""
+        """Load ``tokenizer.json`` (required), ``tokenizer_config.json`` and ``chat_template.jinja``
+        (optional) from ``path``; as in transformers, the ``.jinja`` file wins over the config's template."""
         backend = HFTokenizer.from_file(str(path / "tokenizer.json"))
         config_path = path / "tokenizer_config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-        template = config.get("chat_template")
+        jinja_path = path / "chat_template.jinja"
+        template = jinja_path.read_text(encoding="utf-8") if jinja_path.is_file() else config.get("chat_template")
         if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
         specials = {}

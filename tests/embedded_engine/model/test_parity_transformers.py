@@ -185,3 +185,18 @@ def test_tokenizer_saved_by_transformers_encodes_the_same(gqa_model):
     ids = gqa_model.tokenizer.encode(text)
     assert ids == theirs.encode(text)
     assert gqa_model.tokenizer.decode(ids + [2]) == theirs.decode(ids + [2], skip_special_tokens=True) == text
+
+
+def test_checkpoint_renders_its_own_chat_template(tmp_path):
+    """transformers saves the template to ``chat_template.jinja``; the loaded model renders it, not ChatML."""
+    template = (
+        "{% for m in messages %}[INST:{{ m['role'] }}] {{ m['content'] }} [/INST]{{ eos_token }}{% endfor %}"
+        "{% if add_generation_prompt %}[ANSWER]{% endif %}"
+    )
+    _, ours = hf_checkpoint(tmp_path, CONFIGS["llama"](), chat_template=template)
+    assert (tmp_path / "chat_template.jinja").read_text() == template
+    messages = [{"role": "user", "content": "Hi"}]
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path).apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
+    assert ours.tokenizer.apply_chat_template(messages) == theirs == "[INST:user] Hi [/INST]<|im_end|>[ANSWER]"

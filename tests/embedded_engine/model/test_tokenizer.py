@@ -78,3 +78,30 @@ def test_chat_template_environment_matches_transformers():
     tok.chat_template = "{{ raise_exception('no system role') }}"
     with pytest.raises(ValueError, match="no system role"):
         tok.apply_chat_template([])
+
+
+def test_chat_template_of_a_transformers_saved_checkpoint(tmp_path):
+    """transformers 5 writes the template to ``chat_template.jinja``, not to tokenizer_config.json."""
+    transformers = pytest.importorskip("transformers")
+    template = (
+        "{{ bos_token }}{% for m in messages %}<<{{ m['role'] | upper }}>> {{ m['content'] }}{{ eos_token }}"
+        "{% endfor %}{% if add_generation_prompt %}<<ASSISTANT>>{% endif %}"
+    )
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(PRESETS_DIR / "tokenizer.json"), eos_token="<|im_end|>", bos_token="<|endoftext|>"
+    )
+    fast.chat_template = template
+    fast.save_pretrained(tmp_path)
+    assert (tmp_path / "chat_template.jinja").is_file()
+    assert "chat_template" not in json.loads((tmp_path / "tokenizer_config.json").read_text())
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    ours = Tokenizer.from_dir(tmp_path).apply_chat_template(messages)
+    assert ours == fast.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert ours.startswith("<|endoftext|><<SYSTEM>> Be brief.<|im_end|>") and "<|im_start|>" not in ours
+
+
+def test_chat_template_jinja_wins_over_tokenizer_config(tmp_path):
+    (tmp_path / "tokenizer.json").write_text((PRESETS_DIR / "tokenizer.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "config"}))
+    (tmp_path / "chat_template.jinja").write_text("jinja {{ messages | length }}", encoding="utf-8")
+    assert Tokenizer.from_dir(tmp_path).apply_chat_template([{"role": "user", "content": "x"}]) == "jinja 1"
