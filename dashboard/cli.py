@@ -6,6 +6,9 @@ from pathlib import Path
 
 import typer
 
+# callbacks of one page load run side by side (a view, the bundle picker, live polling)
+SERVER_THREADS = 8
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -50,10 +53,17 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1) from None
         if host not in ("127.0.0.1", "localhost", "::1"):
             console.print(f"[yellow]warning[/yellow]: serving on {host}: anyone who can reach it sees these traces")
+        from waitress.server import create_server
+
+        try:  # waitress: a production WSGI server (Flask's own server is for development only)
+            server = create_server(app.server, host=host, port=port, threads=SERVER_THREADS)
+        except OSError as exc:
+            console.print(f"[red]error[/red]: cannot listen on {host}:{port}: {exc.strerror or exc}", highlight=False)
+            raise typer.Exit(1) from None
         console.print(
             f"dashboard on http://{_url_host(host)}:{port}/  ({len(registry.entries())} bundle(s); Ctrl-C stops)"
         )
-        app.run(host=host, port=port, debug=False, dev_tools_hot_reload=False, use_reloader=False)
+        server.run()  # returns on Ctrl-C, after closing the listening sockets
 
 
 def _parse_slo(text: str | None) -> dict[str, float]:

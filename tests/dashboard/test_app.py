@@ -132,19 +132,47 @@ def test_live_store_reanalyses_when_the_bundle_grows(bundles: dict[str, Path], t
 
 
 def _run_cli(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> tuple[Any, dict[str, Any]]:
-    import dash
+    import waitress.server
 
     from bottleneck_map.cli import app as cli
 
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(dash.Dash, "run", lambda self, **kw: seen.update(kw))
+
+    class Server:
+        def run(self) -> None:
+            seen["ran"] = True
+
+    def create_server(application: Any, **kw: Any) -> Server:
+        seen.update(kw, application=application)
+        return Server()
+
+    monkeypatch.setattr(waitress.server, "create_server", create_server)
     return CliRunner().invoke(cli, ["dashboard", *args]), seen
 
 
-def test_cli_binds_loopback_without_debug_by_default(monkeypatch: pytest.MonkeyPatch, bundles: dict[str, Path]) -> None:
+def test_cli_serves_with_waitress_on_loopback_by_default(
+    monkeypatch: pytest.MonkeyPatch, bundles: dict[str, Path]
+) -> None:
+    import flask
+
     result, seen = _run_cli(monkeypatch, [str(bundles["busy"])])
     assert result.exit_code == 0, result.output
-    assert seen["host"] == "127.0.0.1" and seen["port"] == 8050 and seen["debug"] is False
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 8050 and seen["ran"]
+    assert isinstance(seen["application"], flask.Flask) and not seen["application"].debug
+
+
+def test_cli_port_in_use_exits_1_with_a_message(bundles: dict[str, Path]) -> None:
+    import socket
+
+    from bottleneck_map.cli import app as cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["dashboard", str(bundles["light"]), "--port", str(port)])
+    assert result.exit_code == 1, result.output
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output and "Traceback" not in result.output
 
 
 def test_cli_usage_errors_name_the_flag(monkeypatch: pytest.MonkeyPatch, bundles: dict[str, Path]) -> None:
@@ -223,7 +251,7 @@ def test_the_real_command_serves_on_loopback_only(bundles: dict[str, Path]) -> N
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
-                    assert resp.status == 200
+                    assert resp.status == 200 and resp.headers["Server"] == "waitress"
                     break
             except OSError:
                 assert proc.poll() is None, proc.stdout.read().decode()
@@ -238,3 +266,4 @@ def test_the_real_command_serves_on_loopback_only(bundles: dict[str, Path]) -> N
         out = proc.communicate(timeout=20)[0].decode()
     assert f"http://127.0.0.1:{port}/" in out
     assert "Debug mode: on" not in out and "Traceback" not in out
+    assert "development server" not in out  # Flask's own server warns it is not for production
