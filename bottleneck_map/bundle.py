@@ -309,6 +309,39 @@ def _rows_to_table(table: str, rows: list[Mapping[str, Any]]) -> pa.Table:
     return _to_arrow(schema, good)
 
 
+def unfit_rows(table: str, rows: Sequence[Mapping[str, Any]]) -> list[tuple[int, str]]:
+    """The rows that the writer would drop at flush, as (index, reason naming the field).
+
+    Producers that acknowledge rows to a client call this before buffering them, so a
+    row is refused while its sender can still hear about it. Unknown keys are ignored
+    (as the writer ignores them)."""
+    schema = SCHEMAS[table]
+    try:
+        _to_arrow(schema, list(rows))
+        return []
+    except _ROW_ERRORS:
+        pass
+    bad = []
+    for i, row in enumerate(rows):
+        for fld in schema:
+            value = row.get(fld.name)
+            try:
+                if value is None:
+                    if not fld.nullable:
+                        raise ValueError("is required")
+                    continue
+                pa.array([value], type=fld.type)
+            except _ROW_ERRORS as exc:
+                why = _shorten(str(exc) or type(exc).__name__)
+                bad.append((i, f"field {fld.name} = {_shorten(repr(value), 60)} does not fit {fld.type} ({why})"))
+                break
+    return bad
+
+
+def _shorten(text: str, n: int = 120) -> str:
+    return text if len(text) <= n else text[:n] + "..."
+
+
 def _columns_to_table(table: str, batches: list[_Columns]) -> pa.Table:
     """Consecutive column batches as one table, converted a column at a time; when a
     value does not fit, the batches go through the row path, which drops only the

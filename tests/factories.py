@@ -66,3 +66,32 @@ def span_request_row(i: int, instance: str, arrival_ns: int, queue_ns: int) -> d
         "first_token_ns": sched + 50 * ms,
         "finished_ns": sched + 250 * ms,
     }
+
+
+def otlp_span(i: int, t0: int = 1_763_900_000_000_000_000, **attrs) -> dict:
+    """One vLLM `llm_request` span in OTLP/JSON (ids from ``i``; ``attrs`` add or replace attributes)."""
+    s = 1_000_000_000
+    values = {
+        "gen_ai.request.id": {"stringValue": f"cmpl-{i:04d}"},
+        "gen_ai.latency.time_to_first_token": {"doubleValue": 0.25},
+        "gen_ai.latency.e2e": {"doubleValue": 1.5},
+        "gen_ai.latency.time_in_queue": {"doubleValue": 0.1},
+        "gen_ai.latency.time_in_model_prefill": {"doubleValue": 0.05},
+        "gen_ai.usage.prompt_tokens": {"intValue": "100"},
+        "gen_ai.usage.completion_tokens": {"intValue": "32"},
+        **attrs,
+    }
+    return {
+        "traceId": f"{i + 1:032x}",
+        "spanId": f"{i + 1:016x}",
+        "name": "llm_request",
+        "startTimeUnixNano": str(t0 + i * s),
+        "endTimeUnixNano": str(t0 + i * s + 2 * s),
+        "attributes": [{"key": k, "value": v} for k, v in values.items()],
+    }
+
+
+def otlp_json(spans: list[dict], instance: str = "vllm-0:8000") -> dict:
+    """An OTLP/JSON export request holding ``spans`` from one instance."""
+    resource = {"attributes": [{"key": "service.instance.id", "value": {"stringValue": instance}}]}
+    return {"resourceSpans": [{"resource": resource, "scopeSpans": [{"spans": spans}]}]}

@@ -10,6 +10,7 @@ Unix time.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -23,14 +24,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from bottleneck_map.bundle import BundleWriter, new_meta
+from bottleneck_map.bundle import BundleWriter, new_meta, unfit_rows
 from bottleneck_map.ingest.otlp import (
     INSTANCE_KEYS,
     JSON,
     PROTOBUF,
+    SPAN_NAME,
     STAGE_SPANS,
     OtlpError,
     Span,
+    TooLarge,
     apply_stage_spans,
     decode,
     decompress,
@@ -39,7 +42,9 @@ from bottleneck_map.ingest.otlp import (
 )
 
 PRODUCER = "bottleneck-map collect"
-MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_BODY_BYTES = 16 * 1024 * 1024  # an OTLP export request as sent (compressed or not)
+MAX_INFLATED_BYTES = 32 * 1024 * 1024  # the same once decompressed
+BODY_TIMEOUT_S = 30.0  # to receive a whole body
 MAX_PENDING_CHILDREN = 100_000  # stage spans kept while waiting for their llm_request parent
 
 
@@ -86,28 +91,31 @@ class TraceSink:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, spans: Iterable[Span]) -> int:
+        """Record a batch of spans, all or nothing: a span that cannot become a row the bundle
+        stores raises OtlpError naming it, and then nothing of the batch is recorded or marked
+        as seen (so the sender's corrected retry is not taken for a duplicate)."""
         spans = list(spans)
-        rows = []
         with self._lock:
+            rows, keys, children = self._rows(spans)
+            bad = unfit_rows("requests", rows)
+            if bad:
+                i, why = bad[0]
+                more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+                raise OtlpError(f"request {rows[i]['request_id']!r}: {why}{more}; nothing of this batch was recorded")
+            # accepted: commit the batch
             self.spans_received += len(spans)
-            for span in spans:
-                if span.name in STAGE_SPANS and span.parent_span_id:
-                    self._keep_child(span)
-            for span in spans:
-                row = request_row(span, self.instance_keys)
-                if row is None:
-                    self.other_spans += 1
-                    continue
-                key = (span.trace_id, span.span_id)
-                if key in self._seen_spans:
-                    continue
-                self._seen_spans.add(key)
-                children = self._children.pop(key, [])
-                self._n_children -= len(children)
-                row = apply_stage_spans(row, children)
+            self.other_spans += sum(1 for s in spans if s.name != SPAN_NAME)
+            self._seen_spans.update(keys)
+            for row in rows:
+                self._ids.add(row["request_id"])
+            for key in keys:
+                self._n_children -= len(self._children.pop(key, []))
+            for key, kids in children.items():
+                if key not in keys:
+                    for kid in kids:
+                        self._keep_child(kid)
+            for row in rows:
                 self.streamed += row.get("last_byte_ns") is not None
-                row["request_id"] = self._unique(row["request_id"], row["instance"], span.span_id)
-                rows.append(row)
                 end = row["finished_ns"] or row["arrival_ns"]
                 self.first_arrival_ns = min(self.first_arrival_ns or row["arrival_ns"], row["arrival_ns"])
                 self.last_finished_ns = max(self.last_finished_ns or end, end)
@@ -120,22 +128,38 @@ class TraceSink:
             self.writer.update_meta(model={**self.writer.meta.get("model", {}), "name": model})
         return len(rows)
 
-    def _keep_child(self, span: Span) -> None:
-        if self._n_children >= MAX_PENDING_CHILDREN:  # drop the oldest parent's children
-            oldest = next(iter(self._children))
-            self._n_children -= len(self._children.pop(oldest))
-        self._children.setdefault((span.trace_id, span.parent_span_id or ""), []).append(span)
-        self._n_children += 1
+    def _rows(self, spans: list[Span]) -> tuple[list[dict[str, Any]], set[tuple[str, str]], dict]:
+        """The new request rows of a batch, the span keys they come from and the batch's stage
+        children by parent; changes nothing (raises OtlpError for a span that cannot be a row)."""
+        children: dict[tuple[str, str], list[Span]] = {}
+        for span in spans:
+            if span.name in STAGE_SPANS and span.parent_span_id:
+                children.setdefault((span.trace_id, span.parent_span_id), []).append(span)
+        rows, keys, ids = [], set(), set()
+        for span in spans:
+            row = request_row(span, self.instance_keys)
+            key = (span.trace_id, span.span_id)
+            if row is None or key in self._seen_spans or key in keys:
+                continue
+            keys.add(key)
+            row = apply_stage_spans(row, self._children.get(key, []) + children.get(key, []))
+            row["request_id"] = self._unique(row["request_id"], row["instance"], span.span_id, ids)
+            ids.add(row["request_id"])
+            rows.append(row)
+        return rows, keys, children
 
-    def _unique(self, rid: str, instance: str | None, span_id: str) -> str:
+    def _unique(self, rid: str, instance: str | None, span_id: str, batch: set[str]) -> str:
+        """``rid`` made unique among the recorded ids and those of the batch being built."""
+
+        def taken(c: str) -> bool:
+            return c in self._ids or c in batch
+
         for candidate in (rid, f"{rid}@{instance}" if instance else None, f"{rid}@{span_id}"):
-            if candidate is not None and candidate not in self._ids:
-                self._ids.add(candidate)
+            if candidate is not None and not taken(candidate):
                 return candidate
         n = 2
-        while f"{rid}@{span_id}#{n}" in self._ids:
+        while taken(f"{rid}@{span_id}#{n}"):
             n += 1
-        self._ids.add(f"{rid}@{span_id}#{n}")
         return f"{rid}@{span_id}#{n}"
 
     def stats(self) -> dict[str, Any]:
@@ -167,22 +191,56 @@ def add_otlp_file(sink: TraceSink, path: str | Path) -> int:
     return sink.add(spans)
 
 
-def otlp_app(sink: TraceSink) -> Starlette:
-    """The OTLP/HTTP trace receiver. A bad payload gets 400 with the reason and
-    changes nothing; everything recorded before it is kept."""
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refused (TooLarge) as soon as it is known to pass ``max_bytes``: at once
+    for a declared Content-Length, else when the bytes received pass the limit."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            n = int(declared)
+        except ValueError:
+            raise OtlpError(f"Content-Length {declared[:40]!r} is not a number") from None
+        if n > max_bytes:
+            raise TooLarge(f"Content-Length {n} is over the {max_bytes}-byte body limit")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > max_bytes:
+            raise TooLarge(f"body is over the {max_bytes}-byte body limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def otlp_app(
+    sink: TraceSink,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    max_inflated_bytes: int = MAX_INFLATED_BYTES,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+) -> Starlette:
+    """The OTLP/HTTP trace receiver. A bad payload gets 400 with the reason and changes nothing;
+    everything recorded before it is kept. A body over ``max_body_bytes`` on the wire, or over
+    ``max_inflated_bytes`` once decompressed, gets 413 (the connection is closed without reading
+    the rest); a body not received within ``body_timeout_s`` gets 408."""
+
+    def error(status: int, message: str, ctype: str) -> Response:
+        if ctype.startswith(JSON):
+            return JSONResponse({"code": 3, "message": message}, status_code=status, headers={"connection": "close"})
+        return PlainTextResponse(message, status_code=status, headers={"connection": "close"})
 
     async def traces(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            return PlainTextResponse(f"body larger than {MAX_BODY_BYTES} bytes", status_code=413)
         ctype = request.headers.get("content-type", "")
         try:
-            spans = decode(decompress(body, request.headers.get("content-encoding")), ctype)
+            body = await asyncio.wait_for(read_body(request, max_body_bytes), body_timeout_s)
+            spans = decode(decompress(body, request.headers.get("content-encoding"), max_inflated_bytes), ctype)
+            del body
+            sink.add(spans)
+        except TimeoutError:
+            return error(408, f"body not received within {body_timeout_s:g} s", ctype)
+        except TooLarge as exc:
+            return error(413, str(exc), ctype)
         except OtlpError as exc:
-            if ctype.startswith(JSON):
-                return JSONResponse({"code": 3, "message": str(exc)}, status_code=400)
-            return PlainTextResponse(str(exc), status_code=400)
-        sink.add(spans)
+            return error(400, str(exc), ctype)
         if ctype.startswith(PROTOBUF):
             from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 

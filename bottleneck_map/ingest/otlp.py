@@ -28,8 +28,8 @@ as strings). Times in the rows are Unix nanoseconds (the bundle's clock is
 from __future__ import annotations
 
 import base64
-import gzip
 import json
+import math
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -62,6 +62,10 @@ class OtlpError(ValueError):
     """A payload that is not a valid OTLP trace export; the message says why."""
 
 
+class TooLarge(OtlpError):
+    """A body, or its decompressed form, over a size limit (HTTP 413)."""
+
+
 @dataclass(frozen=True)
 class Span:
     """One decoded span, whatever the wire encoding."""
@@ -81,18 +85,41 @@ class Span:
 # -- decoding ----------------------------------------------------------------
 
 
-def decompress(body: bytes, content_encoding: str | None) -> bytes:
+_INFLATE_CHUNK = 256 * 1024
+
+
+def decompress(body: bytes, content_encoding: str | None, max_bytes: int | None = None) -> bytes:
+    """The body decoded by its Content-Encoding (gzip, deflate or none).
+
+    Inflation stops as soon as the output passes ``max_bytes`` (TooLarge), so a
+    small compression bomb costs at most ``max_bytes`` of memory."""
     enc = (content_encoding or "identity").strip().lower()
-    try:
-        if enc == "gzip":
-            return gzip.decompress(body)
-        if enc == "deflate":
-            return zlib.decompress(body)
-    except (OSError, zlib.error, EOFError) as exc:
-        raise OtlpError(f"body is not valid {enc} data: {exc}") from exc
-    if enc != "identity":
+    if enc == "identity":
+        return body
+    if enc not in ("gzip", "deflate"):
         raise OtlpError(f"unsupported Content-Encoding {content_encoding!r} (gzip, deflate or none)")
-    return body
+    limit = max_bytes if max_bytes is not None else 1 << 62
+    out: list[bytes] = []
+    total = 0
+    data = body
+    try:
+        while True:  # one gzip member (or the one zlib stream) per pass
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS if enc == "gzip" else zlib.MAX_WBITS)
+            while not d.eof:
+                piece = d.decompress(data, min(_INFLATE_CHUNK, limit - total + 1))
+                total += len(piece)
+                if total > limit:
+                    raise TooLarge(f"{enc} body inflates to more than {limit} bytes")
+                out.append(piece)
+                if not piece and not d.unconsumed_tail and not d.eof:
+                    raise OtlpError(f"body is not valid {enc} data: it ends before the end of the stream")
+                data = d.unconsumed_tail
+            data = d.unused_data
+            if enc != "gzip" or not data.strip(b"\0"):
+                break
+    except zlib.error as exc:
+        raise OtlpError(f"body is not valid {enc} data: {exc}") from exc
+    return b"".join(out)
 
 
 def decode(body: bytes, content_type: str | None) -> list[Span]:
@@ -123,7 +150,7 @@ def spans_from_protobuf(body: bytes) -> list[Span]:
     req = ExportTraceServiceRequest()
     try:
         req.ParseFromString(body)
-    except DecodeError as exc:
+    except (DecodeError, RecursionError, ValueError) as exc:
         raise OtlpError(f"body is not a protobuf ExportTraceServiceRequest: {exc}") from exc
     spans = []
     for rs in req.resource_spans:
@@ -147,9 +174,14 @@ def spans_from_protobuf(body: bytes) -> list[Span]:
     return spans
 
 
-def _json_value(v: Any, where: str) -> Any:
+MAX_VALUE_DEPTH = 16  # nesting of array and kvlist attribute values
+
+
+def _json_value(v: Any, where: str, depth: int = 0) -> Any:
     if not isinstance(v, Mapping) or not v:
         return None
+    if depth > MAX_VALUE_DEPTH:
+        raise OtlpError(f"{where}: value nested deeper than {MAX_VALUE_DEPTH} levels")
     key, val = next(iter(v.items()))
     try:
         if key == "stringValue":
@@ -163,44 +195,73 @@ def _json_value(v: Any, where: str) -> Any:
         if key == "bytesValue":
             return base64.b64decode(val)
         if key == "arrayValue":
-            return [_json_value(x, where) for x in (val or {}).get("values", [])]
+            values = _list(_obj(val, f"{where}.arrayValue").get("values"), f"{where}.arrayValue.values")
+            return [_json_value(x, where, depth + 1) for x in values]
         if key == "kvlistValue":
-            return _json_attrs((val or {}).get("values", []), where)
-    except (TypeError, ValueError) as exc:
-        raise OtlpError(f"{where}: bad {key} {val!r}") from exc
-    raise OtlpError(f"{where}: unknown AnyValue kind {key!r}")
+            return _json_attrs(_obj(val, f"{where}.kvlistValue").get("values"), where, depth + 1)
+    except (TypeError, ValueError, OverflowError) as exc:
+        if isinstance(exc, OtlpError):
+            raise
+        raise OtlpError(f"{where}: bad {key} {_short(val)}") from exc
+    raise OtlpError(f"{where}: unknown AnyValue kind {_short(key)}")
 
 
-def _json_attrs(items: Any, where: str) -> dict[str, Any]:
-    if not isinstance(items, list):
-        raise OtlpError(f"{where}: attributes must be a list of {{key, value}} objects")
+def _short(v: Any, n: int = 60) -> str:
+    text = repr(v)
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def _obj(v: Any, where: str) -> Mapping[str, Any]:
+    """An optional JSON object: absent or null is empty, anything else but an object is an error."""
+    if v is None:
+        return {}
+    if not isinstance(v, Mapping):
+        raise OtlpError(f"{where} must be an object, not {type(v).__name__} {_short(v)}")
+    return v
+
+
+def _list(v: Any, where: str) -> list[Any]:
+    """An optional JSON array: absent or null is empty, anything else but an array is an error."""
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise OtlpError(f"{where} must be an array, not {type(v).__name__} {_short(v)}")
+    return v
+
+
+def _json_attrs(items: Any, where: str, depth: int = 0) -> dict[str, Any]:
     out = {}
-    for kv in items:
+    for kv in _list(items, f"{where}.attributes"):
         if not isinstance(kv, Mapping) or "key" not in kv:
-            raise OtlpError(f"{where}: attribute without a key: {kv!r}")
-        out[str(kv["key"])] = _json_value(kv.get("value"), f"{where} attribute {kv['key']!r}")
+            raise OtlpError(f"{where}: attribute without a key: {_short(kv)}")
+        out[str(kv["key"])] = _json_value(kv.get("value"), f"{where} attribute {_short(kv['key'])}", depth)
     return out
 
 
 def _json_id(value: Any, nbytes: int, where: str) -> str:
     """OTLP/JSON ids are lowercase hex (not base64 as in protobuf's JSON mapping)."""
-    s = str(value or "")
-    if not s:
+    if value is None or value == "":
         return ""
+    if not isinstance(value, str):
+        raise OtlpError(f"{where}: {_short(value)} is not a hex id")
     try:
-        raw = bytes.fromhex(s)
+        raw = bytes.fromhex(value)
     except ValueError:
-        raise OtlpError(f"{where}: {s!r} is not a hex id") from None
+        raise OtlpError(f"{where}: {_short(value)} is not a hex id") from None
     if len(raw) != nbytes:
-        raise OtlpError(f"{where}: {s!r} is not {nbytes} bytes")
+        raise OtlpError(f"{where}: {_short(value)} is not {nbytes} bytes")
     return raw.hex()
 
 
 def _json_ns(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str, float)):
+        raise OtlpError(f"{where}: {_short(value)} is not an integer of nanoseconds")
+    if isinstance(value, float) and not value.is_integer():
+        raise OtlpError(f"{where}: {_short(value)} is not an integer of nanoseconds")
     try:
         return int(value)
-    except (TypeError, ValueError):
-        raise OtlpError(f"{where}: {value!r} is not an integer of nanoseconds") from None
+    except (TypeError, ValueError, OverflowError):
+        raise OtlpError(f"{where}: {_short(value)} is not an integer of nanoseconds") from None
 
 
 def spans_from_json(body: bytes) -> list[Span]:
@@ -208,19 +269,23 @@ def spans_from_json(body: bytes) -> list[Span]:
         doc = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise OtlpError(f"body is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise OtlpError("body is not valid OTLP/JSON: nested too deeply") from None
     if not isinstance(doc, Mapping):
         raise OtlpError("body must be a JSON object with resourceSpans")
     spans = []
-    for i, rs in enumerate(doc.get("resourceSpans") or []):
+    for i, rs in enumerate(_list(doc.get("resourceSpans"), "resourceSpans")):
         if not isinstance(rs, Mapping):
             raise OtlpError(f"resourceSpans[{i}] is not an object")
-        resource = _json_attrs((rs.get("resource") or {}).get("attributes") or [], f"resourceSpans[{i}].resource")
-        for j, ss in enumerate(rs.get("scopeSpans") or []):
-            for k, s in enumerate((ss or {}).get("spans") or []):
-                where = f"resourceSpans[{i}].scopeSpans[{j}].spans[{k}]"
+        res = _obj(rs.get("resource"), f"resourceSpans[{i}].resource")
+        resource = _json_attrs(res.get("attributes"), f"resourceSpans[{i}].resource")
+        for j, ss in enumerate(_list(rs.get("scopeSpans"), f"resourceSpans[{i}].scopeSpans")):
+            sw = f"resourceSpans[{i}].scopeSpans[{j}]"
+            for k, s in enumerate(_list(_obj(ss, sw).get("spans"), f"{sw}.spans")):
+                where = f"{sw}.spans[{k}]"
                 if not isinstance(s, Mapping):
                     raise OtlpError(f"{where} is not an object")
-                status = s.get("status") or {}
+                status = _obj(s.get("status"), f"{where}.status")
                 spans.append(
                     Span(
                         trace_id=_json_id(s.get("traceId"), 16, f"{where}.traceId"),
@@ -229,7 +294,7 @@ def spans_from_json(body: bytes) -> list[Span]:
                         name=str(s.get("name", "")),
                         start_ns=_json_ns(s.get("startTimeUnixNano"), f"{where}.startTimeUnixNano"),
                         end_ns=_json_ns(s.get("endTimeUnixNano"), f"{where}.endTimeUnixNano"),
-                        attributes=_json_attrs(s.get("attributes") or [], where),
+                        attributes=_json_attrs(s.get("attributes"), where),
                         resource=resource,
                         status_code=_status_code(status.get("code", 0)),
                         status_message=str(status.get("message", "")),
@@ -244,34 +309,43 @@ def _status_code(code: Any) -> int:
         return names[code]
     try:
         return int(code)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return 0
 
 
 # -- spans -> request rows ------------------------------------------------------
 
 
-def _seconds_ns(attrs: Mapping[str, Any], key: str) -> int | None:
+def _seconds_ns(attrs: Mapping[str, Any], key: str, where: str) -> int | None:
+    """A latency attribute in seconds as ns; absent or not a number: unmeasured (None). A negative
+    or non-finite value is an error: the lifecycle built from it could not be stored."""
     v = attrs.get(key)
     if v is None or isinstance(v, bool):
         return None
     try:
         f = float(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    if f != f or f < 0:  # NaN or negative: unmeasured
-        return None
-    return round(f * 1e9)
+    ns = f * 1e9
+    if not math.isfinite(ns) or ns < 0:
+        raise OtlpError(f"{where}: attribute {key} is {v!r}, not a finite non-negative number of seconds")
+    return round(ns)
 
 
-def _int(attrs: Mapping[str, Any], key: str) -> int | None:
+def _int(attrs: Mapping[str, Any], key: str, where: str) -> int | None:
+    """A count attribute; absent or not a number: None. A negative or non-finite count is an error."""
     v = attrs.get(key)
     if v is None or isinstance(v, bool):
         return None
+    if isinstance(v, float) and not math.isfinite(v):
+        raise OtlpError(f"{where}: attribute {key} is {v!r}, not a count")
     try:
-        return int(v)
+        n = int(v)
     except (TypeError, ValueError):
         return None
+    if n < 0:
+        raise OtlpError(f"{where}: attribute {key} is {n}, a negative count")
+    return n
 
 
 def _finish_reason(attrs: Mapping[str, Any]) -> str | None:
@@ -306,16 +380,24 @@ def request_row(span: Span, instance_keys: tuple[str, ...] = INSTANCE_KEYS) -> d
     when absent), first scheduled = first token - prefill time (v1) or arrival +
     queue time (v0, where queue time starts at arrival), queued = first scheduled
     - queue time. Each stamp is kept between its neighbours; what the span does
-    not say stays null.
+    not say stays null. A span whose lifecycle cannot be stored (start not a
+    positive time, end before start, a negative or non-finite latency, a negative
+    count) raises OtlpError naming the span and the attribute.
     """
     if span.name != SPAN_NAME:
         return None
     a = span.attributes
+    rid = str(a.get(REQUEST_ID) or span.span_id)
+    where = f"llm_request span {span.span_id or '(no id)'} (request {_short(rid)})"
     arrival = span.start_ns
-    ttft, e2e = _seconds_ns(a, TTFT), _seconds_ns(a, E2E)
-    queue, prefill = _seconds_ns(a, QUEUE), _seconds_ns(a, PREFILL)
+    if arrival <= 0:
+        raise OtlpError(f"{where}: start time {arrival} is not a positive Unix time in ns")
+    if span.end_ns < arrival:
+        raise OtlpError(f"{where}: ends {arrival - span.end_ns} ns before it starts")
+    ttft, e2e = _seconds_ns(a, TTFT, where), _seconds_ns(a, E2E, where)
+    queue, prefill = _seconds_ns(a, QUEUE, where), _seconds_ns(a, PREFILL, where)
     first_token = arrival + ttft if ttft is not None else None
-    finished = arrival + e2e if e2e is not None else (span.end_ns if span.end_ns >= arrival else None)
+    finished = arrival + e2e if e2e is not None else span.end_ns
     if first_token is not None and finished is not None:
         first_token = min(first_token, finished)
     scheduled = queued = None
@@ -331,14 +413,14 @@ def request_row(span: Span, instance_keys: tuple[str, ...] = INSTANCE_KEYS) -> d
             scheduled = min(scheduled, upper)
     error = span.status_message or ("error" if span.status_code == 2 else None)
     return {
-        "request_id": str(a.get(REQUEST_ID) or span.span_id),
+        "request_id": rid,
         "instance": instance_of(span, instance_keys),
         "trace_id": span.trace_id or None,
         "finish_reason": _finish_reason(a),
         "error": error if span.status_code == 2 else None,
-        "prompt_tokens": _int(a, PROMPT_TOKENS),
-        "output_tokens": _int(a, COMPLETION_TOKENS),
-        "max_tokens": _int(a, MAX_TOKENS),
+        "prompt_tokens": _int(a, PROMPT_TOKENS, where),
+        "output_tokens": _int(a, COMPLETION_TOKENS, where),
+        "max_tokens": _int(a, MAX_TOKENS, where),
         "arrival_ns": arrival,
         "queued_ns": queued,
         "first_scheduled_ns": scheduled,
