@@ -11,10 +11,12 @@ Unix time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,8 @@ class TraceSink:
     last_finished_ns: int | None = None
     model: str | None = None
     streamed: int = 0  # requests with delivery stamps (from our engine's stream child spans)
+    without_instance: int = 0  # requests whose span names no serving instance
+    instances: set[str] = field(default_factory=set)
     _seen_spans: set[tuple[str, str]] = field(default_factory=set)
     _ids: set[str] = field(default_factory=set)
     _children: dict[tuple[str, str], list[Span]] = field(default_factory=dict)
@@ -116,6 +120,10 @@ class TraceSink:
                         self._keep_child(kid)
             for row in rows:
                 self.streamed += row.get("last_byte_ns") is not None
+                if row.get("instance"):
+                    self.instances.add(row["instance"])
+                else:
+                    self.without_instance += 1
                 end = row["finished_ns"] or row["arrival_ns"]
                 self.first_arrival_ns = min(self.first_arrival_ns or row["arrival_ns"], row["arrival_ns"])
                 self.last_finished_ns = max(self.last_finished_ns or end, end)
@@ -253,6 +261,25 @@ def otlp_app(
     return Starlette(routes=[Route("/v1/traces", traces, methods=["POST"]), Route("/health", health)])
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM stops collection as Ctrl-C does (KeyboardInterrupt), so the
+    caller flushes every acknowledged span and closes the bundle; the default handler would exit
+    at once. uvicorn handles the signal while it serves and raises it again once it has stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def add_prometheus_samples(
     writer: BundleWriter,
     prometheus: str,
@@ -279,8 +306,12 @@ def finish(
     instances: Sequence[str] | None,
     step_s: float | None,
     lookback_s: float = 0.0,
+    scrapers: Sequence[Any] = (),
+    target: Any = None,
 ) -> dict[str, Any]:
-    """Close a collection: Prometheus samples for the whole interval, meta, flush."""
+    """Close a collection: last scrapes, Prometheus samples for the whole interval, meta, flush."""
+    for sc in scrapers:
+        sc.stop()
     stopped_ns = time.time_ns()
     start = min(started_ns - round(lookback_s * 1e9), sink.first_arrival_ns or started_ns)
     end = max(stopped_ns, sink.last_finished_ns or stopped_ns)
@@ -288,10 +319,63 @@ def finish(
     if prometheus:
         points = add_prometheus_samples(writer, prometheus, start, end, instances=instances, step_s=step_s)
         prom = {"url": prometheus, "instances": list(instances or []), "points": points}
+    scrapes = sum(sc.scrapes for sc in scrapers)
+    warnings = _warnings(sink, scrapers)
+    meta = writer.meta
+    engine = {**(meta.get("engine") or {})}
+    model = {**(meta.get("model") or {})}
+    for sc in scrapers:
+        engine = {**sc.engine_meta(), **engine}  # flags win over what the server states
+        scraped = {k: v for k, v in sc.model.items() if v is not None}
+        model = {**scraped, **{k: v for k, v in model.items() if v is not None}}
     writer.update_meta(
-        capabilities={"steps": False, "samples": bool(prom.get("points")), "streaming": sink.streamed > 0},
-        ingest={"otlp": sink.stats(), "prometheus": prom, "start_unix_ns": start, "end_unix_ns": end},
+        capabilities={
+            "steps": False,
+            "samples": bool(prom.get("points")) or scrapes > 0,
+            "streaming": sink.streamed > 0,
+        },
+        engine=engine,
+        model=model,
+        ingest={
+            "otlp": sink.stats(),
+            "prometheus": prom,
+            "scrape": [sc.meta() for sc in scrapers],
+            "start_unix_ns": start,
+            "end_unix_ns": end,
+            "warnings": warnings,
+        },
     )
     writer.close()
     writer.update_meta(end_ns=time.time_ns())  # this bundle's clock is Unix time
-    return {"start_unix_ns": start, "end_unix_ns": end, **sink.stats(), "prometheus_points": prom.get("points", {})}
+    return {
+        "start_unix_ns": start,
+        "end_unix_ns": end,
+        **sink.stats(),
+        "prometheus_points": prom.get("points", {}),
+        "scrapes": scrapes,
+        "warnings": warnings,
+    }
+
+
+def _warnings(sink: TraceSink, scrapers: Sequence[Any]) -> list[str]:
+    """What the user should fix in the server's settings for a better map."""
+    out = []
+    if sink.requests and sink.without_instance and len(scrapers) + bool(sink.instances) > 1:
+        out.append(
+            f"{sink.without_instance} of {sink.requests} requests carry no instance id, so they cannot be matched "
+            "to one server's series; set OTEL_RESOURCE_ATTRIBUTES=service.instance.id=<host:port> on each vLLM"
+        )
+    elif sink.requests and sink.without_instance == sink.requests:
+        out.append(
+            "spans carry no instance id (set OTEL_RESOURCE_ATTRIBUTES=service.instance.id=<host:port> on vLLM); "
+            "they are matched to the only series there is"
+        )
+    for sc in scrapers:
+        if sc.scrapes == 0:
+            out.append(f"no scrape of {sc.instance} succeeded: {sc.last_error}")
+        elif not sc.model.get("hidden_size"):
+            out.append(
+                f"the model served at {sc.instance} has no readable config.json here; pass --model-config "
+                "for the roofline"
+            )
+    return out

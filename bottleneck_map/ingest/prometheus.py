@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 
+from bottleneck_map.ingest.vllm_series import ENGINE_SERIES, promql
+
 
 class PrometheusError(RuntimeError):
     """The Prometheus server could not be queried; the message says why."""
@@ -38,31 +40,9 @@ def _by(expr: str, agg: str = "sum", device_label: str | None = None) -> str:
     return f"{agg} by ({labels}) ({expr})"
 
 
-# vLLM engine series (also what `bottleneck-map serve` exposes). Several engines
-# or models behind one instance are summed (gauges of counts, counters) or
-# averaged (usage ratios). `or` keeps older vLLM names working.
-VLLM_SERIES: tuple[SeriesSpec, ...] = (
-    SeriesSpec("num_requests_running", _by("vllm:num_requests_running"), "vllm"),
-    SeriesSpec("num_requests_waiting", _by("vllm:num_requests_waiting"), "vllm"),
-    SeriesSpec(
-        "kv_cache_usage_ratio",
-        _by("vllm:kv_cache_usage_perc", "avg") + " or " + _by("vllm:gpu_cache_usage_perc", "avg"),
-        "vllm",
-    ),
-    SeriesSpec("num_preemptions_total", _by("vllm:num_preemptions_total"), "vllm"),
-    SeriesSpec("prompt_tokens_total", _by("vllm:prompt_tokens_total"), "vllm"),
-    SeriesSpec("generation_tokens_total", _by("vllm:generation_tokens_total"), "vllm"),
-    SeriesSpec(
-        "prefix_cache_queries_total",
-        _by("vllm:prefix_cache_queries_total") + " or " + _by("vllm:gpu_prefix_cache_queries_total"),
-        "vllm",
-    ),
-    SeriesSpec(
-        "prefix_cache_hits_total",
-        _by("vllm:prefix_cache_hits_total") + " or " + _by("vllm:gpu_prefix_cache_hits_total"),
-        "vllm",
-    ),
-)
+# vLLM engine series (also what `bottleneck-map serve` exposes), from the table that a scrape
+# of /metrics uses too; `or` keeps older vLLM names working.
+VLLM_SERIES: tuple[SeriesSpec, ...] = tuple(SeriesSpec(e.column, promql(e), "vllm") for e in ENGINE_SERIES)
 
 # dcgm-exporter (NVIDIA DCGM field names; percentages and MiB/MHz converted to base units).
 DCGM_SERIES: tuple[SeriesSpec, ...] = tuple(

@@ -83,6 +83,24 @@ def print_summary(bundle: Path, result, console) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    @app.command("export-hf")
+    def export_hf(
+        preset: str = typer.Argument(..., help="Built-in preset to export (default, small-150m, tiny)."),
+        out: Path = typer.Option(..., "--out", help="Directory to write the checkpoint into."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the preset's random weights (as `run --seed`)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace the files of a non-empty --out."),
+    ) -> None:
+        """Write a built-in preset as a Hugging Face checkpoint (serve it with vLLM, transformers or `serve`)."""
+        from bottleneck_map.embedded_engine.model.export import export_preset
+        from bottleneck_map.embedded_engine.model.loader import CheckpointError
+
+        try:
+            export_preset(preset, out, seed=seed, overwrite=overwrite)
+        except CheckpointError as exc:
+            typer.echo(f"export-hf: {exc}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"export-hf: {preset} (seed {seed}) -> {out}", err=True)
+
     @app.command("run")
     def run(
         model: str = flags.MODEL,

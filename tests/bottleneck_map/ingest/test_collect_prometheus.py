@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 
@@ -18,7 +20,9 @@ def fake_prometheus(series: dict[str, list[dict]], seen: list[dict]) -> httpx.Cl
         q = params["query"]
         if q == "bad(":
             return httpx.Response(400, json={"status": "error", "errorType": "bad_data", "error": "parse error"})
-        result = next((v for k, v in series.items() if k in q), [])
+        # A metric name matches when it is followed by ")" or "{" (not a longer name such as
+        # vllm:num_requests_waiting_by_reason for vllm:num_requests_waiting).
+        result = next((v for k, v in series.items() if re.search(re.escape(k) + r"[){]", q)), [])
         return httpx.Response(200, json={"status": "success", "data": {"resultType": "matrix", "result": result}})
 
     return httpx.Client(transport=httpx.MockTransport(handler))
