@@ -32,6 +32,29 @@ def register(app: typer.Typer) -> None:
         otlp_file: list[Path] = typer.Option(
             [], "--otlp-file", help="Also ingest OTLP/JSON span files (the Collector's file exporter; repeatable)."
         ),
+        scrape: list[str] = typer.Option(
+            [], "--scrape", help="Also read this vLLM server's /metrics every --scrape-interval (base URL; repeatable)."
+        ),
+        scrape_interval: float = typer.Option(1.0, "--scrape-interval", help="Seconds between scrapes of --scrape."),
+        model_config: Path | None = typer.Option(
+            None, "--model-config", help="The served model's config.json (default: read via /v1/models when local)."
+        ),
+        max_num_seqs: int | None = typer.Option(
+            None, "--max-num-seqs", help="The server's --max-num-seqs (batch slots), for the queueing evidence."
+        ),
+        max_num_batched_tokens: int | None = typer.Option(
+            None, "--max-num-batched-tokens", help="The server's --max-num-batched-tokens (token budget per step)."
+        ),
+        device_name: str | None = typer.Option(
+            None, "--device-name", help="GPU name for the roofline's peak table (e.g. 'NVIDIA H100 80GB HBM3')."
+        ),
+        peak_flops: float | None = typer.Option(None, "--peak-flops", help="Device peak FLOP/s for the roofline."),
+        peak_bandwidth: float | None = typer.Option(
+            None, "--peak-bandwidth", help="Device peak memory bandwidth in bytes/s for the roofline."
+        ),
+        measure_peaks: bool = typer.Option(
+            False, "--measure-peaks", help="Measure this host's CPU copy bandwidth and matmul FLOP/s (a CPU server)."
+        ),
         max_body_bytes: int = typer.Option(
             16 * 1024 * 1024, "--max-body-bytes", help="Largest OTLP request body as sent (larger: 413)."
         ),
@@ -69,14 +92,43 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter("must be > 0", param_hint=flag)
         if not body_timeout > 0:
             raise typer.BadParameter("must be > 0", param_hint="--body-timeout")
-        if not receive and not prometheus and not otlp_file:
-            raise typer.BadParameter("--no-receive needs --prometheus or --otlp-file", param_hint="--no-receive")
+        if not receive and not prometheus and not otlp_file and not scrape:
+            raise typer.BadParameter(
+                "--no-receive needs --prometheus, --scrape or --otlp-file", param_hint="--no-receive"
+            )
+        if not scrape_interval > 0:
+            raise typer.BadParameter("must be > 0", param_hint="--scrape-interval")
+        for url in scrape:
+            if not url.startswith(("http://", "https://")):
+                raise typer.BadParameter(f"{url!r} is not an http(s) URL", param_hint="--scrape")
+        for value, flag in ((max_num_seqs, "--max-num-seqs"), (max_num_batched_tokens, "--max-num-batched-tokens")):
+            if value is not None and value <= 0:
+                raise typer.BadParameter("must be > 0", param_hint=flag)
+        for value, flag in ((peak_flops, "--peak-flops"), (peak_bandwidth, "--peak-bandwidth")):
+            if value is not None and not value > 0:
+                raise typer.BadParameter("must be > 0", param_hint=flag)
+        from bottleneck_map.ingest.target import TargetOptions, describe_target
+
+        try:
+            target = describe_target(
+                TargetOptions(
+                    model_config=model_config,
+                    max_num_seqs=max_num_seqs,
+                    max_num_batched_tokens=max_num_batched_tokens,
+                    device_name=device_name,
+                    peak_flops=peak_flops,
+                    peak_bandwidth=peak_bandwidth,
+                    measure_peaks=measure_peaks,
+                )
+            )
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--model-config") from None
         for f in otlp_file:
             if not f.is_file():
                 raise typer.BadParameter(f"{f} is not a file", param_hint="--otlp-file")
         if prometheus and not prometheus.startswith(("http://", "https://")):
             raise typer.BadParameter(f"{prometheus!r} is not an http(s) URL", param_hint="--prometheus")
-        writer = BundleWriter(out, collect_meta())
+        writer = BundleWriter(out, collect_meta(**target.meta_sections()))
         sink = TraceSink(writer)
         started = time.time_ns()
         for f in otlp_file:
@@ -86,6 +138,18 @@ def register(app: typer.Typer) -> None:
                 writer.close()
                 typer.echo(f"collect: {exc}", err=True)
                 raise typer.Exit(1) from None
+        from bottleneck_map.ingest.scrape import Scraper
+
+        scrapers = [
+            Scraper(writer, url, scrape_interval, model_config=target.model_config).start() for url in scrape
+        ]
+        for sc in scrapers:
+            typer.echo(f"collect: scraping {sc.instance} every {scrape_interval:g} s", err=True)
+        if not receive and scrapers:
+            try:  # scrape only: for --duration, or until Ctrl-C
+                time.sleep(duration) if duration is not None else threading.Event().wait()
+            except KeyboardInterrupt:
+                pass
         if receive:
             try:
                 receiver = otlp_app(
@@ -96,6 +160,8 @@ def register(app: typer.Typer) -> None:
                 )
                 server = UvicornServer(receiver, host, port)
             except OSError as exc:
+                for sc in scrapers:
+                    sc.stop()
                 writer.close()
                 raise typer.BadParameter(str(exc), param_hint="--port") from None
             typer.echo(f"collect: OTLP/HTTP receiver on {server.url}/v1/traces, writing {out}", err=True)
@@ -108,7 +174,15 @@ def register(app: typer.Typer) -> None:
                 pass
         try:
             summary = finish(
-                writer, sink, started, prometheus=prometheus, instances=instance, step_s=step, lookback_s=lookback
+                writer,
+                sink,
+                started,
+                prometheus=prometheus,
+                instances=instance,
+                step_s=step,
+                lookback_s=lookback,
+                scrapers=scrapers,
+                target=target,
             )
         except PrometheusError as exc:
             writer.close()
@@ -116,9 +190,12 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1) from None
         typer.echo(
             f"collect: {summary['requests']} requests, "
-            f"{sum(summary['prometheus_points'].values())} Prometheus points -> {out}",
+            f"{sum(summary['prometheus_points'].values())} Prometheus points, "
+            f"{summary['scrapes']} scrapes -> {out}",
             err=True,
         )
+        for warning in summary["warnings"]:
+            typer.echo(f"collect: warning: {warning}", err=True)
 
     @app.command()
     def fleet(
