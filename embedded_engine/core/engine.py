@@ -10,6 +10,7 @@ per-request callback. Every step and every finished request becomes a trace reco
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from bottleneck_map.embedded_engine.core.scheduler import Scheduler
 from bottleneck_map.embedded_engine.core.sequence import RequestTrace, SamplingParams, Sequence, SequenceStatus
 from bottleneck_map.embedded_engine.core.tracing import TraceSink, parent_from_traceparent
 from bottleneck_map.embedded_engine.model.kv_cache import allocate_kv_cache, block_bytes
+
+log = logging.getLogger("bottleneck_map.engine")
 
 
 @dataclass
@@ -254,25 +257,42 @@ class LLMEngine:
             seq = item.seq
             seq.num_computed_tokens += item.num_tokens
             self.block_manager.register_full_blocks(seq)
-            token = res.sampled.get(seq.request_id)
-            if token is None:
-                continue
-            if seq.trace.prefill_end_ns is None:
-                seq.trace.prefill_end_ns = t_post
-            seq.token_ids.append(token)
-            seq.trace.token_ns.append(t_post)
-            if seq.trace.first_token_ns is None:
-                seq.trace.first_token_ns = t_post
-            status = stop_status(seq, token, self.eos_token_ids, self.config.max_model_len)
-            if status is not None:
-                self.scheduler.finish(seq, status)
-                self._finish(seq, outputs, [token], [t_post])
-            else:
-                self._emit(seq, RequestOutput(seq.request_id, [token], [t_post]), outputs)
+            error = res.failed.get(seq.request_id)
+            if error is None:
+                try:
+                    self._postprocess(seq, res.sampled.get(seq.request_id), t_post, outputs)
+                except Exception as exc:  # this request's own processing: it fails, the others go on
+                    error = f"processing the sampled token failed: {type(exc).__name__}: {exc}"
+            if error is not None and not seq.is_finished:
+                self._fail(seq, error, outputs)
         spin(int(self.injection.step_host_ms * 1e6))
         end = now_ns()
         self._record_step(sched, res, start, t_sched, t_post, end)
         return outputs
+
+    def _postprocess(self, seq: Sequence, token: int | None, t_post: int, outputs: list[RequestOutput]) -> None:
+        """Append one sampled token (None: this step computed a prompt chunk only) and end the request if due."""
+        if token is None:
+            return
+        if seq.trace.prefill_end_ns is None:
+            seq.trace.prefill_end_ns = t_post
+        seq.token_ids.append(token)
+        seq.trace.token_ns.append(t_post)
+        if seq.trace.first_token_ns is None:
+            seq.trace.first_token_ns = t_post
+        status = stop_status(seq, token, self.eos_token_ids, self.config.max_model_len)
+        if status is not None:
+            self.scheduler.finish(seq, status)
+            self._finish(seq, outputs, [token], [t_post])
+        else:
+            self._emit(seq, RequestOutput(seq.request_id, [token], [t_post]), outputs)
+
+    def _fail(self, seq: Sequence, error: str, outputs: list[RequestOutput]) -> None:
+        """End one running request with finish reason ``error`` and free its KV blocks."""
+        log.warning("request %s failed: %s", seq.request_id, error)
+        self.scheduler.finish(seq, SequenceStatus.FINISHED_ERROR)
+        seq.trace.error = error
+        self._finish(seq, outputs, [], [])
 
     def _emit(self, seq: Sequence, out: RequestOutput, outputs: list[RequestOutput]) -> None:
         out.num_prompt_tokens, out.num_output_tokens = seq.num_prompt_tokens, seq.num_output_tokens
@@ -280,7 +300,10 @@ class LLMEngine:
         outputs.append(out)
         cb = self._callbacks.get(seq.request_id)
         if cb is not None:
-            cb(out)
+            try:
+                cb(out)
+            except Exception:  # the consumer's fault: the engine and the other requests go on
+                log.exception("the output callback of request %s failed", seq.request_id)
 
     def _finish(self, seq: Sequence, outputs: list[RequestOutput], tokens: list[int], stamps: list[int]) -> None:
         seq.trace.finished_ns = now_ns()
@@ -387,6 +410,18 @@ class LLMEngine:
                 tokens[out.request_id].extend(out.new_token_ids)
         return [tokens[base + str(i)] for i in range(len(prompts))]
 
+    def abort_unfinished(self) -> None:
+        """End every request still queued or in the scheduler as aborted (shutdown), so each
+        request a step row names has its record in the bundle."""
+        outputs: list[RequestOutput] = []
+        self._drain_inbox(outputs)
+        sched = self.scheduler
+        for seq in [*sched.waiting, *sched.running, *sched.swapped]:
+            sched.abort(seq.request_id)
+            self.stats.num_aborted += 1
+            self._finish(seq, outputs, [], [])
+
     def close(self) -> None:
+        self.abort_unfinished()
         self.flush_delivering()
         self.sink.close()

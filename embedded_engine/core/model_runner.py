@@ -8,7 +8,7 @@ import torch
 
 from bottleneck_map.bundle import now_ns
 from bottleneck_map.embedded_engine.core.block_manager import SwapPlan
-from bottleneck_map.embedded_engine.core.sampler import sample
+from bottleneck_map.embedded_engine.core.sampler import SamplingError, sample
 from bottleneck_map.embedded_engine.core.scheduler import ScheduledSeq
 from bottleneck_map.embedded_engine.core.sequence import Sequence
 from bottleneck_map.embedded_engine.model.attention import AttentionMetadata
@@ -17,6 +17,7 @@ from bottleneck_map.embedded_engine.model.attention import AttentionMetadata
 @dataclass
 class StepResult:
     sampled: dict[str, int] = field(default_factory=dict)  # request_id -> new token id
+    failed: dict[str, str] = field(default_factory=dict)  # request_id -> why its sampling failed
     prepare_ns: int | None = None
     forward_ns: int | None = None
     sample_ns: int | None = None
@@ -113,8 +114,11 @@ class ModelRunner:
         ]
         seqs: list[Sequence] = [batch[i].seq for i in rows]
         if rows:
-            tokens = sample(logits[rows], seqs)
-            res.sampled = {s.request_id: t for s, t in zip(seqs, tokens, strict=True)}
+            for s, t in zip(seqs, sample(logits[rows], seqs), strict=True):
+                if isinstance(t, SamplingError):
+                    res.failed[s.request_id] = str(t)
+                else:
+                    res.sampled[s.request_id] = t
         t3 = now_ns()
         res.prepare_ns, res.forward_ns, res.sample_ns = t1 - t0, t2 - t1, t3 - t2
         return res

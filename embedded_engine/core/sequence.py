@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import Any
@@ -15,6 +16,7 @@ class SequenceStatus(Enum):
     FINISHED_LENGTH = auto()
     FINISHED_ABORTED = auto()
     FINISHED_REJECTED = auto()
+    FINISHED_ERROR = auto()  # this request's own sampling or processing failed; the others go on
 
     @property
     def finished(self) -> bool:
@@ -26,22 +28,40 @@ FINISH_REASONS = {
     SequenceStatus.FINISHED_LENGTH: "length",
     SequenceStatus.FINISHED_ABORTED: "abort",
     SequenceStatus.FINISHED_REJECTED: "rejected",
+    SequenceStatus.FINISHED_ERROR: "error",
 }
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+# Ranges the sampler computes in float32 without overflow (vLLM's for the penalties and min_p).
+PENALTY_RANGE = (-2.0, 2.0)
+REPETITION_PENALTY_RANGE = (0.01, 100.0)
+# Below this a positive temperature is raised to it (vLLM's _MAX_TEMP): dividing float32
+# logits by less overflows to inf and the softmax to NaN.
+MIN_TEMPERATURE = 1e-2
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """vLLM's names: temperature 0 is greedy; top_k 0 or -1 disables top-k."""
+    """vLLM's names: temperature 0 is greedy; top_k 0 or -1 disables top-k; min_p 0, the
+    presence and frequency penalties 0 and repetition_penalty 1 are off."""
 
     max_tokens: int = 16
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
 
     def __post_init__(self) -> None:
+        floats = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
+        for name in floats:
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if self.temperature < 0:
@@ -50,10 +70,26 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < -1:
             raise ValueError(f"top_k must be -1, 0 or positive, got {self.top_k}")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not PENALTY_RANGE[0] <= getattr(self, name) <= PENALTY_RANGE[1]:
+                raise ValueError(f"{name} must be in {list(PENALTY_RANGE)}, got {getattr(self, name)}")
+        if not REPETITION_PENALTY_RANGE[0] <= self.repetition_penalty <= REPETITION_PENALTY_RANGE[1]:
+            raise ValueError(
+                f"repetition_penalty must be in {list(REPETITION_PENALTY_RANGE)}, got {self.repetition_penalty}"
+            )
+        if self.seed is not None and not INT64_MIN <= self.seed <= INT64_MAX:
+            raise ValueError(f"seed must fit in a signed 64-bit integer, got {self.seed}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def penalized(self) -> bool:
+        """Any penalty changes the logits (applied before greedy and random sampling alike)."""
+        return self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
 
 
 @dataclass

@@ -56,6 +56,7 @@ class Tokenizer:
         self.chat_template = chat_template or DEFAULT_CHAT_TEMPLATE
         self.special_tokens = dict(special_tokens or {})
         self._compiled = None
+        self._max_token_chars: int | None = None
 
     @classmethod
     def from_dir(cls, path: Path, eos_token_ids: Sequence[int] = ()) -> Tokenizer:
@@ -79,6 +80,16 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size()
+
+    @property
+    def max_token_chars(self) -> int:
+        """The longest vocabulary entry in characters: an upper bound on the text one token covers
+        (byte-level and SentencePiece vocabularies spell each token out in full), so a text longer
+        than ``n * max_token_chars`` cannot encode to ``n`` tokens or fewer."""
+        if self._max_token_chars is None:
+            vocab = self.backend.get_vocab(with_added_tokens=True)
+            self._max_token_chars = max((len(t) for t in vocab), default=1)
+        return self._max_token_chars
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.backend.encode(text, add_special_tokens=add_special_tokens).ids

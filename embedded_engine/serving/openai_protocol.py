@@ -11,13 +11,19 @@ an :class:`ApiError` that renders in OpenAI's error shape::
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bottleneck_map.embedded_engine.core.sequence import INT64_MAX, INT64_MIN, PENALTY_RANGE, REPETITION_PENALTY_RANGE
+
 # Largest accepted max_tokens when the model's context is not the limit (guards absurd values).
 MAX_TOKENS_CEILING = 1 << 20
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 1024  # per stop string: the streamed text held back is as long as the longest one
+MAX_STOP_TOKEN_IDS = 1024
 
 
 class ApiError(Exception):
@@ -61,6 +67,10 @@ class GenerationRequest:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
@@ -76,6 +86,8 @@ def parse_json(body: bytes) -> dict[str, Any]:
         doc = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(f"Invalid JSON in request body: {exc}") from None
+    except RecursionError:
+        raise ApiError("Invalid JSON in request body: nested too deeply.") from None
     if not isinstance(doc, dict):
         raise ApiError("The request body must be a JSON object.")
     return doc
@@ -86,19 +98,40 @@ def _number(doc: Mapping[str, Any], key: str, default: float, lo: float, hi: flo
     if v is None:
         return default
     if isinstance(v, bool) or not isinstance(v, int | float):
-        raise ApiError(f"`{key}` must be a number, got {v!r}.", param=key)
+        raise ApiError(f"`{key}` must be a number, got {_show(v)}.", param=key)
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ApiError(f"`{key}` must be a finite number, got {v}.", param=key)
     if v > hi or v < lo or (lo_open and v == lo):
         bound = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
         raise ApiError(f"`{key}` must be in {bound}, got {v}.", param=key)
     return float(v)
 
 
-def _int(doc: Mapping[str, Any], key: str) -> int | None:
+def _show(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _int(doc: Mapping[str, Any], key: str, lo: int = INT64_MIN, hi: int = INT64_MAX) -> int | None:
     v = doc.get(key)
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, int):
-        raise ApiError(f"`{key}` must be an integer, got {v!r}.", param=key)
+        raise ApiError(f"`{key}` must be an integer, got {_show(v)}.", param=key)
+    if not lo <= v <= hi:
+        raise ApiError(f"`{key}` must be in [{lo}, {hi}], got {_show(v)}.", param=key)
+    return v
+
+
+def text(v: str, param: str) -> str:
+    """``v`` if it is valid Unicode (JSON's ``\\ud800`` escapes can give a lone surrogate, which no
+    tokenizer can encode)."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ApiError(
+            f"`{param}` is not valid Unicode: a lone surrogate at character {exc.start}.", param=param
+        ) from None
     return v
 
 
@@ -139,11 +172,21 @@ def _common(doc: Mapping[str, Any], kind: str, served_model: str) -> GenerationR
         stop = []
     elif isinstance(stop, str):
         stop = [stop]
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 16:
-        raise ApiError("`stop` must be a string or a list of at most 16 strings.", param="stop")
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > MAX_STOP_STRINGS:
+        raise ApiError(f"`stop` must be a string or a list of at most {MAX_STOP_STRINGS} strings.", param="stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stop):
+        raise ApiError(f"each `stop` string must be at most {MAX_STOP_CHARS} characters.", param="stop")
+    stop = [text(s, "stop") for s in stop]
     stop_ids = doc.get("stop_token_ids") or []
-    if not isinstance(stop_ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in stop_ids):
-        raise ApiError("`stop_token_ids` must be a list of integers.", param="stop_token_ids")
+    if (
+        not isinstance(stop_ids, list)
+        or len(stop_ids) > MAX_STOP_TOKEN_IDS
+        or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= INT64_MAX for t in stop_ids)
+    ):
+        raise ApiError(
+            f"`stop_token_ids` must be a list of at most {MAX_STOP_TOKEN_IDS} non-negative integers.",
+            param="stop_token_ids",
+        )
     top_k = _int(doc, "top_k")
     if top_k is not None and top_k < -1:
         raise ApiError(f"`top_k` must be -1, 0 or positive, got {top_k}.", param="top_k")
@@ -161,6 +204,10 @@ def _common(doc: Mapping[str, Any], kind: str, served_model: str) -> GenerationR
         temperature=_number(doc, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(doc, "top_p", 1.0, 0.0, 1.0, lo_open=True),
         top_k=top_k or 0,
+        min_p=_number(doc, "min_p", 0.0, 0.0, 1.0),
+        presence_penalty=_number(doc, "presence_penalty", 0.0, *PENALTY_RANGE),
+        frequency_penalty=_number(doc, "frequency_penalty", 0.0, *PENALTY_RANGE),
+        repetition_penalty=_number(doc, "repetition_penalty", 1.0, *REPETITION_PENALTY_RANGE),
         seed=seed,
         stop=[s for s in stop if s],
         stop_token_ids=list(stop_ids),
@@ -182,8 +229,8 @@ def parse_completion(doc: Mapping[str, Any], served_model: str) -> GenerationReq
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]  # a batch of one
     if isinstance(prompt, str):
-        req.prompt = prompt
-    elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        req.prompt = text(prompt, "prompt")
+    elif isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt):
         req.prompt_token_ids = list(prompt)
     elif isinstance(prompt, list) and len(prompt) > 1:
         raise ApiError("Batched prompts are not supported; send one prompt per request.", param="prompt")
@@ -218,7 +265,9 @@ def parse_chat(doc: Mapping[str, Any], served_model: str) -> GenerationRequest:
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise ApiError(f"messages[{i}] must be an object with a string `role`.", param="messages")
-        out.append({"role": m["role"], "content": _content_text(m.get("content"), i)})
+        out.append(
+            {"role": text(m["role"], "messages"), "content": text(_content_text(m.get("content"), i), "messages")}
+        )
     req.messages = out
     return req
 

@@ -41,10 +41,9 @@ from prometheus_client import CollectorRegistry, disable_created_metrics, genera
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from bottleneck_map.bundle import now_ns
 from bottleneck_map.embedded_engine.core.engine import LLMEngine, RequestOutput
@@ -52,6 +51,7 @@ from bottleneck_map.embedded_engine.core.inject import spin
 from bottleneck_map.embedded_engine.core.sequence import RequestTrace, SamplingParams
 from bottleneck_map.embedded_engine.core.tracing import TraceSink, request_row
 from bottleneck_map.embedded_engine.serving import openai_protocol as oai
+from bottleneck_map.embedded_engine.serving.limits import GuardedH11Protocol, ServeLimits, prompt_char_limit
 from bottleneck_map.embedded_engine.serving.vllm_metrics import VllmMetrics
 
 log = logging.getLogger("bottleneck_map.serve")
@@ -257,9 +257,10 @@ class _SSEResponse(StreamingResponse):
             await self.body_iterator.aclose()
 
 
-class ArrivalH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, stamping a request's arrival when its first bytes are read from
-    the socket, into the ASGI scope (``ARRIVAL_KEY``). A request that comes in on a keep-alive
+class ArrivalH11Protocol(GuardedH11Protocol):
+    """uvicorn's h11 protocol with ``serve``'s connection limits (see :mod:`limits`), stamping a
+    request's arrival when its first bytes are read from the socket, into the ASGI scope
+    (``ARRIVAL_KEY``). A request that comes in on a keep-alive
     connection while the previous response is still being sent waits in h11's buffer until that
     response is complete; its arrival is still when it was read."""
 
@@ -283,7 +284,9 @@ class ArrivalH11Protocol(H11Protocol):
 
 
 def _error(exc: oai.ApiError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+    # a refused body may still be arriving: close the connection rather than read the rest
+    headers = {"Connection": "close"} if exc.status == 413 else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
 @dataclass
@@ -295,6 +298,11 @@ class ServerState:
     started: float = field(default_factory=time.time)
     extra_registries: list[CollectorRegistry] = field(default_factory=list)
     tokenize_us_per_token: float = 0.0  # fault injection: extra CPU per prompt token on the tokenizing thread
+    limits: ServeLimits = field(default_factory=ServeLimits)
+
+    @property
+    def max_prompt_chars(self) -> int:
+        return prompt_char_limit(self.limits, self.loop.max_model_len, self.loop.tokenizer.max_token_chars)
 
 
 def _sampling_params(req: oai.GenerationRequest, max_tokens: int) -> SamplingParams:
@@ -303,6 +311,10 @@ def _sampling_params(req: oai.GenerationRequest, max_tokens: int) -> SamplingPar
         temperature=req.temperature,
         top_p=req.top_p,
         top_k=req.top_k,
+        min_p=req.min_p,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        repetition_penalty=req.repetition_penalty,
         seed=req.seed,
         stop_token_ids=tuple(req.stop_token_ids),
         ignore_eos=req.ignore_eos,
@@ -321,20 +333,26 @@ async def _prepare(state: ServerState, req: oai.GenerationRequest, trace: Reques
         spin(int(extra_us * 1000 * len(ids)))
         return ids
 
+    max_chars = state.max_prompt_chars
     trace.tokenize_start_ns = now_ns()
     if req.kind == "chat":
+        _check_chars(sum(len(m["content"]) for m in req.messages or []), max_chars, max_len, "messages")
         try:
             text = tok.apply_chat_template(req.messages or [], add_generation_prompt=True)
         except Exception as exc:  # a template that raises on these messages
             raise oai.ApiError(f"cannot apply the chat template: {exc}", param="messages") from None
+        _check_chars(len(text), max_chars, max_len, "messages")
         ids = await run_in_threadpool(encode, text, False)
         param = "messages"
     elif req.prompt is not None:
+        _check_chars(len(req.prompt), max_chars, max_len, "prompt")
         ids = await run_in_threadpool(encode, req.prompt)
         param = "prompt"
     else:
         ids = list(req.prompt_token_ids or [])
         param = "prompt"
+        if len(ids) >= max_len:
+            raise oai.context_error(len(ids), req.max_tokens, max_len, param)
         bad = [t for t in ids if t < 0 or t >= vocab]
         if bad:
             raise oai.ApiError(f"token id {bad[0]} is outside the vocabulary (size {vocab}).", param="prompt")
@@ -348,6 +366,36 @@ async def _prepare(state: ServerState, req: oai.GenerationRequest, trace: Reques
     return ids, max_tokens
 
 
+def _check_chars(n: int, max_chars: int, max_model_len: int, param: str) -> None:
+    """Refuse, before tokenizing it, a prompt too long in characters to fit the context."""
+    if n > max_chars:
+        raise oai.ApiError(
+            f"This model's maximum context length is {max_model_len} tokens, which no text longer than "
+            f"{max_chars} characters fits; your {param} has {n} characters. Please reduce the length of the {param}.",
+            param=param,
+        )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 once it is known to exceed ``limit`` bytes: from its
+    ``Content-Length`` before any of it is read, else as it streams in."""
+    too_large = oai.ApiError(
+        f"The request body is larger than this server's limit of {limit} bytes.",
+        status=413,
+        type="RequestEntityTooLarge",
+    )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        body.append(chunk)
+    return b"".join(body)
+
+
 def _finish_reason(out: RequestOutput, stopped: bool) -> str:
     if stopped:
         return "stop"
@@ -357,7 +405,7 @@ def _finish_reason(out: RequestOutput, stopped: bool) -> str:
 async def _generate(state: ServerState, request: Request, kind: str) -> Response:
     arrival = request.scope.get(ARRIVAL_KEY) or now_ns()
     try:
-        doc = oai.parse_json(await request.body())
+        doc = oai.parse_json(await _read_body(request, state.limits.max_body_bytes))
         req = (
             oai.parse_chat(doc, state.served_model) if kind == "chat" else oai.parse_completion(doc, state.served_model)
         )
@@ -368,6 +416,8 @@ async def _generate(state: ServerState, request: Request, kind: str) -> Response
         return _error(exc)
     except ValueError as exc:  # SamplingParams' own checks
         return _error(oai.ApiError(str(exc)))
+    except ClientDisconnect:  # the client left (or was timed out) while sending its body
+        return Response(status_code=499)
     if not state.loop.alive:
         return _error(oai.ApiError("the engine is not running", status=503, type="ServiceUnavailableError"))
     rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
@@ -408,6 +458,8 @@ async def _full_body(
                 return _error(oai.ApiError(str(out), status=500, type="InternalServerError"))
             if out.finish_reason == "rejected":
                 return _error(oai.ApiError(out.error or "request rejected"))
+            if out.finish_reason == "error":  # this request failed in the engine; the others go on
+                return _error(oai.ApiError(out.error or "request failed", status=500, type="InternalServerError"))
             n_out += len(out.new_token_ids)
             text += stop.push("".join(detok.push(t) for t in out.new_token_ids), final=out.finished)
             if stop.stopped and not out.finished:
@@ -440,8 +492,8 @@ async def _stream_body(
             yield oai.sse(oai.chat_chunk(rid, model, created, {"role": "assistant", "content": ""}, None))
         while True:
             out = await st.queue.get()
-            if isinstance(out, Exception) or out.finish_reason == "rejected":
-                message = str(out) if isinstance(out, Exception) else (out.error or "request rejected")
+            if isinstance(out, Exception) or out.finish_reason in ("rejected", "error"):
+                message = str(out) if isinstance(out, Exception) else (out.error or f"request {out.finish_reason}")
                 yield oai.sse(
                     {"error": {"message": message, "type": "InternalServerError", "param": None, "code": 500}}
                 )

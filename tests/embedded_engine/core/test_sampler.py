@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from bottleneck_map.embedded_engine.core.sampler import _filter_top_k_top_p, sample, sample_one, stop_status
+from bottleneck_map.embedded_engine.core.sampler import (
+    SamplingError,
+    _filter_top_k_top_p,
+    apply_penalties,
+    sample,
+    sample_one,
+    stop_status,
+)
 from bottleneck_map.embedded_engine.core.sequence import RequestTrace, SamplingParams, Sequence, SequenceStatus
 
 
@@ -76,6 +83,56 @@ def test_stop_at_max_model_len():
 
 
 def test_invalid_params_are_rejected():
-    for kw in ({"max_tokens": 0}, {"temperature": -1}, {"top_p": 0}, {"top_k": -2}):
+    nan, inf = float("nan"), float("inf")
+    bad = [
+        {"max_tokens": 0}, {"temperature": -1}, {"top_p": 0}, {"top_k": -2}, {"temperature": nan},
+        {"temperature": inf}, {"top_p": nan}, {"min_p": 1.5}, {"presence_penalty": 2.5},
+        {"frequency_penalty": -inf}, {"repetition_penalty": 0}, {"repetition_penalty": 1e-300},
+        {"seed": 2**63}, {"seed": -(2**63) - 1},
+    ]  # fmt: skip
+    for kw in bad:
         with pytest.raises(ValueError):
             SamplingParams(**kw)
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=1e-300), SamplingParams(temperature=1.0, top_p=1e-300),
+    SamplingParams(temperature=2.0, top_p=1e-45, top_k=1), SamplingParams(temperature=1.0, min_p=1.0),
+    SamplingParams(temperature=1.0, top_k=1, seed=-(2**63)), SamplingParams(temperature=1.0, top_k=1, seed=2**63 - 1),
+])  # fmt: skip
+def test_extreme_but_valid_params_sample_the_most_likely_token(params):
+    logits = torch.tensor([[1000.0, 999.0, -1000.0, 3.0]])
+    (token,) = sample(logits, [_seq(params)])
+    assert token == 0
+
+
+def test_a_row_that_cannot_be_sampled_fails_alone():
+    logits = torch.tensor([[0.0, 1.0, 2.0], [float("nan")] * 3, [2.0, 1.0, 0.0]])
+    seqs = [
+        _seq(SamplingParams(temperature=1.0, top_k=1)),
+        _seq(SamplingParams(temperature=1.0)),
+        _seq(SamplingParams()),
+    ]
+    out = sample(logits, seqs)
+    assert out[0] == 2 and out[2] == 0
+    assert isinstance(out[1], SamplingError) and "finite" in str(out[1])
+
+
+def test_min_p_drops_tokens_below_its_share_of_the_top_probability():
+    logits = torch.tensor([0.5, 0.3, 0.2]).log()
+    p = SamplingParams(temperature=1.0, min_p=0.5)  # keeps tokens with probability >= 0.25
+    assert {sample_one(logits, p) for _ in range(200)} == {0, 1}
+
+
+def test_penalties_follow_vllm():
+    seq = _seq(SamplingParams(repetition_penalty=2.0, presence_penalty=0.5, frequency_penalty=0.25), prompt=(0, 1))
+    seq.token_ids += [2, 2]  # two output tokens, both id 2
+    out = apply_penalties(torch.tensor([4.0, -4.0, 4.0, 4.0]), seq)
+    # repetition over prompt and output (divide positive, multiply negative); presence + 2 x frequency on id 2
+    assert out.tolist() == [2.0, -8.0, 2.0 - 0.5 - 0.5, 4.0]
+
+
+def test_penalties_apply_to_greedy_rows_too():
+    seq = _seq(SamplingParams(frequency_penalty=2.0), prompt=(5,))
+    seq.token_ids.append(0)
+    assert sample(torch.tensor([[1.0, 0.5, 0.0]]), [seq]) == [1]

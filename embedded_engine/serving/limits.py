@@ -1,0 +1,165 @@
+"""What ``serve`` bounds per connection and per request, and the HTTP protocol that enforces the
+connection-level part (docs/limits.md lists each limit with its default and flag).
+
+The request-level limits (body size, prompt length) are checked by the API handlers; the
+connection-level ones are enforced by :class:`GuardedH11Protocol`, uvicorn's h11 protocol with:
+
+- a connection cap: a connection beyond ``max_connections`` is answered 503 and closed at once;
+- a header read timeout: the request line and headers must arrive within ``header_timeout_s``
+  of the connection opening (or of the first byte of a request on a kept-alive connection);
+- a body read timeout: the body must arrive within ``body_timeout_s`` after the headers.
+
+A connection that overruns a timeout is closed (with a 408 when no response has begun), so
+half-open and slow clients cannot hold file descriptors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+from dataclasses import dataclass
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger("bottleneck_map.serve")
+
+MIB = 1 << 20
+# File descriptors kept for everything but client connections (the engine pipe, model files,
+# the bundle's segments, tokenizer threads, logs).
+FD_RESERVE = 128
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """``serve``'s limits; each has a flag of the same name (``--max-body-bytes``, ...)."""
+
+    max_body_bytes: int = 16 * MIB
+    max_prompt_chars: int | None = None  # None: max_model_len x the longest vocabulary entry
+    max_header_bytes: int = 16 * 1024  # h11's own default
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    keep_alive_timeout_s: float = 5.0  # uvicorn's default
+    max_connections: int = 1024
+    backlog: int = 2048
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_header_bytes", "max_connections", "backlog"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_prompt_chars is not None and self.max_prompt_chars < 1:
+            raise ValueError(f"max_prompt_chars must be >= 1, got {self.max_prompt_chars}")
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+
+def prompt_char_limit(limits: ServeLimits, max_model_len: int, max_token_chars: int) -> int:
+    """The longest prompt, in characters, that can fit ``max_model_len`` tokens: one token covers at
+    most ``max_token_chars`` characters, so a longer text cannot fit and is refused untokenized."""
+    if limits.max_prompt_chars is not None:
+        return limits.max_prompt_chars
+    return max_model_len * max(1, max_token_chars)
+
+
+def fit_connections_to_fd_limit(max_connections: int) -> int:
+    """Raise this process's soft open-file limit towards its hard limit, then lower
+    ``max_connections`` to what that leaves after :data:`FD_RESERVE`, so the cap is reached
+    before ``accept`` fails with EMFILE."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_connections + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return max_connections
+    fitted = max(1, min(max_connections, soft - FD_RESERVE))
+    if fitted < max_connections:
+        log.warning(
+            "the open-file limit (%d) allows %d connections, not the %d asked for", soft, fitted, max_connections
+        )
+    return fitted
+
+
+def _raw_response(status: int, reason: str, message: str) -> bytes:
+    body = json.dumps(
+        {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": status}}
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a connection cap and header and body read timeouts
+    (``limits``; :meth:`with_limits` makes a subclass with others)."""
+
+    limits: ServeLimits = ServeLimits()
+    _read_timer: asyncio.TimerHandle | None = None
+    _reading: str | None = None  # "headers" | "body" while a timeout runs
+
+    @classmethod
+    def with_limits(cls, limits: ServeLimits) -> type[GuardedH11Protocol]:
+        return type(cls.__name__, (cls,), {"limits": limits})
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            transport.write(
+                _raw_response(503, "Service Unavailable", f"over {self.limits.max_connections} open connections")
+            )
+            transport.close()
+            return
+        self._arm("headers")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._reading is None and self.conn.their_state is h11.IDLE:
+            self._arm("headers")  # the first bytes of a request on a kept-alive connection
+        super().data_received(data)
+        self._track()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        self._track()
+
+    def _track(self) -> None:
+        state = self.conn.their_state
+        if self._reading == "headers" and state is h11.SEND_BODY:
+            self._arm("body")
+        elif self._reading is not None and state is not h11.IDLE and state is not h11.SEND_BODY:
+            self._disarm()  # the request is read (or the connection is closing)
+
+    def _arm(self, what: str) -> None:
+        self._disarm()
+        timeout = self.limits.header_timeout_s if what == "headers" else self.limits.body_timeout_s
+        self._reading = what
+        self._read_timer = self.loop.call_later(timeout, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+        self._read_timer, self._reading = None, None
+
+    def _timed_out(self) -> None:
+        what, timeout = self._reading, self._read_timer
+        self._read_timer, self._reading = None, None
+        if timeout is None or self.transport.is_closing():
+            return
+        limit = self.limits.header_timeout_s if what == "headers" else self.limits.body_timeout_s
+        if what == "headers" or not self.cycle.response_started:
+            self.transport.write(
+                _raw_response(408, "Request Timeout", f"the request {what} did not arrive within {limit:g} s")
+            )
+        self.transport.close()
