@@ -123,15 +123,12 @@ def _class_table(m: BottleneckMap) -> Table:
 def _others(m: BottleneckMap) -> Text:
     t = Text()
     others = [v for v in m.verdicts if v is not m.top and v.cls != "balanced" and v.confidence >= 0.25]
-    if others:
+    for v in others[:3]:
+        # What the share is made of (the first evidence line), why it ranks here, and its fix.
+        what = v.evidence[0].text if v.evidence else f"{_pct(v.share_of_latency)} of latency"
+        note = f"; {v.rank_note}" if v.rank_note else ""
         t.append("Also: ", style="bold")
-        t.append(
-            "; ".join(
-                f"{v.cls} ({_pct(v.share_of_latency)}, conf {v.confidence:.2f}): {v.recommendation.split(';')[0]}"
-                for v in others[:3]
-            )
-            + "\n"
-        )
+        t.append(f"{v.cls}, confidence {v.confidence:.2f}{note}. {what}. Fix: {v.recommendation.split(';')[0]}\n")
     if m.unreachable:
         t.append("Cannot judge: ", style="bold yellow")
         t.append("; ".join(f"{u.cls} ({u.reason})" for u in m.unreachable) + "\n")
