@@ -409,9 +409,6 @@ def _signals(
     v["recompute_s"] = float(d["recompute"].sum()) / sec
     v["swap_s"] = float(d["swap"].sum()) / sec
     ttft_total = float((d["first_token_ns"] - d["arrival_ns"]).sum())
-    v["prefill_stage_share"] = (
-        float(d["prefill_compute"].sum()) / float(d["e2e_ns"].sum()) if d["e2e_ns"].sum() else None
-    )
     v["prefill_share_of_ttft"] = (
         float((d["prefill_compute"] + d["prefill_wait"]).sum()) / ttft_total if ttft_total > 0 else None
     )
@@ -435,8 +432,6 @@ def _signals(
         v["mean_waiting"] = float(np.nanmean(waiting)) if np.isfinite(waiting).any() else None
         mns = engine.get("max_num_seqs")
         running = sb["num_running"].to_numpy()
-        v["running_max"] = float(np.nanmax(running)) if np.isfinite(running).any() else None
-        v["waiting_max"] = float(np.nanmax(waiting)) if np.isfinite(waiting).any() else None
         w = np.nan_to_num(waiting) > 0
         if mns and w.any() and np.isfinite(running).any():
             v["slots_full_frac"] = float((np.nan_to_num(running[w]) >= mns).mean())
@@ -467,7 +462,6 @@ def _signals(
             v[f"{p.phase}_bw_util"] = p.bandwidth_utilization
             v[f"{p.phase}_step_bytes_per_s_p50"] = p.step_bytes_per_s_p50
             v[f"{p.phase}_step_bw_util_p50"] = p.step_bandwidth_utilization_p50
-            v[f"{p.phase}_near_roof_frac"] = p.near_roof_fraction
     if "prefill_ai" not in v:
         mixed = next((p for p in points if p.phase == "mixed"), None)
         if mixed is not None:
@@ -569,8 +563,7 @@ def _stage_class(stage: str, attr: pd.DataFrame, sig: classify.Signals) -> str |
         return "streaming"
     if sig.unreachable >= {"prefill_compute", "decode_memory_bandwidth"}:
         return None
-    # Host work plus forward passes off both rooflines (host_overhead in the attribution).
-    hf = (sig.get("host_frac_of_step") or 0.0) + (sig.get("forward_overhead_frac") or 0.0)
+    hf = sig.get("host_frac_of_step") or 0.0
     if stage in ("prefill_compute", "decode_compute"):
         if hf >= 0.5:
             return "host_overhead"

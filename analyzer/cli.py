@@ -119,7 +119,7 @@ def register(app: typer.Typer) -> None:
         """Per stage, per class and per percentile: what got better or worse, and by how much."""
         import json
 
-        from bottleneck_map.analyzer.diff import diff_maps, render_diff
+        from bottleneck_map.analyzer.diff import diff_maps, diff_view
         from bottleneck_map.analyzer.result import BottleneckMap
 
         if not (math.isfinite(window) and window > 0):
@@ -139,4 +139,6 @@ def register(app: typer.Typer) -> None:
         if fmt is DiffFormat.json:
             typer.echo(json.dumps(d.to_dict(), indent=2))
         else:
-            typer.echo(render_diff(d), nl=False)
+            from rich.console import Console
+
+            Console(highlight=False).print(diff_view(d))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -77,14 +78,40 @@ def diff_maps(before: BottleneckMap, after: BottleneckMap) -> MapDiff:
     return out
 
 
-def render_diff(d: MapDiff) -> str:
-    """Plain-text table of the changes that are not "same"."""
-    lines = [f"top verdict: {d.top_before} -> {d.top_after}"]
-    for r in d.rows:
-        if r.verdict in ("same", "n/a"):
-            continue
-        rel = "" if r.rel is None else f" ({100 * r.rel:+.0f}%)"
-        lines.append(f"  {r.verdict:6s} {r.section:10s} {r.name:32s} {r.before:.4g} -> {r.after:.4g}{rel}")
-    if len(lines) == 1:
-        lines.append("  no change beyond 2%")
-    return "\n".join(lines) + "\n"
+def diff_view(d: MapDiff) -> Any:
+    """The changes that are not "same", as a rich renderable that fits the console's width."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from bottleneck_map.terminal import Fit
+
+    rows = [r for r in d.rows if r.verdict not in ("same", "n/a")]
+
+    def layout(fold: bool) -> Table:
+        table = Table(pad_edge=False, box=None, show_header=bool(rows))
+        table.add_column("verdict", no_wrap=True)
+        table.add_column("section", no_wrap=True)
+        table.add_column("figure", no_wrap=not fold, overflow="fold")
+        for col in ("before", "after", "change %"):
+            table.add_column(col, justify="right", no_wrap=True)
+        for r in rows:
+            rel = "" if r.rel is None else f"{100 * r.rel:+.0f}%"
+            table.add_row(r.verdict, r.section, r.name, f"{r.before:.4g}", f"{r.after:.4g}", rel)
+        if not rows:
+            table.add_row("no change beyond 2%", "", "", "", "", "")
+        return table
+
+    head = Text(f"top verdict: {d.top_before} -> {d.top_after}")
+    return Group(head, Fit([lambda: layout(False), lambda: layout(True)]))
+
+
+def render_diff(d: MapDiff, width: int = 100) -> str:
+    """:func:`diff_view` as plain text ``width`` columns wide."""
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    Console(file=buf, width=width, no_color=True, force_terminal=False, highlight=False).print(diff_view(d))
+    return buf.getvalue()

@@ -48,7 +48,49 @@ def summary_rows(maps: dict[str, Any]) -> list[dict[str, Any]]:
                 "e2e_p99_s": lat.e2e.p99 if lat else None,
                 "top": top.cls if top else None,
                 "top_share": top.share_of_latency if top else None,
+                "top_confidence": top.confidence if top else None,
                 "unreachable": sorted(u.cls for u in m.unreachable),
             }
         )
     return rows
+
+
+def top_label(row: dict[str, Any], spaced: bool = False) -> str:
+    """The top verdict of a summary row as the text report words it ("no confident verdict" for
+    a balanced map under 0.5 confidence); ``spaced``: words instead of the id, so it wraps."""
+    cls, share, conf = row["top"], row["top_share"], row["top_confidence"]
+    if cls is None:
+        return "-"
+    if cls == "balanced" and (conf or 0.0) < 0.5:
+        return "no confident verdict"
+    name = cls.replace("_", " ") if spaced else cls
+    return name if share is None else f"{name} ({share:.0%})"
+
+
+def fleet_table(rows: list[dict[str, Any]]) -> Any:
+    """The summary rows as a table that fits the console: two-line headers, then wrapped names."""
+    from rich.table import Table
+
+    from bottleneck_map.terminal import Fit
+
+    headers = ("instance", "done", "TTFT p50", "TTFT p99", "TPOT p50", "E2E p99", "top verdict (share)")
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v * 1e3:,.1f}"
+
+    def layout(stacked: bool, spaced: bool) -> Table:
+        table = Table(title="Per instance, latency in ms", title_justify="left", pad_edge=False, box=None)
+        for i, h in enumerate(headers):
+            header = h.replace(" ", "\n", 1) if stacked and 1 < i < 6 else h
+            if i in (0, 6):
+                table.add_column(header, no_wrap=not spaced, overflow="fold")
+            else:
+                table.add_column(header, justify="right", no_wrap=True)
+        for r in rows:
+            table.add_row(
+                r["instance"], str(r["requests"]), ms(r["ttft_p50_s"]), ms(r["ttft_p99_s"]), ms(r["tpot_p50_s"]),
+                ms(r["e2e_p99_s"]), top_label(r, spaced),
+            )  # fmt: skip
+        return table
+
+    return Fit([lambda: layout(False, False), lambda: layout(True, False), lambda: layout(True, True)])

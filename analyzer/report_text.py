@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bottleneck_map.analyzer.result import STAGE_GROUPS, BottleneckMap
+from bottleneck_map.terminal import Fit
 
 _BAR = 16
 
@@ -57,35 +58,35 @@ def _evidence(m: BottleneckMap) -> Text:
     return t
 
 
-def _map_table(m: BottleneckMap) -> Table:
+def _map_table(m: BottleneckMap, bar: int = _BAR, fold: bool = False) -> Table:
+    """The map; ``bar`` characters for a 100% share (0: no bar column), ``fold``: class names may fold."""
     tab = Table(title="Latency map (query -> response)", title_justify="left", pad_edge=False, box=None)
     tab.add_column("stage", no_wrap=True)
     tab.add_column("share", justify="right", no_wrap=True)
-    tab.add_column("", no_wrap=True, min_width=_BAR)
+    if bar:
+        tab.add_column("", no_wrap=True, min_width=bar)
     tab.add_column("p50 ms", justify="right", no_wrap=True)
     tab.add_column("p95 ms", justify="right", no_wrap=True)
-    tab.add_column("class behind it", no_wrap=True)
+    tab.add_column("class behind it", no_wrap=not fold, overflow="fold")
     by_group: dict[str, list] = {g: [] for g in STAGE_GROUPS}
     for s in m.stages:
         by_group[s.group].append(s)
     for g, members in by_group.items():
         share = sum(s.share for s in members)
         cls = max(members, key=lambda s: s.share).cls if members else None
-        tab.add_row(
-            Text(g, style="bold"), _pct(share), Text("#" * round(share * _BAR), style="cyan"), "", "", cls or "-"
-        )
+        bars = [Text("#" * round(share * bar), style="cyan")] if bar else []
+        tab.add_row(Text(g, style="bold"), _pct(share), *bars, "", "", cls or "-")
         for s in members:
             if s.total_s <= 0 or len(members) == 1:
                 continue
-            tab.add_row(
-                f"  {s.stage}",
-                _pct(s.share),
-                Text("#" * round(s.share * _BAR), style="dim"),
-                _ms(s.p50_s),
-                _ms(s.p95_s),
-                s.cls or "-",
-            )
+            bars = [Text("#" * round(s.share * bar), style="dim")] if bar else []
+            tab.add_row(f"  {s.stage}", _pct(s.share), *bars, _ms(s.p50_s), _ms(s.p95_s), s.cls or "-")
     return tab
+
+
+def _fitted_map(m: BottleneckMap) -> Fit:
+    """The map at the console's width: a shorter bar, then none, then folded class names."""
+    return Fit([lambda b=b, f=f: _map_table(m, b, f) for b, f in ((_BAR, False), (8, False), (0, False), (0, True))])
 
 
 def _percentile_table(m: BottleneckMap) -> Table:
@@ -100,10 +101,15 @@ def _percentile_table(m: BottleneckMap) -> Table:
     return tab
 
 
-def _class_table(m: BottleneckMap) -> Table:
+def _class_table(m: BottleneckMap, stacked: bool = False, fold: bool = False) -> Table:
+    """Per class; ``stacked``: two-word headers on two lines, ``fold``: long class names may fold."""
     tab = Table(title="Per workload class", title_justify="left", pad_edge=False, box=None)
     for col in ("class", "done", "TTFT p50", "TPOT p50", "E2E p50", "E2E p99", "req/s", "out tok/s", "goodput"):
-        tab.add_column(col, justify="left" if col == "class" else "right", no_wrap=True)
+        header = col.replace(" ", "\n") if stacked else col
+        if col == "class":
+            tab.add_column(header, no_wrap=not fold, overflow="fold")
+        else:
+            tab.add_column(header, justify="right", no_wrap=True)
     for s in m.latency:
         good = "-" if s.goodput is None else f"{s.goodput:.2f}/s"
         tab.add_row(
@@ -118,6 +124,10 @@ def _class_table(m: BottleneckMap) -> Table:
             good,
         )
     return tab
+
+
+def _fitted_classes(m: BottleneckMap) -> Fit:
+    return Fit([lambda st=st, f=f: _class_table(m, st, f) for st, f in ((False, False), (True, False), (True, True))])
 
 
 def _others(m: BottleneckMap) -> Text:
@@ -172,11 +182,11 @@ def render(m: BottleneckMap) -> Group:
         head,
         _headline(m),
         _evidence(m),
-        _map_table(m),
+        _fitted_map(m),
         Text(""),
         _percentile_table(m),
         Text(""),
-        _class_table(m),
+        _fitted_classes(m),
         Text(""),
         _others(m),
     )

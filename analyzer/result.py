@@ -151,7 +151,6 @@ class Verdict(_Serial):
     windows: list[int] = field(default_factory=list)  # indices of windows whose top verdict is this class
     requests_affected: int = 0
     sample_request_ids: list[str] = field(default_factory=list)
-    rank_note: str = ""  # why this verdict ranks below the top one (empty for the top verdict)
 
     @property
     def confident(self) -> bool:
@@ -239,8 +238,6 @@ class RooflinePoint(_Serial):
     # aggregate above, is not dragged down by a few steps stalled by CPU contention or overhead.
     step_bytes_per_s_p50: float | None = None
     step_bandwidth_utilization_p50: float | None = None
-    # Fraction of this phase's step time in steps at or above roofline.ROOF_NEAR of their roofline speed.
-    near_roof_fraction: float | None = None
 
 
 @dataclass

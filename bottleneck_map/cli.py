@@ -15,12 +15,17 @@ import typer
 from rich.console import Console
 
 from bottleneck_map import __version__
+from bottleneck_map.terminal import HelpGroup, use_plain_help
 
 app = typer.Typer(
     name="bottleneck-map",
     help="Find which constraint holds LLM inference latency back, when, for which requests, and what to change.",
     no_args_is_help=True,
     add_completion=False,
+    # Plain help (click's layout, see bottleneck_map.terminal): whole option names, wrapped at the
+    # terminal's width, the same in a pipe; rich's panels shorten names to fit an 80-column table.
+    rich_markup_mode=None,
+    cls=HelpGroup,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -88,6 +93,7 @@ def _register_components() -> None:
     agent_cli.register(app)  # agent
     server_cli.register(app)  # serve
     collect_cli.register(app)  # collect, fleet
+    use_plain_help(app)
 
 
 _register_components()

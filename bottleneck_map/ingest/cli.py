@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
+from enum import Enum
 from pathlib import Path
 
 import typer
+
+
+class FleetFormat(str, Enum):
+    text = "text"
+    json = "json"
 
 
 def register(app: typer.Typer) -> None:
@@ -199,37 +205,29 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def fleet(
-        bundle: Path = typer.Argument(
-            ..., help="Bundle whose rows carry several instances (from collect).", exists=True
+        bundle: Path = typer.Argument(..., help="Bundle whose rows carry several instances (from collect)."),
+        fmt: FleetFormat = typer.Option(
+            FleetFormat.text, "--format", help="text (a table) or json (one object per instance)."
         ),
-        as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
+        as_json: bool = typer.Option(False, "--json", hidden=True, help="Same as --format json."),
     ) -> None:
         """The bottleneck map per serving instance and fleet-wide: top verdict and latency per instance."""
         import json
 
         from rich.console import Console
-        from rich.table import Table
 
-        from bottleneck_map.analyzer.fleet import fleet_maps, summary_rows
+        from bottleneck_map.analyzer.fleet import fleet_maps, fleet_table, summary_rows
         from bottleneck_map.bundle import BundleError
 
+        if not bundle.exists():
+            typer.echo(f"error: {bundle}: no such bundle directory", err=True)
+            raise typer.Exit(1)
         try:
             rows = summary_rows(fleet_maps(bundle))
         except BundleError as exc:
-            typer.echo(f"fleet: {exc}", err=True)
+            typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
-        if as_json:
+        if as_json or fmt is FleetFormat.json:
             typer.echo(json.dumps(rows, indent=2))
             return
-
-        def ms(v: float | None) -> str:
-            return "-" if v is None else f"{v * 1e3:.1f}"
-
-        table = Table("instance", "requests", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "E2E p99 ms", "top")
-        for r in rows:
-            top = "-" if r["top"] is None else f"{r['top']} ({r['top_share']:.0%})"
-            table.add_row(
-                r["instance"], str(r["requests"]), ms(r["ttft_p50_s"]), ms(r["ttft_p99_s"]), ms(r["tpot_p50_s"]),
-                ms(r["e2e_p99_s"]), top,
-            )  # fmt: skip
-        Console().print(table)
+        Console().print(fleet_table(rows))
