@@ -42,7 +42,33 @@ def _analyze(path: Path, window: float, slo: dict, cost: float | None, full: boo
         raise _fail(str(exc)) from None
     except ValueError as exc:
         raise _fail(f"{path}: {exc}") from None
+    except (OSError, LookupError, TypeError, ArithmeticError) as exc:  # data the reader let through
+        raise _fail(f"{path}: cannot be analysed ({type(exc).__name__}: {exc})") from None
     return a
+
+
+def _check_valid(path: Path, force: bool) -> None:
+    """Refuse a bundle that ``validate`` rejects (its verdicts would rest on broken data);
+    with ``force``, say why it is invalid and go on."""
+    from rich.console import Console
+
+    from bottleneck_map.validate import validate_bundle
+
+    report = validate_bundle(path)
+    if report.valid:
+        return
+    reasons = "".join(f"\n  {e}" for e in report.errors)
+    if not force:
+        raise _fail(
+            f"{path}: `bottleneck-map validate` rejects this bundle:{reasons}\n"
+            "Fix the producer, or pass --force to analyse it anyway (its verdicts may be wrong)."
+        )
+    Console(stderr=True).print(
+        f"[yellow]warning[/yellow]: {path}: `bottleneck-map validate` rejects this bundle; "
+        f"analysing it anyway (--force), so the verdicts may be wrong:{reasons}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -65,6 +91,9 @@ def register(app: typer.Typer) -> None:
         instance: str | None = typer.Option(
             None, "--instance", help="Analyse one serving instance of a fleet bundle (its `instance`, e.g. host:8000)."
         ),
+        force: bool = typer.Option(
+            False, "--force", help="Analyse even a bundle that `validate` rejects (with a warning listing why)."
+        ),
     ) -> None:
         """Find which constraint holds latency back, when, for which requests, and what to change."""
         from bottleneck_map.analyzer.latency import parse_slo
@@ -81,6 +110,7 @@ def register(app: typer.Typer) -> None:
             )
         if not bundle.exists():
             raise _fail(f"{bundle}: no such bundle directory")
+        _check_valid(bundle, force)
         html = fmt is Format.html
         a = _analyze(bundle, window, slo_d, gpu_hour_cost, full=html, instance=instance)
         m = a.result if html else a
@@ -115,6 +145,9 @@ def register(app: typer.Typer) -> None:
         after: Path = typer.Argument(..., help="Bundle (or map JSON) after the change."),
         fmt: DiffFormat = typer.Option(DiffFormat.text, "--format", help="text or json."),
         window: float = typer.Option(1.0, "--window", help="Seconds per timeline window."),
+        force: bool = typer.Option(
+            False, "--force", help="Compare even bundles that `validate` rejects (with a warning listing why)."
+        ),
     ) -> None:
         """Per stage, per class and per percentile: what got better or worse, and by how much."""
         import json
@@ -134,6 +167,7 @@ def register(app: typer.Typer) -> None:
                 except (ValueError, KeyError, TypeError) as exc:
                     raise _fail(f"{p}: not a bottleneck map JSON ({exc})") from None
             else:
+                _check_valid(p, force)
                 maps.append(_analyze(p, window, {}, None))
         d = diff_maps(*maps)
         if fmt is DiffFormat.json:

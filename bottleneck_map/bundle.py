@@ -91,12 +91,38 @@ def _segment_sort_key(path: Path) -> tuple[str, int]:
     return (m["writer"], int(m["seq"]))
 
 
+def _inside(root: Path, path: Path) -> bool:
+    """``path``, with every link followed, is ``root`` or below it (``root`` already resolved)."""
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a link loop
+        return False
+
+
 def segment_paths(bundle: Path, table: str) -> list[Path]:
-    """Segments of one table, ordered by writer then sequence number."""
+    """Segments of one table, ordered by writer then sequence number.
+
+    A bundle is read only inside its own directory: a table folder or segment that is a link
+    leading outside the bundle is an error (BundleError), as is a table folder that is a file
+    or a segment that is not a regular file. Links that stay inside the bundle are followed."""
+    root = Path(bundle).resolve()
     folder = Path(bundle) / table
-    if not folder.is_dir():
+    if not folder.exists() and not folder.is_symlink():
         return []
-    return sorted((p for p in folder.iterdir() if _SEGMENT_RE.match(p.name)), key=_segment_sort_key)
+    if not _inside(root, folder):
+        raise BundleError(f"{folder}: a link that leads outside the bundle; such links are not followed")
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: not a directory (a table is a directory of Parquet segments)")
+    found = []
+    for p in folder.iterdir():
+        if not _SEGMENT_RE.match(p.name):
+            continue
+        if not _inside(root, p):
+            raise BundleError(f"{p}: a link that leads outside the bundle; such links are not followed")
+        if not p.is_file():
+            raise BundleError(f"{p}: not a regular file")
+        found.append(p)
+    return sorted(found, key=_segment_sort_key)
 
 
 class BundleWriter:
@@ -396,16 +422,38 @@ def _items_to_table(table: str, items: list[Mapping[str, Any] | _Columns]) -> pa
 # -- reading -------------------------------------------------------------
 
 
+MAX_META_BYTES = 16 * 1024 * 1024
+# meta.json sections that are JSON objects whenever present
+META_OBJECTS = ("clock", "host", "device", "model", "engine", "workload", "capabilities", "injected", "ingest")
+META_INTS = ("created_unix_ns", "end_ns")
+
+
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``meta.json`` of a bundle, checked: a regular file inside the bundle, UTF-8 JSON, an object
+    of the known schema version whose sections have their documented types. Raises BundleError
+    naming the file and the field."""
     meta_path = Path(path) / META_FILE
     if not Path(path).is_dir():
         raise BundleError(f"{path}: not a directory (a bundle is a directory with {META_FILE})")
     if not meta_path.exists():
         raise BundleError(f"{meta_path}: missing; {path} is not a bundle")
+    if not _inside(Path(path).resolve(), meta_path):
+        raise BundleError(f"{meta_path}: a link that leads outside the bundle; such links are not followed")
+    if not meta_path.is_file():
+        raise BundleError(f"{meta_path}: not a regular file")
     try:
-        meta = json.loads(meta_path.read_text())
+        size = meta_path.stat().st_size
+        if size > MAX_META_BYTES:
+            raise BundleError(f"{meta_path}: {size} bytes, more than the {MAX_META_BYTES} a meta.json may have")
+        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise BundleError(f"{meta_path}: cannot be read ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{meta_path}: not valid UTF-8 ({exc})") from exc
     except json.JSONDecodeError as exc:
         raise BundleError(f"{meta_path}: not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise BundleError(f"{meta_path}: JSON nested too deeply") from None
     if not isinstance(meta, dict):
         raise BundleError(f"{meta_path}: expected a JSON object")
     version = meta.get("schema_version")
@@ -415,6 +463,13 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
         )
     if not isinstance(meta.get("clock"), dict):
         raise BundleError(f"{meta_path}: field clock is missing or not an object")
+    for key in META_OBJECTS:
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise BundleError(f"{meta_path}: field {key} is {_shorten(repr(meta[key]), 40)}, expected an object")
+    for key in META_INTS:
+        v = meta.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise BundleError(f"{meta_path}: field {key} is {_shorten(repr(v), 40)}, expected an integer")
     return meta
 
 

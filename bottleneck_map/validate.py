@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -91,11 +92,6 @@ def _check_requests(t: pa.Table, errors: list[str]) -> None:
             rows = np.zeros(t.num_rows, dtype=bool)
             rows[parent[1:][dec]] = True
             errors.append(f"requests: {col} not monotonic for {_ids(rid, rows)}")
-    neg = [
-        c for c in ("prompt_tokens", "output_tokens", "cached_prompt_tokens") if pc.any(pc.less(t.column(c), 0)).as_py()
-    ]
-    for c in neg:
-        errors.append(f"requests: {c} has negative values")
 
 
 def _check_steps(t: pa.Table, request_ids: pa.Array, closed: bool, errors: list[str], warns: list[str]) -> None:
@@ -131,6 +127,53 @@ def _check_steps(t: pa.Table, request_ids: pa.Array, closed: bool, errors: list[
             errors.append(f"steps: {col} length differs from request_ids length")
 
 
+# Columns that are points in time (must be positive) and durations or counts (must not be negative).
+TIMES = {
+    "requests": (*LIFECYCLE, "first_byte_ns", "last_byte_ns", "scheduled_ns", "preempted_ns", "resumed_ns", "token_ns",
+                 "delivered_ns"),
+    "steps": ("start_ns", "end_ns"),
+    "samples": ("ts_ns",),
+}  # fmt: skip
+NON_NEGATIVE = {
+    "requests": ("prompt_tokens", "output_tokens", "max_tokens", "cached_prompt_tokens", "recomputed_tokens",
+                 "swapped_bytes"),
+    "steps": ("schedule_ns", "prepare_ns", "forward_ns", "sample_ns", "postprocess_ns", "swap_ns",
+              "num_prefill_tokens", "num_prefill_seqs", "num_decode_seqs", "num_running", "num_waiting",
+              "num_swapped", "num_preempted", "kv_blocks_used", "kv_blocks_free", "swap_out_bytes", "swap_in_bytes"),
+}  # fmt: skip
+PEAKS = ("peak_flops", "peak_bandwidth_bytes_per_s")
+MEASURED_PEAKS = ("copy_bandwidth_bytes_per_s", "matmul_flops")
+
+
+def _check_ranges(name: str, t: pa.Table, errors: list[str]) -> None:
+    for col in TIMES.get(name, ()):
+        if col not in t.column_names:
+            continue
+        c = t.column(col)
+        if pa.types.is_list(c.type):
+            c = pc.list_flatten(c)
+        if len(c) and pc.any(pc.less_equal(c, 0)).as_py():
+            errors.append(f"{name}: {col} has zero or negative times")
+    for col in NON_NEGATIVE.get(name, ()):
+        if col in t.column_names and pc.any(pc.less(t.column(col), 0)).as_py():
+            errors.append(f"{name}: {col} has negative values")
+
+
+def _check_meta(meta: dict, errors: list[str]) -> None:
+    device = meta.get("device") or {}
+    measured = device.get("measured")
+    if measured is not None and not isinstance(measured, dict):
+        errors.append(f"meta.json: field device.measured is {measured!r}, expected an object")
+        measured = None
+    fields = [(f"device.{k}", device.get(k)) for k in PEAKS]
+    fields += [(f"device.measured.{k}", (measured or {}).get(k)) for k in MEASURED_PEAKS]
+    for name, v in fields:
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            errors.append(f"meta.json: field {name} is {v!r}, expected a positive finite number")
+
+
 def validate_bundle(path: str | os.PathLike[str]) -> ValidationReport:
     """Check a bundle's schema and consistency; never raises for a bad bundle."""
     report = ValidationReport(path=str(path), valid=False)
@@ -140,15 +183,17 @@ def validate_bundle(path: str | os.PathLike[str]) -> ValidationReport:
     except BundleError as exc:
         report.errors.append(str(exc))
         return report
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        report.errors.append(f"{path}: cannot be read ({type(exc).__name__}: {exc})")
+        return report
     report.warnings.extend(bundle.warnings)
     report.rows = {name: t.num_rows for name, t in tables.items()}
     req, steps, samples = tables["requests"], tables["steps"], tables["samples"]
+    _check_meta(bundle.meta, report.errors)
+    for name, t in tables.items():
+        _check_ranges(name, t, report.errors)
     _check_requests(req, report.errors)
     _check_steps(steps, req.column("request_id").combine_chunks(), bundle.closed, report.errors, report.warnings)
-    if samples.num_rows:
-        ts = samples.column("ts_ns")
-        if pc.any(pc.less(ts, 0)).as_py():
-            report.errors.append("samples: ts_ns has negative values")
     starts = [pc.min(c).as_py() for c in (req.column("arrival_ns"), steps.column("start_ns"), samples.column("ts_ns"))]
     ends = [
         pc.max(c).as_py()
