@@ -52,7 +52,7 @@ from bottleneck_map.embedded_engine.core.sequence import RequestTrace, SamplingP
 from bottleneck_map.embedded_engine.core.tracing import TraceSink, request_row
 from bottleneck_map.embedded_engine.serving import openai_protocol as oai
 from bottleneck_map.embedded_engine.serving.limits import GuardedH11Protocol, ServeLimits, prompt_char_limit
-from bottleneck_map.embedded_engine.serving.vllm_metrics import VllmMetrics
+from bottleneck_map.embedded_engine.serving.vllm_metrics import VllmMetrics, engine_facts, instrument_http
 
 log = logging.getLogger("bottleneck_map.serve")
 
@@ -576,6 +576,7 @@ def build_app(state: ServerState) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+    instrument_http(app, state.registry)
     warm_up(state)
 
     async def entry(scope, receive, send) -> None:
@@ -601,6 +602,7 @@ def make_state(engine: LLMEngine, served_model: str, *, registry: CollectorRegis
         running=lambda: engine.num_requests_running,
         waiting=lambda: engine.num_requests_waiting,
         kv_usage=lambda: bm.num_used / total,
+        facts=engine_facts(engine),
     )
     if isinstance(engine.sink, MetricsSink):
         engine.sink.metrics = metrics
@@ -622,5 +624,6 @@ def make_process_state(proc, *, registry: CollectorRegistry | None = None) -> Se
         running=lambda: proc.state.running,
         waiting=lambda: proc.state.waiting,
         kv_usage=lambda: proc.state.kv_blocks_used / max(1, proc.state.num_kv_blocks),
+        facts=proc.info.facts,
     )
     return ServerState(None, proc, name, registry)

@@ -42,7 +42,7 @@ from bottleneck_map.embedded_engine.core.sequence import RequestTrace, SamplingP
 log = logging.getLogger("bottleneck_map.serve")
 
 # Fields of a steps row the vLLM metrics observe (the rest stays in the bundle).
-_STEP_FIELDS = ("num_prefill_tokens", "num_decode_seqs", "num_preempted")
+_STEP_FIELDS = ("num_prefill_tokens", "num_decode_seqs", "num_preempted", "query_lens", "context_lens")
 
 
 @dataclass
@@ -72,6 +72,7 @@ class EngineInfo:
     vocab_size: int
     num_kv_blocks: int
     tokenizer: Any
+    facts: Any = None  # vllm_metrics.EngineFacts
 
 
 @dataclass
@@ -150,6 +151,7 @@ def _build_engine(spec: EngineSpec, fwd: _Forwarding):
     from bottleneck_map.embedded_engine.core.tracing import Clock, TraceSink, request_row
     from bottleneck_map.embedded_engine.model.loader import load_model
     from bottleneck_map.embedded_engine.serving.server_cli import tracer_provider_from_env
+    from bottleneck_map.embedded_engine.serving.vllm_metrics import engine_facts
 
     class Sink(TraceSink):
         @property
@@ -193,6 +195,7 @@ def _build_engine(spec: EngineSpec, fwd: _Forwarding):
         loaded.config.vocab_size,
         engine.config.num_kv_blocks,
         loaded.tokenizer,
+        engine_facts(engine),
     )
     return engine, writer, provider, info
 
@@ -498,10 +501,8 @@ class EngineProcess:
                 if out.finished:
                     self._streams.pop(out.request_id, None)
             if self.metrics is not None:
-                for prompt, decode, preempted in steps:
-                    self.metrics.observe_step(
-                        {"num_prefill_tokens": prompt, "num_decode_seqs": decode, "num_preempted": preempted}
-                    )
+                for step in steps:
+                    self.metrics.observe_step(dict(zip(_STEP_FIELDS, step, strict=True)))
                 for row in requests:
                     self.metrics.observe_request(row)
         elif kind == "reply":
