@@ -15,15 +15,26 @@ COMPONENTS = {"agent": "agent", "analyzer": "analyzer", "dashboard": "dashboard"
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
+def build(tmp_path_factory) -> tuple[Path, str]:
+    """The wheel and the build's own output (``-v``: setuptools' warnings included)."""
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v", "-w", str(out), str(ROOT)],
         check=True,
         capture_output=True,
+        text=True,
     )
     (whl,) = out.glob("bottleneck_map-*.whl")
-    return whl
+    return whl, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def wheel(build) -> Path:
+    return build[0]
+
+
+def test_build_warns_of_no_ignored_package(build):
+    assert "would be ignored" not in build[1]
 
 
 def test_wheel_contains_every_module_of_every_component(wheel):
