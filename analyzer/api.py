@@ -409,6 +409,9 @@ def _signals(
     v["recompute_s"] = float(d["recompute"].sum()) / sec
     v["swap_s"] = float(d["swap"].sum()) / sec
     ttft_total = float((d["first_token_ns"] - d["arrival_ns"]).sum())
+    v["prefill_stage_share"] = (
+        float(d["prefill_compute"].sum()) / float(d["e2e_ns"].sum()) if d["e2e_ns"].sum() else None
+    )
     v["prefill_share_of_ttft"] = (
         float((d["prefill_compute"] + d["prefill_wait"]).sum()) / ttft_total if ttft_total > 0 else None
     )
@@ -432,6 +435,8 @@ def _signals(
         v["mean_waiting"] = float(np.nanmean(waiting)) if np.isfinite(waiting).any() else None
         mns = engine.get("max_num_seqs")
         running = sb["num_running"].to_numpy()
+        v["running_max"] = float(np.nanmax(running)) if np.isfinite(running).any() else None
+        v["waiting_max"] = float(np.nanmax(waiting)) if np.isfinite(waiting).any() else None
         w = np.nan_to_num(waiting) > 0
         if mns and w.any() and np.isfinite(running).any():
             v["slots_full_frac"] = float((np.nan_to_num(running[w]) >= mns).mean())
@@ -462,6 +467,7 @@ def _signals(
             v[f"{p.phase}_bw_util"] = p.bandwidth_utilization
             v[f"{p.phase}_step_bytes_per_s_p50"] = p.step_bytes_per_s_p50
             v[f"{p.phase}_step_bw_util_p50"] = p.step_bandwidth_utilization_p50
+            v[f"{p.phase}_near_roof_frac"] = p.near_roof_fraction
     if "prefill_ai" not in v:
         mixed = next((p for p in points if p.phase == "mixed"), None)
         if mixed is not None:
@@ -563,7 +569,8 @@ def _stage_class(stage: str, attr: pd.DataFrame, sig: classify.Signals) -> str |
         return "streaming"
     if sig.unreachable >= {"prefill_compute", "decode_memory_bandwidth"}:
         return None
-    hf = sig.get("host_frac_of_step") or 0.0
+    # Host work plus forward passes off both rooflines (host_overhead in the attribution).
+    hf = (sig.get("host_frac_of_step") or 0.0) + (sig.get("forward_overhead_frac") or 0.0)
     if stage in ("prefill_compute", "decode_compute"):
         if hf >= 0.5:
             return "host_overhead"
@@ -618,16 +625,14 @@ def _worst(st: pd.DataFrame, attr: pd.DataFrame, ttft_s: np.ndarray, done: np.nd
         return []
     e2e = st["e2e_ns"].to_numpy()[idx]
     top = idx[_top_stable(e2e, WORST_REQUESTS)]
-    cls_cols = [c for c in attr.columns if c != attribution.UNATTRIBUTED]
     out = []
     for i in top:
         row = st.iloc[i]
         stages_s = {s: float(row[s]) / 1e9 for s in STAGES if row[s] > 0}
         dom_stage = max(stages_s, key=stages_s.get) if stages_s else "queue"
-        a = attr.iloc[i][cls_cols]
-        cls = str(a.idxmax()) if a.max() > 0 else "balanced"
+        cls, why = attribution.request_label(attr.iloc[i].to_dict(), float(row["e2e_ns"]))
         e2e_s = float(row["e2e_ns"]) / 1e9
-        why = f"{cls}: {float(a.max()) / 1e9:.3f} s of {e2e_s:.3f} s ({100 * float(a.max()) / max(float(row['e2e_ns']), 1):.0f}%); longest stage {dom_stage} {stages_s.get(dom_stage, 0):.3f} s"
+        why += f"; longest stage {dom_stage} {stages_s.get(dom_stage, 0):.3f} s"
         if row["preemptions"]:
             why += f"; preempted {int(row['preemptions'])}x"
         ttft = ttft_s[i]

@@ -11,8 +11,10 @@ Stage time maps to classes as follows (``docs/bottleneck-map.md`` has the table)
   (schedule/prepare/sample/postprocess) -> host_overhead, forward time lost to clock
   throttling -> power_thermal, prefill forward -> prefill_compute, decode forward ->
   decode_memory_bandwidth, except the part of a mixed step that its prefill tokens add
-  (modelled with the roofline) -> prefill_compute; forward time beyond 1/ROOF_EFFICIENCY_FLOOR
-  of the roofline time -> host_overhead (framework / launch overhead);
+  (modelled with the roofline) -> prefill_compute; the forward time of a step that runs at
+  under :data:`~bottleneck_map.analyzer.roofline.ROOF_NEAR` of its roofline speed (near neither
+  the bandwidth nor the compute roof) -> host_overhead (framework / launch overhead, matrices
+  too small for the hardware);
 * waiting inside prefill/decode: idle gaps with no step running -> host_overhead,
   other sequences' steps -> the classes of what those steps did (same split).
 
@@ -28,6 +30,7 @@ import pyarrow as pa
 
 from bottleneck_map.analyzer.data import f64, ns
 from bottleneck_map.analyzer.result import CLASSES, STAGES
+from bottleneck_map.analyzer.roofline import ROOF_NEAR
 
 # KV usage at or above this fraction (of blocks) counts as "KV cache full".
 KV_FULL = 0.95
@@ -37,9 +40,6 @@ KV_BLOCKING = 0.50
 # A step using this fraction of --max-num-batched-tokens has spent its token budget.
 BUDGET_FULL = 0.9
 UNATTRIBUTED = "unattributed"
-# A forward pass slower than its roofline time divided by this is not bound by compute or bandwidth:
-# the excess is framework / kernel-launch overhead (host_overhead).
-ROOF_EFFICIENCY_FLOOR = 0.10
 _STEP_CLASSES = ("host_overhead", "pcie_transfer", "power_thermal", "prefill_compute", "decode_memory_bandwidth")
 
 
@@ -63,8 +63,10 @@ def step_breakdown(
     fwd = dur - host - swap
     over = np.zeros(n)
     if model_time_ns is not None:
-        # Forward time beyond 1/ROOF_EFFICIENCY_FLOOR of the roofline time is framework/launch overhead.
-        over = np.where(np.isfinite(model_time_ns), np.clip(fwd - model_time_ns / ROOF_EFFICIENCY_FLOOR, 0, None), 0.0)
+        # A forward pass at under ROOF_NEAR of its roofline speed is bound by neither bandwidth nor
+        # compute: all of it is framework / launch overhead or small-matrix inefficiency.
+        off_roof = np.isfinite(model_time_ns) & (fwd > 0) & (model_time_ns < ROOF_NEAR * fwd)
+        over = np.where(off_roof, fwd, 0.0)
         fwd = fwd - over
         host = host + over
     loss = np.zeros(n) if throttle_loss is None else np.clip(np.nan_to_num(throttle_loss), 0, 1) * fwd
@@ -328,3 +330,21 @@ def own_step_time(membership, sb: pd.DataFrame, n_requests: int, first_token_ns:
         col = sb[c].to_numpy()
         out[c] = np.bincount(req, weights=col[st] * w, minlength=n_requests) if col.any() else np.zeros(n_requests)
     return pd.DataFrame(out)
+
+
+def request_label(ns_by_class: dict[str, float], e2e_ns: float) -> tuple[str | None, str]:
+    """A request's class: the one holding most of its own time, and a sentence with the numbers.
+
+    Unattributed time competes like a class: when it holds the most, the label is None (the
+    request's time cannot be judged) and the sentence names the largest attributed class."""
+    total = max(float(e2e_ns), 1.0)
+    ranked = sorted(((float(v), c) for c, v in ns_by_class.items() if v > 0), reverse=True)
+    if not ranked:
+        return None, "no attributed time"
+    ns, cls = ranked[0]
+    if cls != UNATTRIBUTED:
+        return cls, f"{cls}: {ns / 1e9:.3f} s of {total / 1e9:.3f} s ({100 * ns / total:.0f}%)"
+    why = f"unattributed: {ns / 1e9:.3f} s of {total / 1e9:.3f} s ({100 * ns / total:.0f}%) cannot be judged"
+    if len(ranked) > 1:
+        why += f"; largest attributed class {ranked[1][1]} ({100 * ranked[1][0] / total:.0f}%)"
+    return None, why

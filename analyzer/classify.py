@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from bottleneck_map.analyzer import engine_series
 from bottleneck_map.analyzer.result import CLASSES, Evidence, Verdict
+from bottleneck_map.analyzer.roofline import ROOF_NEAR
 
 CONFIDENT = 0.5  # confidence at or above which a verdict is stated as the answer
 
@@ -38,6 +40,11 @@ HOST_STEP_FRAC_HIGH = 0.3  # non-forward fraction of step time that corroborates
 CPU_SATURATED = 0.9  # a process or core at this CPU ratio counts as saturated
 CLOCK_LOW = 0.9  # SM clock below this fraction of max while busy
 THROTTLED_FRAC_HIGH = 0.2  # busy samples with a throttle reason
+# Admission limits: when one binds (confident, its engine counters corroborating) it ranks above the
+# per-step classes, because it caps the batch every step runs at and so the per-step figures with it.
+ADMISSION_LIMITS = ("queueing", "kv_cache_capacity")
+PER_STEP = ("prefill_compute", "decode_memory_bandwidth", "host_overhead")
+LIMIT_BINDS = 0.5  # corroboration at which an admission limit counts as binding
 
 
 @dataclass
@@ -112,9 +119,12 @@ def _queueing(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
     if kv is not None and kv < KV_HIGH and slots and slots > 0.5:
         rec = f"raise --max-num-seqs (batch slots are full while KV usage p95 is only {_pct(kv)}); if that does not help, add replicas"
         knobs = ["--max-num-seqs", "replicas"]
+    elif slots and slots > 0.5:
+        rec = f"arrivals exceed service rate with batch slots full and KV usage p95 at {_pct(kv)}: add replicas or lower the request rate (more slots would only preempt)"
+        knobs = ["replicas"]
     else:
-        rec = "arrivals exceed service rate: add replicas or lower the request rate; raise --max-num-seqs only if KV blocks allow"
-        knobs = ["replicas", "--max-num-seqs"]
+        rec = "requests waited while batch slots were free (token budget spent or behind others): add replicas or lower the request rate"
+        knobs = ["replicas", "--max-num-batched-tokens"]
     return min(corr, 1.0), ev, rec, knobs
 
 
@@ -152,6 +162,13 @@ def _kv(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
 
 def _prefill(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
     ev = [_share_ev(sig, "prefill_compute", "prefill compute (own prompt, or other prompts stalling decodes)")]
+    own = sig.get("prefill_stage_share")
+    if own is not None:
+        total = sig.share.get("prefill_compute", 0.0)
+        ev[0].text = (
+            f"prefill compute: {_pct(total)} of summed end-to-end latency: {_pct(min(own, total))} in requests' own "
+            f"prefill steps, {_pct(max(total - own, 0.0))} decodes and prompts waiting on other requests' prefills"
+        )
     corr = 0.0
     pst = sig.get("prefill_share_of_ttft")
     if pst is not None:
@@ -178,16 +195,48 @@ def _prefill(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
         corr += 0.4 if ridge is not None and ai >= ridge else 0.0
         corr += 0.3 if util is not None and util >= FLOPS_UTIL_HIGH else 0.0
     if sig.engine.get("chunked_prefill"):
-        rec = "lower --max-num-batched-tokens so long prompts are split into smaller chunks and decodes are not stalled; enable prefix caching for shared prefixes"
-        knobs = ["--max-num-batched-tokens", "--enable-prefix-caching"]
+        rec = "lower --max-num-batched-tokens so long prompts are split into smaller chunks and decodes are not stalled"
+        knobs = ["--max-num-batched-tokens"]
     else:
-        rec = "enable chunked prefill (--enable-chunked-prefill) so long prompts stop stalling decodes; enable prefix caching for shared prefixes"
-        knobs = ["--enable-chunked-prefill", "--max-num-batched-tokens", "--enable-prefix-caching"]
+        rec = "enable chunked prefill (--enable-chunked-prefill) so long prompts stop stalling decodes"
+        knobs = ["--enable-chunked-prefill", "--max-num-batched-tokens"]
+    if not sig.engine.get("enable_prefix_caching"):
+        rec += "; enable prefix caching for shared prefixes"
+        knobs.append("--enable-prefix-caching")
     return min(corr, 1.0), ev, rec, knobs
 
 
+def _batch_advice(sig: Signals) -> str | None:
+    """ "raise --max-num-seqs" advice, only when batch slots bound: running reached it while requests waited."""
+    mns, peak, waited = sig.engine.get("max_num_seqs"), sig.get("running_max"), sig.get("waiting_max")
+    if mns and peak is not None and peak >= mns and (waited or 0) > 0:
+        return f"raise --max-num-seqs (running reached max_num_seqs={mns} while requests waited)"
+    return None
+
+
+def _batch_limit_note(sig: Signals) -> str:
+    """Why no larger batch is advised, from the engine counters."""
+    mns, peak = sig.engine.get("max_num_seqs"), sig.get("running_max")
+    if peak is None:
+        return ""
+    cap = f" of max_num_seqs={mns}" if mns else ""
+    if not (sig.get("waiting_max") or 0) > 0:
+        return f"the engine batched every request it had (peak {peak:.0f} running{cap}; no step left a request waiting)"
+    return f"peak {peak:.0f} running{cap}: admission, not --max-num-seqs, held the batch back"
+
+
+def _decode_near_roof(sig: Signals) -> str | None:
+    """Why decode_memory_bandwidth cannot be stated with confidence, or None when the steps are near the roof."""
+    util50 = sig.get("decode_step_bw_util_p50")
+    if util50 is None:
+        return "no decode step has a roofline (model shape or device peaks unknown)"
+    if util50 < ROOF_NEAR:
+        return f"the median decode step reaches {_pct(util50)} of peak bandwidth, under the {_pct(ROOF_NEAR)} at which a step counts as bandwidth-bound"
+    return None
+
+
 def _decode(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
-    ev = [_share_ev(sig, "decode_memory_bandwidth", "decode forward steps (reading weights and KV)")]
+    ev = [_share_ev(sig, "decode_memory_bandwidth", "decode forward steps at or near the bandwidth roofline")]
     corr = 0.0
     ai, ridge, bw, util = (
         sig.get("decode_ai"),
@@ -206,34 +255,42 @@ def _decode(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
             )
         )
         corr += 0.4 if mem else 0.0
-    if bw is not None:
-        ev.append(
-            Evidence(
-                "decode_bandwidth_utilization",
-                util,
-                "ratio",
-                f"decode moves {_num(bw, 'B/s')} over all decode forward time = {_pct(util)} of peak bandwidth {_num(sig.get('peak_bw'), 'B/s')} ({sig.get('peaks_source')})",
-                BW_UTIL_HIGH,
-            )
-        )
     # The typical (median) decode step: stalled outliers cannot hide a step running at the roofline.
     bw50, util50 = sig.get("decode_step_bytes_per_s_p50"), sig.get("decode_step_bw_util_p50")
     if bw50 is not None:
+        near = util50 is not None and util50 >= ROOF_NEAR
         ev.append(
             Evidence(
                 "decode_step_bandwidth_utilization_p50",
                 util50,
                 "ratio",
-                f"the median decode step moves {_num(bw50, 'B/s')} = {_pct(util50)} of peak bandwidth {_num(sig.get('peak_bw'), 'B/s')}",
-                BW_UTIL_HIGH,
+                f"the median decode step moves {_num(bw50, 'B/s')} = {_pct(util50)} of peak bandwidth {_num(sig.get('peak_bw'), 'B/s')} ({sig.get('peaks_source')}); a step counts as bandwidth-bound at {_pct(ROOF_NEAR)} or more",
+                ROOF_NEAR,
             )
         )
-    best = max((u for u in (util, util50) if u is not None), default=None)
-    corr += (
-        0.4
-        if best is not None and best >= BW_UTIL_HIGH
-        else (0.2 if best is not None and best >= BW_UTIL_HIGH / 2 else 0.0)
-    )
+        corr += 0.4 if near else 0.0
+    # The aggregate figure only when it says something the median does not (a different percentage).
+    if bw is not None and (util50 is None or util is None or round(100 * util) != round(100 * util50)):
+        ev.append(
+            Evidence(
+                "decode_bandwidth_utilization",
+                util,
+                "ratio",
+                f"over all decode forward time decode moves {_num(bw, 'B/s')} = {_pct(util)} of peak bandwidth",
+                ROOF_NEAR,
+            )
+        )
+    near_frac = sig.get("decode_near_roof_frac")
+    if near_frac is not None:
+        ev.append(
+            Evidence(
+                "decode_near_roof_fraction",
+                near_frac,
+                "ratio",
+                f"{_pct(near_frac)} of decode step time is in steps at or above {_pct(ROOF_NEAR)} of their roofline speed",
+                ROOF_NEAR,
+            )
+        )
     dram = sig.get("dram_util")
     if dram is not None:
         ev.append(
@@ -249,8 +306,17 @@ def _decode(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
                 f"TPOT p50 {_s(sig.get('tpot_p50_s'))} at mean decode batch {sig.get('decode_batch') or 0:.1f}",
             )
         )
-    rec = "raise --max-num-seqs so each weight read serves more sequences (if KV blocks allow); otherwise quantize weights/KV cache or use a GPU with more memory bandwidth"
-    return min(corr, 1.0), ev, rec, ["--max-num-seqs", "quantization"]
+    more = _batch_advice(sig)
+    if more:
+        rec = f"{more} so each weight read serves more sequences; otherwise quantize weights/KV cache or use a GPU with more memory bandwidth"
+        knobs = ["--max-num-seqs", "quantization"]
+    else:
+        note = _batch_limit_note(sig)
+        rec = "quantize weights/KV cache or use a GPU with more memory bandwidth" + (
+            f"; {note}, so more concurrent requests would share each weight read" if note else ""
+        )
+        knobs = ["quantization"]
+    return min(corr, 1.0), ev, rec, knobs
 
 
 def _pcie(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
@@ -276,8 +342,20 @@ def _pcie(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
     return min(corr, 1.0), ev, rec, ["--preemption-mode", "--num-kv-blocks", "--swap-space"]
 
 
+def _host_kind(sig: Signals) -> str | None:
+    """Which overhead holds the most step time: "forward" (forward passes off both rooflines), "host"
+    (schedule/prepare/sample/postprocess) or "idle" (no step running while requests were in flight)."""
+    parts = {
+        "forward": sig.get("forward_overhead_frac") or 0.0,
+        "host": sig.get("host_frac_of_step") or 0.0,
+        "idle": sig.get("idle_frac") or 0.0,
+    }
+    kind = max(parts, key=parts.get)
+    return kind if parts[kind] > 0 else None
+
+
 def _host(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
-    ev = [_share_ev(sig, "host_overhead", "host work in steps and idle gaps between steps")]
+    ev = [_share_ev(sig, "host_overhead", "host work in steps, forward passes off both rooflines, idle gaps")]
     corr = 0.0
     hf = sig.get("host_frac_of_step")
     if hf is not None:
@@ -286,7 +364,7 @@ def _host(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
                 "host_fraction_of_step_time",
                 hf,
                 "ratio",
-                f"schedule+prepare+sample+postprocess = {_pct(hf)} of step time",
+                f"schedule+prepare+sample+postprocess (outside the forward pass) = {_pct(hf)} of step time",
                 HOST_STEP_FRAC_HIGH,
             )
         )
@@ -298,10 +376,22 @@ def _host(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
                 "roof_efficiency",
                 eff,
                 "ratio",
-                f"forward passes run at {_pct(eff)} of their roofline speed; {_pct(fo)} of step time is framework/launch overhead beyond 10x the roofline time",
+                f"forward passes run at {_pct(eff)} of their roofline speed overall; {_pct(fo)} of step time is in forward passes under {_pct(ROOF_NEAR)} of theirs (near neither the bandwidth nor the compute roof)",
+                ROOF_NEAR,
             )
         )
-        corr += 0.4 if eff < 0.1 else 0.0
+        corr += 0.4 if eff < ROOF_NEAR else 0.0
+    util50, futil = sig.get("decode_step_bw_util_p50"), sig.get("decode_flops_util")
+    if util50 is not None and util50 < ROOF_NEAR:
+        ev.append(
+            Evidence(
+                "decode_step_bandwidth_utilization_p50",
+                util50,
+                "ratio",
+                f"the median decode step reaches {_pct(util50)} of peak bandwidth and decode {_pct(futil)} of peak FLOP/s: under the {_pct(ROOF_NEAR)} at which a step counts as bound by either",
+                ROOF_NEAR,
+            )
+        )
     idle = sig.get("idle_frac")
     if idle is not None:
         ev.append(
@@ -316,8 +406,23 @@ def _host(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
             Evidence("engine_process_cpu", cpu, "ratio", f"engine process at {_pct(cpu)} of a core", CPU_SATURATED)
         )
         corr += 0.2 if cpu >= CPU_SATURATED else 0.0
-    rec = "cut per-step host work: larger batches (raise --max-num-seqs) amortise it; use CUDA graphs / asynchronous output processing; profile the scheduler and sampler"
-    return min(corr, 1.0), ev, rec, ["--max-num-seqs", "cuda-graphs"]
+    kind = _host_kind(sig)
+    more = _batch_advice(sig)
+    batch = more or _batch_limit_note(sig)
+    if kind == "forward":
+        rec = "forward passes are bound by framework/launch overhead or matrices too small for the hardware, not by bandwidth or compute: fewer, larger kernels (CUDA graphs, torch.compile, fused kernels) and more sequences per step"
+        knobs = ["cuda-graphs", "batch size"]
+    elif kind == "idle":
+        rec = "the engine sat idle between steps while requests were in flight: overlap scheduling with the forward pass (asynchronous output processing), check what the engine loop waits on"
+        knobs = ["async output processing"]
+    else:
+        rec = "cut per-step host work outside the forward pass: asynchronous output processing / multi-step scheduling, fewer Python steps; profile the scheduler and sampler"
+        knobs = ["async output processing", "cuda-graphs"]
+    if batch:
+        rec += f"; {batch}"
+    if more:
+        knobs.insert(0, "--max-num-seqs")
+    return min(corr, 1.0), ev, rec, knobs
 
 
 def _tokenization(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
@@ -405,6 +510,13 @@ RULES: dict[str, Rule] = {
 }
 
 
+# Checks that can contradict a class whatever its share: a reason when the numbers do not support it.
+GATES: dict[str, Callable[[Signals], str | None]] = {"decode_memory_bandwidth": _decode_near_roof}
+# Classes whose evidence rests on inferred steps when a bundle has none (a deployment's series).
+INFERRED_CLASSES = ("prefill_compute", "decode_memory_bandwidth", "host_overhead", "queueing", "kv_cache_capacity")
+CONTRADICTED = 0.4  # the most confidence a class gets while a gate contradicts it
+
+
 def confidence(share: float, threshold: float, corroboration: float) -> float:
     """Below the threshold confidence stays under CONFIDENT; above it grows with margin and corroboration."""
     strength = share / threshold if threshold > 0 else 0.0
@@ -422,12 +534,36 @@ def score_shares(share: Mapping[str, float], corroboration: Mapping[str, float] 
 def verdicts(sig: Signals) -> list[Verdict]:
     """Every reachable class as a verdict, ranked by confidence x share; ``balanced`` first when none is confident."""
     out = []
+    unknown = float(sig.get("unattributed_share") or 0.0)
+    binds: set[str] = set()
     for cls, rule in RULES.items():
         if cls in sig.unreachable:
             continue
         corr, ev, rec, knobs = rule(sig)
+        inferred = engine_series.evidence_text(sig.values) if cls in INFERRED_CLASSES else None
+        if inferred:
+            ev.append(Evidence("inferred_steps", None, "", inferred))
         share = float(sig.share.get(cls, 0.0))
         conf = confidence(share, SHARE_THRESHOLD[cls], corr)
+        # Latency nobody could attribute may belong to any class: confidence is scaled by the part seen,
+        # so no verdict is confident while most of the latency is unattributed.
+        if unknown > 0:
+            ev.append(
+                Evidence(
+                    "unattributed_share",
+                    unknown,
+                    "ratio",
+                    f"{_pct(unknown)} of latency is unattributed: confidence scaled by {1 - unknown:.2f}",
+                )
+            )
+            conf = round(conf * (1 - unknown), 3)
+        gate = GATES.get(cls)
+        why_not = gate(sig) if gate is not None and share >= SHARE_THRESHOLD[cls] else None
+        if why_not:
+            ev.append(Evidence(f"{cls}_contradicted", None, "", f"not confident: {why_not}"))
+            conf = min(conf, CONTRADICTED)
+        if cls in ADMISSION_LIMITS and conf >= CONFIDENT and corr >= LIMIT_BINDS:
+            binds.add(cls)
         # Rank by confidence x share (an unconfident class ranks after every confident one).
         score = round(conf * share if conf >= CONFIDENT else 0.1 * conf * share, 4)
         out.append(
@@ -436,12 +572,13 @@ def verdicts(sig: Signals) -> list[Verdict]:
                 score=score,
                 share_of_latency=share,
                 confidence=conf,
-                evidence=ev,
+                evidence=_unique(ev),
                 recommendation=rec,
                 knobs=knobs,
             )
         )
     out.sort(key=lambda v: (v.confidence >= CONFIDENT, v.score, v.confidence), reverse=True)
+    out = _limits_first(out, binds)
     best = max((v.confidence for v in out), default=0.0)
     if best < CONFIDENT:
         top = sorted(out, key=lambda v: v.share_of_latency, reverse=True)[:3]
@@ -455,7 +592,6 @@ def verdicts(sig: Signals) -> list[Verdict]:
             )
             for v in top
         ]
-        unknown = float(sig.get("unattributed_share") or 0.0)
         if unknown > 0:
             ev.append(
                 Evidence(
@@ -480,5 +616,43 @@ def verdicts(sig: Signals) -> list[Verdict]:
             knobs=[],
         )
         out.insert(0, bal)
+    _rank_notes(out, binds)
     assert all(v.cls in CLASSES for v in out)
     return out
+
+
+def _unique(ev: list[Evidence]) -> list[Evidence]:
+    """Evidence lines without repeats (the same sentence from two signals says nothing new)."""
+    seen: set[str] = set()
+    return [e for e in ev if not (e.text in seen or seen.add(e.text))]
+
+
+def _limits_first(ranked: list[Verdict], binds: set[str]) -> list[Verdict]:
+    """Binding admission limits move ahead of the per-step classes ranked above them."""
+    first_step = next((i for i, v in enumerate(ranked) if v.cls in PER_STEP and v.confidence >= CONFIDENT), None)
+    if first_step is None or not binds:
+        return ranked
+    moved = [v for v in ranked[first_step:] if v.cls in binds]
+    return ranked[:first_step] + moved + [v for v in ranked[first_step:] if v.cls not in binds]
+
+
+def _rank_notes(ranked: list[Verdict], binds: set[str]) -> None:
+    """Say why each verdict after the first ranks where it does (rank_note)."""
+    if not ranked:
+        return
+    top = ranked[0]
+    for v in ranked[1:]:
+        if any(e.metric == f"{v.cls}_contradicted" for e in v.evidence):
+            v.rank_note = "contradicted by its own evidence: not a verdict"
+        elif v.confidence < CONFIDENT:
+            v.rank_note = (
+                f"under its {_pct(SHARE_THRESHOLD.get(v.cls))} share threshold (or too little evidence): not a verdict"
+            )
+        elif top.cls == "balanced":
+            v.rank_note = ""
+        elif top.cls in binds and v.cls in PER_STEP:
+            v.rank_note = f"ranked after {top.cls}: that limit binds and caps the batch every step runs at"
+        elif v.confidence > top.confidence:
+            v.rank_note = f"ranked after {top.cls}, which explains more latency (rank = confidence x share)"
+        else:
+            v.rank_note = f"ranked after {top.cls} (rank = confidence x share)"

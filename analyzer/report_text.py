@@ -132,7 +132,7 @@ def _fitted_classes(m: BottleneckMap) -> Fit:
 
 def _others(m: BottleneckMap) -> Text:
     t = Text()
-    others = [v for v in m.verdicts if v is not m.top and v.cls != "balanced" and v.confidence >= 0.25]
+    others = [v for v in m.verdicts if v is not m.top and v.cls != "balanced" and v.confident]
     for v in others[:3]:
         # What the share is made of (the first evidence line), why it ranks here, and its fix.
         what = v.evidence[0].text if v.evidence else f"{_pct(v.share_of_latency)} of latency"
@@ -156,7 +156,7 @@ def _others(m: BottleneckMap) -> Text:
     if m.cost.energy_per_output_token_j is not None:
         bits.append(f"{m.cost.energy_per_output_token_j:.2f} J per output token")
     if m.windows:
-        hot = [w for w in m.windows if w.cls not in ("balanced",)]
+        hot = [w for w in m.windows if w.cls not in ("balanced", "idle")]
         bits.append(f"{len(hot)}/{len(m.windows)} windows of {m.window_s:g} s with a confident verdict")
     if bits:
         t.append("Run: ", style="bold")

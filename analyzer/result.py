@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-MAP_SCHEMA_VERSION = 2
+MAP_SCHEMA_VERSION = 3
 
 # Stable verdict class ids (used in JSON, metrics, tests). Order is the display order.
 CLASSES: tuple[str, ...] = (
@@ -31,6 +31,9 @@ CLASSES: tuple[str, ...] = (
     "power_thermal",
     "balanced",
 )
+
+# The label of a window no request time overlaps (a window label only, never a run verdict).
+IDLE = "idle"
 
 # Request stages in the order latency flows through them. They add up to E2E.
 STAGES: tuple[str, ...] = (
@@ -151,6 +154,7 @@ class Verdict(_Serial):
     windows: list[int] = field(default_factory=list)  # indices of windows whose top verdict is this class
     requests_affected: int = 0
     sample_request_ids: list[str] = field(default_factory=list)
+    rank_note: str = ""  # why this verdict ranks below the top one (empty for the top verdict)
 
     @property
     def confident(self) -> bool:
@@ -238,6 +242,8 @@ class RooflinePoint(_Serial):
     # aggregate above, is not dragged down by a few steps stalled by CPU contention or overhead.
     step_bytes_per_s_p50: float | None = None
     step_bandwidth_utilization_p50: float | None = None
+    # Fraction of this phase's step time in steps at or above roofline.ROOF_NEAR of their roofline speed.
+    near_roof_fraction: float | None = None
 
 
 @dataclass
@@ -263,12 +269,12 @@ class WindowVerdict(_Serial):
     index: int
     start_s: float
     end_s: float
-    cls: str
+    cls: str  # a class id, or IDLE when no request time overlaps the window
     score: float
     confidence: float
     requests_arrived: int
     requests_finished: int
-    # stage group -> share of the stage time placed in this window (stage ns, each at its own interval's midpoint)
+    # stage group -> share of the stage time in this window (each stage spread over its own interval)
     stage_share: dict[str, float] = field(default_factory=dict)
     # class -> share of the attributed time placed in this window ("unattributed" when steps are missing)
     class_share: dict[str, float] = field(default_factory=dict)
@@ -291,7 +297,7 @@ class RequestExplanation(_Serial):
     ttft_s: float | None
     stages_s: dict[str, float]
     dominant_stage: str
-    cls: str
+    cls: str | None  # the class holding most of its time; None when unattributed time holds the most
     why: str
 
 

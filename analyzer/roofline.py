@@ -30,6 +30,14 @@ import pyarrow as pa
 from bottleneck_map.analyzer.data import f64, ns
 from bottleneck_map.analyzer.result import DevicePeaks, RooflinePoint
 
+# A step runs "near its roofline" when its forward pass takes at most 1/ROOF_NEAR of the time the
+# roofline gives it (achieved bytes/s or FLOP/s, whichever bounds the step, at least this fraction of
+# peak). Well-tuned engines reach 60-85% of HBM bandwidth in decode and of tensor FLOP/s in large
+# prefills, and the peaks measured on a CPU (copy bandwidth, matmul FLOP/s) are what a good kernel
+# reaches; a step at under half of either roof is held back by something else (framework or launch
+# overhead, matrices too small to use the hardware), so more bandwidth or FLOP/s would not speed it up.
+ROOF_NEAR = 0.5
+
 _DTYPE_BYTES = {
     "float32": 4,
     "fp32": 4,
@@ -221,6 +229,8 @@ def step_roofline(
         out["achieved_flops_per_s"] = np.where(secs > 0, flops / secs, np.nan)
         out["achieved_bytes_per_s"] = np.where(secs > 0, nbytes / secs, np.nan)
         out["arithmetic_intensity"] = flops / nbytes
+        # The fraction of its roofline speed the step reached (1 = at the roof).
+        out["roof_efficiency"] = np.where(secs > 0, out["model_time_s"].to_numpy() / secs, np.nan)
     ridge = peaks.ridge_point
     out["bound"] = (
         None if ridge is None else np.where(out["arithmetic_intensity"].to_numpy() >= ridge, "compute", "memory")
@@ -234,7 +244,9 @@ def roofline_points(per_step: pd.DataFrame, peaks: DevicePeaks) -> list[Roofline
     The aggregate rates are summed FLOPs and bytes over summed step time, so a few steps stalled
     for hundreds of milliseconds (a CPU shared with other processes, a host hiccup) pull them far
     below what a typical step reaches; ``step_bytes_per_s_p50`` (the median step's achieved
-    bytes/s) and its fraction of peak say whether the steps themselves run near the roofline.
+    bytes/s, every step counted once) and its fraction of peak say whether the steps themselves
+    run near the roofline, and ``near_roof_fraction`` is the fraction of the phase's step time in
+    steps at or above :data:`ROOF_NEAR` of their roofline.
     """
     points = []
     if "flops" not in per_step or per_step.empty:
@@ -250,9 +262,16 @@ def roofline_points(per_step: pd.DataFrame, peaks: DevicePeaks) -> list[Roofline
         ab = nbytes / secs if secs > 0 else None
         ai = flops / nbytes if nbytes > 0 else None
         ridge = peaks.ridge_point
+        step_t = sel["time_s"].to_numpy(dtype=float)
         step_bw = sel["achieved_bytes_per_s"].to_numpy(dtype=float)
         step_bw = step_bw[np.isfinite(step_bw)]
         bw_p50 = float(np.median(step_bw)) if len(step_bw) else None
+        near = None
+        if "roof_efficiency" in sel:
+            eff = sel["roof_efficiency"].to_numpy(dtype=float)
+            ok = np.isfinite(eff) & np.isfinite(step_t)
+            if ok.any() and step_t[ok].sum() > 0:
+                near = float(step_t[ok & (eff >= ROOF_NEAR)].sum() / step_t[ok].sum())
         points.append(
             RooflinePoint(
                 phase=phase,
@@ -273,6 +292,7 @@ def roofline_points(per_step: pd.DataFrame, peaks: DevicePeaks) -> list[Roofline
                 step_bandwidth_utilization_p50=bw_p50 / peaks.peak_bandwidth_bytes_per_s
                 if bw_p50 is not None and peaks.peak_bandwidth_bytes_per_s
                 else None,
+                near_roof_fraction=near,
             )
         )
     return points

@@ -3,15 +3,16 @@
 Two views of each window, from completed requests:
 
 * stage time: each request's ns per stage (:func:`~bottleneck_map.analyzer.stages.request_stages`)
-  is placed in the window holding the midpoint of that stage's own interval (receive:
-  arrival -> tokenize start; tokenize; queue: tokenized -> scheduled; prefill compute/wait:
-  scheduled -> first token; requeue: each preempted -> resumed span on its own; recompute,
-  decode compute/wait: first token -> finished; swap: scheduled -> finished; streaming:
-  finished -> last byte), then summed per stage group (``STAGE_GROUPS``);
-* class time: each request's attributed time per class is placed in the window holding the
-  midpoint of the stage interval where that class acts (tokenization: arrival -> tokenized;
-  queueing: tokenized -> scheduled; prefill: scheduled -> first token; decode-side classes:
-  scheduled -> finished; streaming: finished -> last byte); the window's verdict comes from it.
+  is spread evenly over that stage's own interval (receive: arrival -> tokenize start; tokenize;
+  queue: tokenized -> scheduled; prefill compute/wait: scheduled -> first token; requeue: each
+  preempted -> resumed span on its own; recompute, decode compute/wait: first token ->
+  finished; swap: scheduled -> finished; streaming: finished -> last byte), each window getting
+  the part of the interval it overlaps, then summed per stage group (``STAGE_GROUPS``);
+* class time: each request's attributed time per class is spread the same way over the stage
+  interval where that class acts (tokenization: arrival -> tokenized; queueing: tokenized ->
+  scheduled; prefill: scheduled -> first token; decode-side classes: scheduled -> finished;
+  streaming: finished -> last byte); the window's verdict comes from it. A window no request
+  time overlaps is ``idle``; unattributed time scales a window's confidences down as the run's.
 
 Engine counters (KV usage, waiting, running, tokens) come from the steps in the window and
 hardware means from the samples in it.
@@ -24,7 +25,7 @@ import pandas as pd
 
 from bottleneck_map.analyzer.attribution import UNATTRIBUTED
 from bottleneck_map.analyzer.classify import CONFIDENT, SHARE_THRESHOLD
-from bottleneck_map.analyzer.result import CLASSES, STAGE_GROUPS, WindowVerdict
+from bottleneck_map.analyzer.result import CLASSES, IDLE, STAGE_GROUPS, WindowVerdict
 
 _PLACE = {
     "tokenization": ("t0", "t2"),
@@ -97,31 +98,26 @@ def window_timeline(
     df["requests_arrived"] = np.bincount(win(b["t0"]), minlength=n_windows)[:n_windows]
     done = stages["complete"].to_numpy()
     df["requests_finished"] = np.bincount(win(b["t6"][done]), minlength=n_windows)[:n_windows]
-    placed: dict[tuple[str, str], np.ndarray] = {}
+    spreads: dict[tuple[str, str], _Spread] = {}
 
-    def done_window(a: str, z: str) -> np.ndarray:
-        """The window of each completed request's (a, z) midpoint (several columns share an interval)."""
-        if (a, z) not in placed:
-            placed[a, z] = win((b[a][done] + b[z][done]) // 2)
-        return placed[a, z]
+    def spread(a: str, z: str, v: np.ndarray) -> np.ndarray:
+        """Values of the completed requests spread over their (a, z) intervals (sorts shared per interval)."""
+        if (a, z) not in spreads:
+            spreads[a, z] = _Spread(b[a][done] - t0, b[z][done] - t0, window_ns, n_windows)
+        return spreads[a, z].windows(v)
 
     for cls, (a, z) in _PLACE.items():
         if cls not in attributed:
             continue
-        w = done_window(a, z)
-        df[cls] = np.bincount(w, weights=attributed[cls].to_numpy()[done], minlength=n_windows)[:n_windows]
+        df[cls] = spread(a, z, attributed[cls].to_numpy()[done].astype(np.float64))
     for stage, (a, z) in _STAGE_PLACE.items():
         if stage == "requeue" and preempted is not None and len(preempted[0]):
             req, p0, p1 = preempted
             keep = done[req]
-            w = win((p0[keep] + p1[keep]) // 2)
-            df[STAGE_PREFIX + stage] = np.bincount(
-                w, weights=(p1[keep] - p0[keep]).astype(np.float64), minlength=n_windows
-            )[:n_windows]
+            span = _Spread(p0[keep] - t0, p1[keep] - t0, window_ns, n_windows)
+            df[STAGE_PREFIX + stage] = span.windows((p1[keep] - p0[keep]).astype(np.float64))
             continue
-        w = done_window(a, z)
-        vals = stages[stage].to_numpy()[done].astype(np.float64)
-        df[STAGE_PREFIX + stage] = np.bincount(w, weights=vals, minlength=n_windows)[:n_windows]
+        df[STAGE_PREFIX + stage] = spread(a, z, stages[stage].to_numpy()[done].astype(np.float64))
     if steps is not None and not steps.empty:
         ws = win(steps["start_ns"].to_numpy())
         for col in ("kv_usage", "num_waiting", "num_running"):
@@ -146,6 +142,57 @@ def window_timeline(
             if col in hw_windows:
                 df[col] = hw_windows[col].to_numpy()[:n_windows]
     return df
+
+
+class _Spread:
+    """Spreads values evenly over intervals [a, z) (ns from the run start) into ``n`` windows.
+
+    A value v on [a, z) adds ``v * overlap / (z - a)`` to each window it overlaps; its cumulative
+    amount up to time e is ``r * (max(e - a, 0) - max(e - z, 0))`` with ``r = v / (z - a)``, so the
+    amount up to every window edge is two sorted prefix sums (``e * sum r - sum r * a`` over the
+    starts before e, less the same over the ends). An empty interval puts its value in the window
+    of a. Intervals are clipped to the windows, so the windows sum to the total; a window no
+    interval overlaps gets exactly 0 (not the prefix sums' rounding).
+    """
+
+    def __init__(self, a: np.ndarray, z: np.ndarray, window_ns: int, n: int) -> None:
+        a = np.clip(np.asarray(a, np.int64), 0, n * window_ns)
+        z = np.clip(np.asarray(z, np.int64), a, n * window_ns)
+        self.n, self.window_ns = n, window_ns
+        self.point = z <= a
+        self.point_win = np.clip(a[self.point] // window_ns, 0, n - 1)
+        self.span = (z - a).astype(np.float64)
+        self.a, self.z = a.astype(np.float64), z.astype(np.float64)
+        self.oa, self.oz = np.argsort(self.a, kind="stable"), np.argsort(self.z, kind="stable")
+        edges = np.arange(1, n + 1, dtype=np.float64) * window_ns
+        self.edges = edges
+        self.ka = np.searchsorted(self.a[self.oa], edges, side="right")
+        self.kz = np.searchsorted(self.z[self.oz], edges, side="right")
+        # Intervals overlapping window i: started before its end, not ended by its start.
+        ramp_a, ramp_z = np.sort(self.a[~self.point]), np.sort(self.z[~self.point])
+        started = np.searchsorted(ramp_a, edges, side="left")
+        ended = np.searchsorted(ramp_z, edges - window_ns, side="right")
+        self.empty = started - ended <= 0
+
+    def _upto(self, s: np.ndarray, order: np.ndarray, k: np.ndarray, r: np.ndarray) -> np.ndarray:
+        cr = np.concatenate([[0.0], np.cumsum(r[order])])
+        crs = np.concatenate([[0.0], np.cumsum((r * s)[order])])
+        return self.edges * cr[k] - crs[k]
+
+    def windows(self, v: np.ndarray) -> np.ndarray:
+        v = np.nan_to_num(np.asarray(v, np.float64))
+        out = np.zeros(self.n)
+        if not len(v):
+            return out
+        ramp = ~self.point
+        r = np.where(ramp, v / np.where(ramp, self.span, 1.0), 0.0)
+        cum = self._upto(self.a, self.oa, self.ka, r) - self._upto(self.z, self.oz, self.kz, r)
+        part = np.diff(np.concatenate([[0.0], cum]))
+        # The prefix sums' rounding (a few ulps of their largest term) is not time.
+        tol = 8 * np.finfo(np.float64).eps * self.edges[-1] * float(np.abs(r).sum())
+        out += np.where(self.empty | (np.abs(part) <= tol), 0.0, part)
+        out += np.bincount(self.point_win, weights=v[self.point], minlength=self.n)[: self.n]
+        return out
 
 
 def _window_sum(w: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
@@ -205,6 +252,10 @@ def window_verdicts(timeline: pd.DataFrame) -> list[WindowVerdict]:
     safe = np.where(pos, total, 1.0)
     share = {c: np.where(pos, v / safe, 0.0) for c, v in vals.items()}
     names, scores = _window_scores(share, n)
+    # As for the run: latency nobody could attribute scales every confidence by the part seen.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        seen = np.where(pos, 1 - unattributed / safe, 1.0)
+    scores = np.round(scores * seen[:, None], 3)
     best_j = np.argmax(scores, axis=1) if n else np.zeros(0, np.int64)
     conf = scores[np.arange(n), best_j]
     group_ns = {g: np.zeros(n) for g in STAGE_GROUPS}
@@ -244,10 +295,14 @@ def window_verdicts(timeline: pd.DataFrame) -> list[WindowVerdict]:
     arrived = timeline["requests_arrived"].to_numpy().tolist()
     finished = timeline["requests_finished"].to_numpy().tolist()
     out = []
+    seen_l = seen.tolist()
+    idle_l = (~pos & ~gpos).tolist()
     for i in range(n):
         c = conf_l[i]
         cls = names[best_l[i]] if c >= CONFIDENT else "balanced"
-        score = c if cls != "balanced" else round(1 - c, 3)
+        score = c if cls != "balanced" else round((1 - c) * seen_l[i], 3)
+        if idle_l[i]:  # no request time in the window: nothing to judge, a measured fact
+            cls, score = IDLE, 1.0
         class_share = {k: share_l[k][i] for k in classes}
         if has_unknown[i]:
             class_share[UNATTRIBUTED] = unknown_share[i]

@@ -16,6 +16,7 @@ CLASS_COLORS: dict[str, str] = {
     "streaming": "#54A24B",
     "power_thermal": "#EECA3B",
     "balanced": "#9AA0A6",
+    "idle": "#ECEFF1",  # a window no request time overlaps
 }
 NO_CLASS_COLOR = "#D5D8DC"
 
@@ -30,6 +31,7 @@ CLASS_NAMES: dict[str, str] = {
     "streaming": "Streaming",
     "power_thermal": "Power / thermal",
     "balanced": "Balanced",
+    "idle": "Idle",
 }
 
 # Stage groups in the order latency flows through them, with their colour in stage charts.

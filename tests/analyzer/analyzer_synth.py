@@ -63,6 +63,7 @@ class Sim:
     throttle: bool = False
     seed: int = 0
     device: str = "cpu"
+    prefix_caching: bool = False
 
     def meta(self) -> dict:
         engine = {
@@ -71,7 +72,7 @@ class Sim:
             "max_num_seqs": self.max_num_seqs,
             "max_num_batched_tokens": self.max_num_batched_tokens,
             "chunked_prefill": False,
-            "enable_prefix_caching": False,
+            "enable_prefix_caching": self.prefix_caching,
             "preemption_mode": self.preemption_mode,
             "device": self.device,
             "dtype": "float32",

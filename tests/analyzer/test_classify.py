@@ -135,3 +135,124 @@ def test_interval_make_up_matches_exact_own_steps(sim_bundle, monkeypatch, cls):
     assert approx.top.cls == exact.top.cls
     for v in exact.verdicts:
         assert approx.verdict(v.cls).share_of_latency == pytest.approx(v.share_of_latency, abs=0.05)
+
+
+# --- verdicts agree with their own evidence ---------------------------------------------------
+
+# Decode steps far below both rooflines: the simulated model's decode step reads ~16 MB, 3 ms at the
+# 5 GB/s peak; 16 ms per step is ~20% of the bandwidth roof (and far from the compute roof).
+SLOW_DECODE = dict(n_requests=24, rate_per_s=10, prompt_tokens=32, output_tokens=64, decode_base_ns=16 * MS)
+
+
+def _ev(v):
+    return {e.metric: e for e in v.evidence}
+
+
+def assert_agrees_with_evidence(m):
+    """Properties every map must hold: a confident verdict's cited numbers support it, the ranking is
+    explained, confidence never rests on unattributed time, and no evidence line is repeated."""
+    from bottleneck_map.analyzer.roofline import ROOF_NEAR
+
+    unknown = next((e.value for v in m.verdicts for e in v.evidence if e.metric == "unattributed_share"), 0.0)
+    for v in m.verdicts:
+        texts = [e.text for e in v.evidence]
+        assert len(texts) == len(set(texts)), texts
+        assert v.confidence <= max(1 - unknown, 0) + 1e-9 or v.cls == "balanced"
+        if v.confidence < CONFIDENT:
+            continue
+        ev = _ev(v)
+        if v.cls == "decode_memory_bandwidth":
+            assert ev["decode_step_bandwidth_utilization_p50"].value >= ROOF_NEAR
+            assert ev["decode_step_bandwidth_utilization_p50"].threshold == ROOF_NEAR
+        if v.cls == "host_overhead":
+            reasons = [
+                ev["host_fraction_of_step_time"].value >= ev["host_fraction_of_step_time"].threshold,
+                ev["roof_efficiency"].value < ROOF_NEAR if "roof_efficiency" in ev else False,
+                ev["idle_fraction"].value >= 0.2 if "idle_fraction" in ev else False,
+            ]
+            assert any(reasons), v.evidence
+        if "--max-num-seqs" in v.knobs and v.cls != "kv_cache_capacity":
+            assert "raise --max-num-seqs" in v.recommendation
+    for v in m.verdicts[1:]:
+        if v.confidence > m.top.confidence:
+            assert v.rank_note and m.top.cls in v.rank_note, (v.cls, v.rank_note)
+
+
+@pytest.mark.parametrize("cls", list(SCENARIOS))
+def test_every_planted_scenario_agrees_with_its_evidence(sim_bundle, cls):
+    assert_agrees_with_evidence(analyze(sim_bundle(**SCENARIOS[cls])))
+
+
+def test_decode_far_below_both_rooflines_is_overhead_not_bandwidth(sim_bundle):
+    from bottleneck_map.analyzer.roofline import ROOF_NEAR
+
+    m = analyze(sim_bundle(**SLOW_DECODE))
+    assert m.top.cls == "host_overhead", [(v.cls, v.share_of_latency, v.confidence) for v in m.verdicts]
+    assert m.verdict("decode_memory_bandwidth").confidence < CONFIDENT
+    ev = _ev(m.top)
+    step = ev["decode_step_bandwidth_utilization_p50"]
+    assert step.value < ROOF_NEAR and step.threshold == ROOF_NEAR
+    assert f"{100 * step.value:.0f}% of peak bandwidth" in step.text and "50%" in step.text
+    # Which overhead: the forward passes (not host work outside them, which is ~2% here).
+    assert ev["host_fraction_of_step_time"].value < 0.1
+    assert "forward passes" in m.top.recommendation and "raise --max-num-seqs" not in m.top.recommendation
+    assert_agrees_with_evidence(m)
+
+
+def test_decode_near_the_bandwidth_roofline_is_decode_memory_bandwidth(sim_bundle):
+    from bottleneck_map.analyzer.roofline import ROOF_NEAR
+
+    m = analyze(sim_bundle(**SCENARIOS["decode_memory_bandwidth"]))
+    step = _ev(m.top)["decode_step_bandwidth_utilization_p50"]
+    assert m.top.cls == "decode_memory_bandwidth" and step.value >= ROOF_NEAR
+    # The batch never reached max_num_seqs and nothing waited: no advice to raise it.
+    assert "raise --max-num-seqs" not in m.top.recommendation
+    assert "--max-num-seqs" not in m.top.knobs
+
+
+def test_a_binding_kv_limit_heads_the_per_step_classes(sim_bundle):
+    # KV blocks exhausted (preemptions, admission blocked) while every step runs far below its roofline.
+    sim = dict(n_requests=24, rate_per_s=8, num_kv_blocks=18, prompt_tokens=48, output_tokens=40)
+    m = analyze(sim_bundle(**sim, decode_base_ns=16 * MS))
+    host = m.verdict("host_overhead")
+    assert host.confidence >= CONFIDENT and host.share_of_latency > m.top.share_of_latency
+    assert m.top.cls == "kv_cache_capacity"
+    assert "kv_cache_capacity" in host.rank_note and "batch" in host.rank_note
+    assert_agrees_with_evidence(m)
+
+
+def test_prefix_caching_is_not_advised_when_it_is_on(sim_bundle):
+    on = analyze(sim_bundle(**SCENARIOS["prefill_compute"], prefix_caching=True))
+    off = analyze(sim_bundle(**SCENARIOS["prefill_compute"]))
+    assert on.top.cls == off.top.cls == "prefill_compute"
+    assert "prefix caching" not in on.top.recommendation and "--enable-prefix-caching" not in on.top.knobs
+    assert "enable prefix caching" in off.top.recommendation
+
+
+def test_queueing_advises_more_slots_only_when_slots_were_full(sim_bundle):
+    m = analyze(sim_bundle(**SCENARIOS["queueing"]))
+    assert m.top.cls == "queueing" and "raise --max-num-seqs" in m.top.recommendation
+    slots = _ev(m.top)["slots_full_fraction"].value
+    assert slots > 0.5
+
+
+def test_unattributed_time_caps_confidence(sim_bundle):
+    m = analyze(sim_bundle(with_steps=False, **SCENARIOS["queueing"]))
+    unknown = _ev(m.verdict("queueing"))["unattributed_share"].value
+    assert 0 < unknown < 1
+    assert all(v.confidence <= 1 - unknown + 1e-9 for v in m.verdicts)
+    assert_agrees_with_evidence(m)
+
+
+def test_a_request_is_labelled_by_the_class_holding_most_of_its_time(sim_bundle):
+    from bottleneck_map.analyzer import analyze_full
+
+    a = analyze_full(sim_bundle(**SCENARIOS["kv_cache_capacity"]))
+    for w in a.result.worst_requests:
+        row = a.attributed[(a.stages["request_id"] == w.request_id).to_numpy()].iloc[0]
+        assert w.cls == row.idxmax(), (w.why, row.to_dict())
+        assert f"({100 * row.max() / (w.e2e_s * 1e9):.0f}%)" in w.why
+    # Without steps most of a decode-heavy request's time is unattributed: no class claims it.
+    m = analyze(sim_bundle(with_steps=False, **SCENARIOS["decode_memory_bandwidth"]))
+    w = m.worst_requests[0]
+    assert w.cls is None and w.why.startswith("unattributed") and "largest attributed class" in w.why

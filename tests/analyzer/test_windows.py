@@ -44,3 +44,44 @@ def test_class_share_names_unattributed_time_without_steps(sim_bundle):
     shares = [w.class_share for w in a.result.windows if w.class_share]
     assert any(s.get("unattributed", 0) > 0.3 for s in shares)
     assert all(sum(s.values()) == pytest.approx(1.0) for s in shares if sum(s.values()) > 0)
+
+
+def test_stage_time_is_spread_over_the_windows_it_overlaps(sim_bundle):
+    # A slow reader: each request's streaming lasts far longer than a window.
+    a = analyze_full(sim_bundle(n_requests=12, rate_per_s=4, stream_delay_ns=40 * 1_000_000), window_s=0.1)
+    st, tl = a.stages[a.stages["complete"]], a.timeline
+    t0, w_ns = int(a.result.start_ns), int(0.1 * 1e9)
+    end = st["end_ns"].to_numpy()
+    begin = end - st["streaming"].to_numpy()
+    assert (st["streaming"] > 3 * w_ns).all()
+    for i, row in tl.iterrows():
+        lo, hi = t0 + i * w_ns, t0 + (i + 1) * w_ns
+        overlap = np.clip(np.minimum(end, hi) - np.maximum(begin, lo), 0, None).sum()
+        # Each request's streaming time is exactly its interval, so a window holds exactly the overlap.
+        assert row[STAGE_PREFIX + "streaming"] == pytest.approx(overlap, abs=1e3), i
+    arrival = st["arrival_ns"].to_numpy()
+    for w in a.result.windows:
+        lo, hi = t0 + w.start_s * 1e9, t0 + w.end_s * 1e9
+        in_flight = ((arrival < hi) & (end > lo)).any()
+        assert (w.cls == "idle") == (not in_flight), w
+
+
+def test_windows_without_request_time_are_idle(sim_bundle):
+    # Short requests 0.5 s apart: most 50 ms windows hold no request time at all.
+    m = analyze_full(sim_bundle(n_requests=6, rate_per_s=2, output_tokens=4), window_s=0.05).result
+    idle = [w for w in m.windows if w.cls == "idle"]
+    busy = [w for w in m.windows if w.cls != "idle"]
+    assert idle and busy
+    assert all(sum(w.stage_share.values()) == 0 for w in idle)
+    assert all(sum(w.stage_share.values()) == pytest.approx(1.0) for w in busy)
+    assert not any(w.cls == "balanced" and sum(w.stage_share.values()) == 0 for w in m.windows)
+
+
+def test_unattributed_time_lowers_window_confidence(sim_bundle):
+    m = analyze_full(sim_bundle(with_steps=False, **KV_STARVED), window_s=0.25).result
+    for w in m.windows:
+        unknown = w.class_share.get("unattributed", 0.0)
+        assert w.confidence <= 1 - unknown + 1e-3 or w.cls == "idle", (w.cls, w.confidence, unknown)
+        assert all(c <= 1 - unknown + 1e-3 for c in w.scores.values())
+    mostly_unknown = [w for w in m.windows if w.class_share.get("unattributed", 0.0) > 0.9]
+    assert mostly_unknown and all(w.confidence < 0.1 for w in mostly_unknown)
