@@ -10,7 +10,10 @@ connection-level ones are enforced by :class:`GuardedH11Protocol`, uvicorn's h11
 - a body read timeout: the body must arrive within ``body_timeout_s`` after the headers.
 
 A connection that overruns a timeout is closed (with a 408 when no response has begun), so
-half-open and slow clients cannot hold file descriptors.
+half-open and slow clients cannot hold file descriptors. A response that closes the connection
+before the request's body was read (a 413) is followed by a lingering close, as web servers do:
+the write side is shut, and what the client still sends is read and dropped for up to
+``LINGER_S``, so the client reads the answer rather than a reset.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ MIB = 1 << 20
 # File descriptors kept for everything but client connections (the engine pipe, model files,
 # the bundle's segments, tokenizer threads, logs).
 FD_RESERVE = 128
+LINGER_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ class GuardedH11Protocol(H11Protocol):
 
     limits: ServeLimits = ServeLimits()
     _read_timer: asyncio.TimerHandle | None = None
-    _reading: str | None = None  # "headers" | "body" while a timeout runs
+    _reading: str | None = None  # "headers" | "body" | "linger" while a timeout runs
 
     @classmethod
     def with_limits(cls, limits: ServeLimits) -> type[GuardedH11Protocol]:
@@ -125,14 +129,33 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._reading == "linger":
+            return  # the rest of a refused body: dropped
         if self._reading is None and self.conn.their_state is h11.IDLE:
             self._arm("headers")  # the first bytes of a request on a kept-alive connection
         super().data_received(data)
         self._track()
 
     def handle_events(self) -> None:
+        cycle = self.cycle
         super().handle_events()
+        if self.cycle is not cycle and self.cycle is not None:
+            self.cycle.transport = _LingeringClose(self)  # type: ignore[assignment]
         self._track()
+
+    def timeout_keep_alive_handler(self) -> None:
+        if self._reading != "linger":  # a lingering close ends on its own timer
+            super().timeout_keep_alive_handler()
+
+    def close_after_response(self) -> None:
+        """Close the connection once the response is written; linger if the body is still coming."""
+        if self.conn.their_state is not h11.SEND_BODY or self.transport.is_closing():
+            self.transport.close()
+            return
+        self._arm("linger")
+        self.flow.resume_reading()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
 
     def _track(self) -> None:
         state = self.conn.their_state
@@ -143,7 +166,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def _arm(self, what: str) -> None:
         self._disarm()
-        timeout = self.limits.header_timeout_s if what == "headers" else self.limits.body_timeout_s
+        timeout = {"headers": self.limits.header_timeout_s, "body": self.limits.body_timeout_s}.get(what, LINGER_S)
         self._reading = what
         self._read_timer = self.loop.call_later(timeout, self._timed_out)
 
@@ -157,9 +180,26 @@ class GuardedH11Protocol(H11Protocol):
         self._read_timer, self._reading = None, None
         if timeout is None or self.transport.is_closing():
             return
+        if what == "linger":
+            self.transport.close()
+            return
         limit = self.limits.header_timeout_s if what == "headers" else self.limits.body_timeout_s
         if what == "headers" or not self.cycle.response_started:
             self.transport.write(
                 _raw_response(408, "Request Timeout", f"the request {what} did not arrive within {limit:g} s")
             )
         self.transport.close()
+
+
+class _LingeringClose:
+    """The transport as a request's response cycle sees it: closing it closes the connection
+    through :meth:`GuardedH11Protocol.close_after_response`."""
+
+    def __init__(self, protocol: GuardedH11Protocol) -> None:
+        self._protocol = protocol
+
+    def __getattr__(self, name: str):
+        return getattr(self._protocol.transport, name)
+
+    def close(self) -> None:
+        self._protocol.close_after_response()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Any
 import typer
 
 from bottleneck_map.embedded_engine.core.engine_config import ConfigError, EngineConfig
+from bottleneck_map.embedded_engine.serving.limits import ServeLimits, fit_connections_to_fd_limit
 from bottleneck_map.embedded_engine.workloads import engine_flags as flags
 
 
@@ -116,6 +118,7 @@ def build_server(
     injection: Any = None,
     threads: int | None = None,
     flush_interval_s: float = 2.0,
+    limits: Any = None,
 ) -> Served:
     """Start the engine and return the app (not yet listening).
 
@@ -126,7 +129,8 @@ def build_server(
     the ``OTEL_*`` environment; it is started with ``spawn``, so the caller's ``__main__`` must be
     safe to import). ``threads``: torch intra-op threads of the engine on
     CPU (default with its own process: the idle cores less one for the HTTP process,
-    at least one; in a thread: torch's default)."""
+    at least one; in a thread: torch's default). ``limits``: the request-level
+    :class:`~bottleneck_map.embedded_engine.serving.limits.ServeLimits` (default: their defaults)."""
     if engine_process is None:
         engine_process = loaded is None
     if engine_process:
@@ -145,6 +149,7 @@ def build_server(
             injection=injection,
             threads=threads,
             flush_interval_s=flush_interval_s,
+            limits=limits,
         )
     from bottleneck_map.bundle import BundleWriter
     from bottleneck_map.embedded_engine.core.engine import LLMEngine
@@ -180,6 +185,8 @@ def build_server(
         writer = BundleWriter(bundle, meta, flush_interval_s=flush_interval_s)
         sink.writer, sink.clock = writer, Clock.from_meta(writer.meta)
     state = make_state(engine, name)
+    if limits is not None:
+        state.limits = limits
     if injection is not None:
         state.tokenize_us_per_token = injection.tokenize_us_per_token
     sampler = None
@@ -225,6 +232,7 @@ def _build_process_server(
     injection: Any,
     threads: int | None,
     flush_interval_s: float,
+    limits: Any,
 ) -> Served:
     from bottleneck_map.bundle import BundleWriter
     from bottleneck_map.embedded_engine.serving.server import build_app, make_process_state
@@ -245,6 +253,8 @@ def _build_process_server(
     )
     proc = EngineProcess(spec)
     state = make_process_state(proc)
+    if limits is not None:
+        state.limits = limits
     if injection is not None:
         state.tokenize_us_per_token = injection.tokenize_us_per_token
     writer = sampler = None
@@ -261,6 +271,30 @@ def _build_process_server(
         agent_registry.register(AgentCollector(sampler))
         state.extra_registries.append(agent_registry)
     return Served(build_app(state), state, writer, None, sampler)
+
+
+DEFAULT_LIMITS = ServeLimits()
+_LIMIT_FLAGS = {
+    "max_body_bytes": "--max-body-bytes",
+    "max_prompt_chars": "--max-prompt-chars",
+    "max_header_bytes": "--max-header-bytes",
+    "header_timeout_s": "--header-timeout",
+    "body_timeout_s": "--body-timeout",
+    "keep_alive_timeout_s": "--keep-alive-timeout",
+    "max_connections": "--max-connections",
+    "backlog": "--backlog",
+}
+
+
+def serve_limits(**values: Any) -> ServeLimits:
+    """``ServeLimits`` from the flags' values, a bad one reported against its flag; the connection
+    cap fitted to the open-file limit."""
+    try:
+        limits = ServeLimits(**values)
+    except ValueError as exc:
+        name = str(exc).split(" ", 1)[0]
+        raise typer.BadParameter(str(exc), param_hint=_LIMIT_FLAGS.get(name)) from None
+    return dataclasses.replace(limits, max_connections=fit_connections_to_fd_limit(limits.max_connections))
 
 
 def _interrupt(signum, frame) -> None:
@@ -312,6 +346,33 @@ def register(app: typer.Typer) -> None:
         inject: list[str] = typer.Option(
             [], "--inject", help="Fault injection NAME=VALUE: tokenize_us_per_token, step_host_ms."
         ),
+        max_body_bytes: int = typer.Option(
+            DEFAULT_LIMITS.max_body_bytes, "--max-body-bytes", help="Largest request body (413 beyond it)."
+        ),
+        max_prompt_chars: int | None = typer.Option(
+            None,
+            "--max-prompt-chars",
+            help="Longest prompt in characters, refused before tokenizing (default: max_model_len x the "
+            "longest vocabulary entry, which no longer text can fit).",
+        ),
+        max_header_bytes: int = typer.Option(
+            DEFAULT_LIMITS.max_header_bytes, "--max-header-bytes", help="Largest request line and headers."
+        ),
+        header_timeout: float = typer.Option(
+            DEFAULT_LIMITS.header_timeout_s, "--header-timeout", help="Seconds to receive a request's headers."
+        ),
+        body_timeout: float = typer.Option(
+            DEFAULT_LIMITS.body_timeout_s, "--body-timeout", help="Seconds to receive a request's body."
+        ),
+        keep_alive_timeout: float = typer.Option(
+            DEFAULT_LIMITS.keep_alive_timeout_s, "--keep-alive-timeout", help="Seconds an idle connection is kept."
+        ),
+        max_connections: int = typer.Option(
+            DEFAULT_LIMITS.max_connections,
+            "--max-connections",
+            help="Open connections at most (lowered to fit the open-file limit); more get 503.",
+        ),
+        backlog: int = typer.Option(DEFAULT_LIMITS.backlog, "--backlog", help="Listen backlog."),
     ) -> None:
         """Serve the embedded engine over an OpenAI-compatible API, with vLLM's /metrics."""
         from bottleneck_map.ingest.http_server import UvicornServer
@@ -324,6 +385,16 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"{bundle} exists and is not empty", param_hint="--bundle")
         if threads is not None and threads < 1:
             raise typer.BadParameter(f"must be >= 1, got {threads}", param_hint="--threads")
+        limits = serve_limits(
+            max_body_bytes=max_body_bytes,
+            max_prompt_chars=max_prompt_chars,
+            max_header_bytes=max_header_bytes,
+            header_timeout_s=header_timeout,
+            body_timeout_s=body_timeout,
+            keep_alive_timeout_s=keep_alive_timeout,
+            max_connections=max_connections,
+            backlog=backlog,
+        )
         from bottleneck_map.embedded_engine.core.inject import parse_injections
 
         try:
@@ -368,6 +439,7 @@ def register(app: typer.Typer) -> None:
                 engine_process=not engine_thread,
                 injection=injection,
                 threads=threads if threads is not None else default_engine_threads(device),
+                limits=limits,
             )
         except ConfigError as exc:
             http.sock.close()
@@ -379,7 +451,11 @@ def register(app: typer.Typer) -> None:
         http.server.config.app = served.app
         from bottleneck_map.embedded_engine.serving.server import ArrivalH11Protocol
 
-        http.server.config.http = ArrivalH11Protocol  # arrival stamped when a request's bytes are read
+        # arrival stamped when a request's bytes are read; connection limits and read timeouts
+        http.server.config.http = ArrivalH11Protocol.with_limits(limits)
+        http.server.config.h11_max_incomplete_event_size = limits.max_header_bytes
+        http.server.config.timeout_keep_alive = limits.keep_alive_timeout_s
+        http.sock.listen(limits.backlog)
         typer.echo(
             f"serve: {served.state.served_model} on {http.url}/v1 (metrics {http.url}/metrics)"
             + (f", bundle {bundle}" if bundle else ""),

@@ -5,8 +5,10 @@ the others; every refusal is a 4xx in OpenAI's error shape; afterwards the serve
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
+import socket
 
 import httpx
 import pytest
@@ -158,3 +160,134 @@ def test_limits_reject_their_own_bad_values():
     for kw in ({"max_body_bytes": 0}, {"header_timeout_s": 0}, {"max_connections": 0}, {"max_prompt_chars": 0}):
         with pytest.raises(ValueError):
             ServeLimits(**kw)
+
+
+# -- oversize and malformed bodies, slow and half-open connections ---------------------------------
+
+SMALL = ServeLimits(max_body_bytes=64 * 1024, header_timeout_s=0.5, body_timeout_s=0.5, max_connections=32)
+
+
+@pytest.fixture(scope="module")
+def guarded(tiny):
+    """A server with small limits (the engine in a thread of this process: quick to start)."""
+    served = build_server(
+        model="tiny", loaded=tiny, engine_config=CONFIG, instance="guarded-0", measure_device=False, limits=SMALL
+    )
+    http = UvicornServer(served.app)
+    http.server.config.http = ArrivalH11Protocol.with_limits(SMALL)
+    http.start()
+    yield http, served
+    http.stop()
+    served.close()
+
+
+def _raw(url: str, data: bytes, *, read: bool = True, timeout: float = 10.0) -> bytes:
+    """Send ``data`` on a fresh connection; return what the server answers until it closes."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(data)
+        if not read:
+            return b""
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+def _head(n: int, *, chunked: bool = False) -> bytes:
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {n}"
+    return f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{framing}\r\n\r\n".encode()
+
+
+def _error_of(raw: bytes) -> tuple[int, dict]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    if b"transfer-encoding: chunked" in head.lower():  # one chunk is enough for these small answers
+        body = body.split(b"\r\n", 2)[1]
+    return status, json.loads(body)
+
+
+def test_a_declared_oversize_body_is_refused_before_it_is_read(guarded):
+    http, served = guarded
+    # 300 MB declared, 4 MB sent: the 413 comes at once and the connection is closed
+    status, doc = _error_of(_raw(http.url, _head(300_000_000) + b"{" * (4 << 20)))
+    assert status == 413 and doc["error"]["code"] == 413 and "65536 bytes" in doc["error"]["message"]
+    assert_idle_and_serving_small(http, served)
+
+
+def test_a_chunked_oversize_body_is_cut_off(guarded):
+    http, served = guarded
+    chunk = b"x" * 16384
+    # 1 MiB in 64 chunks, no terminating chunk: the server refuses after 64 KiB, then reads and drops
+    # the rest (a lingering close), so the client reads the answer rather than a reset
+    data = _head(0, chunked=True) + (b"4000\r\n" + chunk + b"\r\n") * 64
+    status, doc = _error_of(_raw(http.url, data))
+    assert status == 413 and doc["error"]["type"] == "RequestEntityTooLarge"
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        ('{"model": "tiny", "prompt": "\\ud800abc", "max_tokens": 2}', "prompt", "lone surrogate"),
+        ('{"model": "tiny", "messages": [{"role": "user", "content": "a\\udfffb"}]}', "messages", "lone surrogate"),
+        ('{"model": "tiny", "prompt": "ok", "stop": ["\\ud83d"]}', "stop", "lone surrogate"),
+        ('{"model": "tiny", "prompt": ' + "[" * 100_000 + "]" * 100_000 + "}", None, "nested too deeply"),
+        ('{"model": "tiny", "prompt": "' + "word " * 9000 + '"}', "prompt", "characters"),
+    ],
+    ids=["surrogate-prompt", "surrogate-message", "surrogate-stop", "nested-100k", "too-many-chars"],
+)
+def test_malformed_text_gets_an_openai_shaped_400(guarded, body, param, words):
+    http, served = guarded
+    limits = dataclasses.replace(SMALL, max_body_bytes=1 << 20)  # room for the 200 KB of brackets
+    served.state.limits = limits
+    try:
+        url = http.url + ("/v1/chat/completions" if "messages" in body else "/v1/completions")
+        r = httpx.post(url, content=body.encode(), headers={"content-type": "application/json"})
+    finally:
+        served.state.limits = SMALL
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and words in err["message"] and err["type"] == "invalid_request_error"
+    assert_idle_and_serving_small(http, served)
+
+
+def assert_idle_and_serving_small(http, served) -> None:
+    snap = wait_idle(served)
+    assert snap.running == 0 and snap.waiting == 0 and snap.kv_blocks_used == 0
+    r = httpx.post(http.url + "/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 2}, timeout=30)
+    assert r.status_code == 200
+
+
+def test_slow_and_half_open_connections_are_timed_out_and_capped(guarded):
+    http, served = guarded
+    host, port = http.url.removeprefix("http://").rsplit(":", 1)
+    socks = []
+    try:
+        # half-open (nothing sent), stalled mid-headers, stalled mid-body: more than the cap of 32
+        for i in range(60):
+            s = socket.create_connection((host, int(port)), timeout=5)
+            if i % 3 == 1:
+                s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+            elif i % 3 == 2:
+                s.sendall(_head(1000) + b'{"model": "tiny", ')
+            socks.append(s)
+        answers = []
+        for s in socks:
+            data = b""
+            try:
+                while chunk := s.recv(65536):
+                    data += chunk
+            except TimeoutError:
+                data = b"(still open)"
+            except ConnectionResetError:  # refused while its bytes were unread: the close becomes a reset
+                data = b"(reset)"
+            answers.append(data)
+    finally:
+        for s in socks:
+            s.close()
+    assert not [a for a in answers if a == b"(still open)"], "a connection outlived the read timeouts"
+    refused = [a for a in answers if a.startswith(b"HTTP/1.1 503") or a == b"(reset)"]
+    timed_out = [a for a in answers if a.startswith(b"HTTP/1.1 408")]
+    assert len(refused) >= 60 - 32 and len(timed_out) >= 16, answers
+    assert len(refused) + len(timed_out) == 60, answers
+    assert_idle_and_serving_small(http, served)
