@@ -47,6 +47,21 @@ def _analyze(path: Path, window: float, slo: dict, cost: float | None, full: boo
     return a
 
 
+def _newest_runs(n: int) -> list[Path]:
+    """The newest runs under ./bmap-runs/ for a command given no bundle, named on stderr."""
+    from rich.console import Console
+
+    from bottleneck_map.bundle import BundleError
+    from bottleneck_map.runs import newest_runs
+
+    try:
+        runs = newest_runs(n)
+    except BundleError as exc:
+        raise _fail(str(exc)) from None
+    Console(stderr=True).print(f"using {', '.join(str(r) for r in reversed(runs))}", highlight=False, soft_wrap=True)
+    return runs
+
+
 def _check_valid(path: Path, force: bool) -> None:
     """Refuse a bundle that ``validate`` rejects (its verdicts would rest on broken data);
     with ``force``, say why it is invalid and go on."""
@@ -74,7 +89,9 @@ def _check_valid(path: Path, force: bool) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("analyze")
     def analyze_cmd(
-        bundle: Path = typer.Argument(..., help="Bundle directory to analyse."),
+        bundle: Path | None = typer.Argument(
+            None, help="Bundle directory to analyse (default: the newest run under ./bmap-runs/).", show_default=False
+        ),
         fmt: Format = typer.Option(
             Format.text, "--format", help="text (terminal summary), json (the map) or html (offline report)."
         ),
@@ -108,6 +125,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(
                 f"must be a non-negative number, got {gpu_hour_cost}", param_hint="--gpu-hour-cost"
             )
+        bundle = bundle or _newest_runs(1)[0]
         if not bundle.exists():
             raise _fail(f"{bundle}: no such bundle directory")
         _check_valid(bundle, force)
@@ -141,8 +159,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command("diff")
     def diff_cmd(
-        before: Path = typer.Argument(..., help="Bundle (or map JSON) before the change."),
-        after: Path = typer.Argument(..., help="Bundle (or map JSON) after the change."),
+        before: Path | None = typer.Argument(
+            None, help="Bundle (or map JSON) before the change (default: the second newest run).", show_default=False
+        ),
+        after: Path | None = typer.Argument(
+            None, help="Bundle (or map JSON) after the change (default: the newest run).", show_default=False
+        ),
         fmt: DiffFormat = typer.Option(DiffFormat.text, "--format", help="text or json."),
         window: float = typer.Option(1.0, "--window", help="Seconds per timeline window."),
         force: bool = typer.Option(
@@ -157,6 +179,10 @@ def register(app: typer.Typer) -> None:
 
         if not (math.isfinite(window) and window > 0):
             raise typer.BadParameter(f"must be a positive number of seconds, got {window}", param_hint="--window")
+        if before is None:
+            after, before = _newest_runs(2)
+        elif after is None:
+            after = _newest_runs(1)[0]
         maps = []
         for p in (before, after):
             if not p.exists():

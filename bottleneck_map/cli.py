@@ -54,7 +54,7 @@ def _root(
 
 
 def validate(
-    bundle: Path = typer.Argument(..., help="Bundle directory to check.", exists=True, file_okay=False),
+    bundle: Path = typer.Argument(..., help="Bundle directory to check."),
     fmt: TextOrJson = typer.Option(TextOrJson.text, "--format", help="Output format."),
 ) -> None:
     """Check a bundle's schema and consistency; exit 0 when valid, 1 when not."""

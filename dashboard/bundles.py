@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bottleneck_map.bundle import META_FILE, BundleError, read_meta
+from bottleneck_map.runs import RUNS_DIR, is_bundle, runs_under
 
-RUNS_DIR = "bmap-runs"
 SAMPLES_DIR = "sample_traces"
 DEFAULT_SAMPLE = "default"
 
@@ -35,26 +35,6 @@ class BundleEntry:
 def bundle_id(path: Path) -> str:
     """An opaque, stable id for a resolved bundle path (a hash, not the path)."""
     return "b" + hashlib.blake2s(str(path).encode(), digest_size=6).hexdigest()
-
-
-def is_bundle(path: Path) -> bool:
-    return path.is_dir() and (path / META_FILE).is_file()
-
-
-def runs_under(folder: Path) -> list[Path]:
-    """Bundles directly under ``folder``, newest first (by the run's creation time in meta, else mtime)."""
-    if not folder.is_dir():
-        return []
-    found = []
-    for child in folder.iterdir():
-        if not is_bundle(child):
-            continue
-        try:
-            created = int(read_meta(child).get("created_unix_ns") or 0)
-        except BundleError:
-            continue
-        found.append((created or int(child.stat().st_mtime_ns), child.resolve()))
-    return [p for _, p in sorted(found, key=lambda t: t[0], reverse=True)]
 
 
 def _source_checkout() -> Path:

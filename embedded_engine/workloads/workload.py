@@ -105,16 +105,19 @@ class LengthDist:
     def parse(cls, text: str) -> LengthDist:
         """``128``, ``uniform:32:512``, ``normal:256:64``, ``lognormal:128:0.6``."""
         parts = text.strip().split(":")
+        if len(parts) == 2 and parts[0] == "fixed":
+            parts = parts[1:]
+        kind, numbers = ("fixed", parts) if len(parts) == 1 else (parts[0], parts[1:])
         try:
-            if len(parts) == 1:
-                return cls("fixed", float(parts[0]))
-            if len(parts) == 2 and parts[0] == "fixed":
-                return cls("fixed", float(parts[1]))
-            if len(parts) == 3:
-                return cls(parts[0], float(parts[1]), float(parts[2]))
+            values = [float(x) for x in numbers]
+        except ValueError:
+            values = []
+        if len(parts) not in (1, 3) or not values:
+            raise ValueError(f"{text!r}: expected N, uniform:MIN:MAX, normal:MEAN:STD or lognormal:MEDIAN:SIGMA")
+        try:
+            return cls(kind, *values)
         except ValueError as exc:
             raise ValueError(f"{text!r}: {exc}") from None
-        raise ValueError(f"{text!r}: expected N, uniform:MIN:MAX, normal:MEAN:STD or lognormal:MEDIAN:SIGMA")
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         if self.kind == "fixed":

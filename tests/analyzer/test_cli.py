@@ -77,3 +77,23 @@ def test_diff(sim_bundle, tmp_path):
     rows = {(x["section"], x["name"]): x for x in json.loads(r.output)["rows"]}
     assert rows[("latency", "e2e_p95_s")]["verdict"] == "better"
     assert rows[("stage", "queue_share")]["verdict"] == "better"
+
+
+def test_no_bundle_named_takes_the_newest_runs(sim_bundle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["analyze"])
+    assert r.exit_code == 1 and "no bundle named" in r.output and "bmap-runs" in r.output
+    runs = tmp_path / "bmap-runs"
+    runs.mkdir()
+    older = sim_bundle(max_num_seqs=2, rate_per_s=60, n_requests=40).rename(runs / "older")
+    assert runner.invoke(app, ["diff"]).exit_code == 1  # one run: nothing to compare it with
+    newer = sim_bundle(max_num_seqs=16, rate_per_s=60, n_requests=40).rename(runs / "newer")
+    meta = json.loads((newer / "meta.json").read_text())
+    meta["created_unix_ns"] = json.loads((older / "meta.json").read_text()).get("created_unix_ns", 0) + 1
+    (newer / "meta.json").write_text(json.dumps(meta))
+    r = runner.invoke(app, ["analyze", "--format", "json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output[r.output.index("{") :])["bundle"].endswith("newer")
+    r = runner.invoke(app, ["diff"])
+    assert r.exit_code == 0, r.output
+    assert "top verdict: queueing ->" in r.output  # before = the older run (2 slots), after = the newer

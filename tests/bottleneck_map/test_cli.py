@@ -43,7 +43,6 @@ def test_validate_invalid_bundle_exits_1_with_reasons(tmp_path):
 
 
 def test_usage_errors_exit_2(tmp_path, make_bundle):
-    assert runner.invoke(app, ["validate", str(tmp_path / "nope")]).exit_code == 2
     assert runner.invoke(app, ["validate", str(make_bundle()), "--format", "yaml"]).exit_code == 2
     assert runner.invoke(app, ["no-such-command"]).exit_code == 2
 
@@ -53,3 +52,11 @@ def test_console_script_runs_as_a_module():
         [sys.executable, "-m", "bottleneck_map.cli", "--version"], capture_output=True, text=True, check=True
     )
     assert __version__ in out.stdout
+
+
+def test_a_missing_bundle_exits_1_naming_it_in_every_command(tmp_path):
+    missing = str(tmp_path / "nope")
+    for args in (["validate", missing], ["analyze", missing], ["diff", missing, missing], ["fleet", missing]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, (args, result.output)
+        assert "nope" in result.output and "Traceback" not in result.output, args

@@ -52,10 +52,11 @@ def test_help_names_values_the_way_click_does():
     assert "--enable-prefix-caching / --no-enable-prefix-caching" in run
     assert "--record-prompts " in run and "--record-prompts BOOLEAN" not in run
     analyze = _help("analyze")
-    assert "Usage: bottleneck-map analyze [OPTIONS] BUNDLE" in analyze
+    assert "Usage: bottleneck-map analyze [OPTIONS] [BUNDLE]" in analyze
+    assert "Usage: bottleneck-map validate [OPTIONS] BUNDLE\n" in _help("validate")
     assert "--format [text|json|html]" in analyze
     assert "[BUNDLES...]" in _help("dashboard")
-    missing = runner.invoke(app, ["analyze"])
+    missing = runner.invoke(app, ["validate"])
     assert missing.exit_code == 2 and "Missing argument 'BUNDLE'" in missing.output
 
 

@@ -78,6 +78,13 @@ def test_parse_length_rejects(text):
         LengthDist.parse(text)
 
 
+@pytest.mark.parametrize("text", ["abc", "uniform:a:b", "1:2"])
+def test_a_malformed_length_names_the_accepted_forms(text):
+    with pytest.raises(ValueError, match="expected N, uniform:MIN:MAX") as err:
+        LengthDist.parse(text)
+    assert "convert" not in str(err.value)
+
+
 def test_prompts_are_real_text_of_about_the_target_length(tiny):
     words = word_pool(tiny.tokenizer)
     assert len(words) > 100
