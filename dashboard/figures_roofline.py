@@ -101,8 +101,9 @@ def roofline_figure(per_step: pd.DataFrame, peaks: Any, points: Sequence[Any] = 
         )
     title = f"Roofline of {getattr(peaks, 'name', 'the device')}"
     base_layout(fig, height=560, title=title)
-    fig.update_xaxes(type="log", title_text="arithmetic intensity (FLOP per byte moved)")
-    fig.update_yaxes(type="log", title_text="achieved FLOP/s")
+    # SI prefixes (100G, 1T): plotly's default "B" for billions reads as bytes next to FLOP/s
+    fig.update_xaxes(type="log", title_text="arithmetic intensity (FLOP per byte moved)", exponentformat="SI")
+    fig.update_yaxes(type="log", title_text="achieved FLOP/s", exponentformat="SI")
     fig.update_layout(legend={"y": -0.18, "yanchor": "top"}, margin={"b": 110})
     return fig
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -120,14 +121,15 @@ def timeline_figure(
                     )
             if secondary:
                 fig.update_yaxes(title_text="KV %", range=[0, 105], row=r, col=1, secondary_y=False)
+                counts = engine["num_preempted"] if "num_preempted" in engine else pd.Series(dtype=float)
                 fig.update_yaxes(
                     title_text="preempted",
                     row=r,
                     col=1,
                     secondary_y=True,
                     showgrid=False,
-                    rangemode="tozero",
-                    visible="num_preempted" in engine and bool((engine["num_preempted"] > 0).any()),
+                    visible=bool((counts > 0).any()),
+                    **count_axis(counts.max() if len(counts) else 0),
                 )
             r += 1
     for _title, primary, secondary in sample_rows:
@@ -240,11 +242,20 @@ def _sample_engine_row(
     else:
         fig.update_yaxes(title_text="tokens/s", rangemode="tozero", row=r, col=1)
     if secondary:
-        cols = [SampleEngineFrame.column(k, i) for k, _ in secondary for i in sample.instances]
-        shown = any(c in frame and bool((frame[c] > 0).any()) for c in cols)
+        cols = [
+            c for c in (SampleEngineFrame.column(k, i) for k, _ in secondary for i in sample.instances) if c in frame
+        ]
+        shown = any(bool((frame[c] > 0).any()) for c in cols)
+        top = max((frame[c].max() for c in cols), default=0)
         fig.update_yaxes(
-            title_text="preempted", row=r, col=1, secondary_y=True, showgrid=False, rangemode="tozero", visible=shown
+            title_text="preempted", row=r, col=1, secondary_y=True, showgrid=False, visible=shown, **count_axis(top)
         )
+
+
+def count_axis(top: float) -> dict[str, Any]:
+    """Axis settings for a count: whole-number ticks from 0, about four of them (not 0.522, 1.045)."""
+    top = 0.0 if top is None or pd.isna(top) else float(top)  # no rows: NaN
+    return {"rangemode": "tozero", "tick0": 0, "dtick": max(1, math.ceil(top / 4)), "tickformat": ",d"}
 
 
 def _hw_title(panel: str) -> str:

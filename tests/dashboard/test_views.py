@@ -193,3 +193,22 @@ def test_verdict_panel_says_when_the_top_verdict_is_not_confident(busy: Loaded) 
     assert "top verdict" in str(verdict_panel(m)) and "no confident verdict" not in str(verdict_panel(m))
     m.top.confidence = 0.1
     assert "no confident verdict; strongest candidate" in str(verdict_panel(m))
+
+
+def test_roofline_axes_use_si_prefixes(busy: Loaded) -> None:
+    from bottleneck_map.dashboard.figures_roofline import roofline_figure
+
+    fig = roofline_figure(drilldown.step_roofline(busy), busy.bmap.device, busy.bmap.roofline)
+    assert fig.layout.xaxis.exponentformat == "SI" and fig.layout.yaxis.exponentformat == "SI"  # 100G, not 100B
+
+
+def test_count_axes_tick_whole_numbers(busy: Loaded) -> None:
+    from bottleneck_map.dashboard.figures_timeline import count_axis
+    from bottleneck_map.dashboard.views_timeline import timeline_figure_for
+
+    assert count_axis(0)["dtick"] == 1 and count_axis(2)["dtick"] == 1 and count_axis(41)["dtick"] == 11
+    assert count_axis(float("nan"))["dtick"] == 1 and count_axis(3)["tickformat"] == ",d"
+    fig = timeline_figure_for(busy)
+    axes = [a for k, a in fig.layout.to_plotly_json().items() if k.startswith("yaxis")]
+    preempted = [a for a in axes if a.get("title", {}).get("text") == "preempted"]
+    assert preempted and all(a["dtick"] >= 1 and a["tick0"] == 0 for a in preempted)
