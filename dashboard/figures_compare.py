@@ -48,5 +48,6 @@ def compare_figure(before: Any, after: Any, labels: tuple[str, str] = ("A", "B")
     fig.update_yaxes(autorange="reversed", row=1, col=1)
     fig.update_yaxes(type="log", row=1, col=2)
     base_layout(fig, height=460)
-    fig.update_layout(barmode="group", margin={"t": 60})
+    # the legend above the subplot titles, not on them
+    fig.update_layout(barmode="group", margin={"t": 90}, legend={"y": 1.12, "yanchor": "bottom", "x": 0})
     return fig

@@ -212,3 +212,12 @@ def test_count_axes_tick_whole_numbers(busy: Loaded) -> None:
     axes = [a for k, a in fig.layout.to_plotly_json().items() if k.startswith("yaxis")]
     preempted = [a for a in axes if a.get("title", {}).get("text") == "preempted"]
     assert preempted and all(a["dtick"] >= 1 and a["tick0"] == 0 for a in preempted)
+
+
+def test_compare_legend_sits_above_the_subplot_titles(store: Store) -> None:
+    from bottleneck_map.dashboard.figures_compare import compare_figure
+
+    a, b = (store.get(e.id).bmap for e in store.registry.entries()[:2])
+    fig = compare_figure(a, b)
+    title_top = max(ann.y for ann in fig.layout.annotations)
+    assert fig.layout.legend.yanchor == "bottom" and fig.layout.legend.y > title_top
