@@ -46,6 +46,7 @@ class RequestOutput:
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0
     num_cached_tokens: int = 0
+    logprobs: list | None = None  # per new token, when the request asked: sampler.TokenLogprobs
 
 
 @dataclass
@@ -260,7 +261,9 @@ class LLMEngine:
             error = res.failed.get(seq.request_id)
             if error is None:
                 try:
-                    self._postprocess(seq, res.sampled.get(seq.request_id), t_post, outputs)
+                    self._postprocess(
+                        seq, res.sampled.get(seq.request_id), t_post, outputs, res.logprobs.get(seq.request_id)
+                    )
                 except Exception as exc:  # this request's own processing: it fails, the others go on
                     error = f"processing the sampled token failed: {type(exc).__name__}: {exc}"
             if error is not None and not seq.is_finished:
@@ -270,7 +273,9 @@ class LLMEngine:
         self._record_step(sched, res, start, t_sched, t_post, end)
         return outputs
 
-    def _postprocess(self, seq: Sequence, token: int | None, t_post: int, outputs: list[RequestOutput]) -> None:
+    def _postprocess(
+        self, seq: Sequence, token: int | None, t_post: int, outputs: list[RequestOutput], logprobs: Any = None
+    ) -> None:
         """Append one sampled token (None: this step computed a prompt chunk only) and end the request if due."""
         if token is None:
             return
@@ -283,9 +288,10 @@ class LLMEngine:
         status = stop_status(seq, token, self.eos_token_ids, self.config.max_model_len)
         if status is not None:
             self.scheduler.finish(seq, status)
-            self._finish(seq, outputs, [token], [t_post])
+            self._finish(seq, outputs, [token], [t_post], logprobs)
         else:
-            self._emit(seq, RequestOutput(seq.request_id, [token], [t_post]), outputs)
+            out = RequestOutput(seq.request_id, [token], [t_post], logprobs=None if logprobs is None else [logprobs])
+            self._emit(seq, out, outputs)
 
     def _fail(self, seq: Sequence, error: str, outputs: list[RequestOutput]) -> None:
         """End one running request with finish reason ``error`` and free its KV blocks."""
@@ -305,12 +311,16 @@ class LLMEngine:
             except Exception:  # the consumer's fault: the engine and the other requests go on
                 log.exception("the output callback of request %s failed", seq.request_id)
 
-    def _finish(self, seq: Sequence, outputs: list[RequestOutput], tokens: list[int], stamps: list[int]) -> None:
+    def _finish(
+        self, seq: Sequence, outputs: list[RequestOutput], tokens: list[int], stamps: list[int], logprobs: Any = None
+    ) -> None:
         seq.trace.finished_ns = now_ns()
         self.stats.num_finished += 1
         self.stats.prompt_tokens += seq.num_prompt_tokens
         self.stats.output_tokens += seq.num_output_tokens
         out = RequestOutput(seq.request_id, tokens, stamps, True, seq.finish_reason, seq.trace.error)
+        if logprobs is not None:
+            out.logprobs = [logprobs]
         self._emit(seq, out, outputs)
         self._callbacks.pop(seq.request_id, None)
         if seq.request_id not in self._delivering:

@@ -8,7 +8,7 @@ import torch
 
 from bottleneck_map.bundle import now_ns
 from bottleneck_map.embedded_engine.core.block_manager import SwapPlan
-from bottleneck_map.embedded_engine.core.sampler import SamplingError, sample
+from bottleneck_map.embedded_engine.core.sampler import SamplingError, TokenLogprobs, sample, token_logprobs
 from bottleneck_map.embedded_engine.core.scheduler import ScheduledSeq
 from bottleneck_map.embedded_engine.core.sequence import Sequence
 from bottleneck_map.embedded_engine.model.attention import AttentionMetadata
@@ -18,6 +18,7 @@ from bottleneck_map.embedded_engine.model.attention import AttentionMetadata
 class StepResult:
     sampled: dict[str, int] = field(default_factory=dict)  # request_id -> new token id
     failed: dict[str, str] = field(default_factory=dict)  # request_id -> why its sampling failed
+    logprobs: dict[str, TokenLogprobs] = field(default_factory=dict)  # request_id -> its new token's, when asked
     prepare_ns: int | None = None
     forward_ns: int | None = None
     sample_ns: int | None = None
@@ -114,11 +115,13 @@ class ModelRunner:
         ]
         seqs: list[Sequence] = [batch[i].seq for i in rows]
         if rows:
-            for s, t in zip(seqs, sample(logits[rows], seqs), strict=True):
+            for row, s, t in zip(rows, seqs, sample(logits[rows], seqs), strict=True):
                 if isinstance(t, SamplingError):
                     res.failed[s.request_id] = str(t)
                 else:
                     res.sampled[s.request_id] = t
+                    if s.params.logprobs is not None:
+                        res.logprobs[s.request_id] = token_logprobs(logits[row], t, s.params.logprobs)
         t3 = now_ns()
         res.prepare_ns, res.forward_ns, res.sample_ns = t1 - t0, t2 - t1, t3 - t2
         return res

@@ -91,6 +91,18 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int | SamplingErr
     return out
 
 
+TokenLogprobs = tuple[float, tuple[tuple[int, float], ...]]  # the token's, then the top k (id, logprob), best first
+
+
+def token_logprobs(logits: torch.Tensor, token_id: int, k: int) -> TokenLogprobs:
+    """Log-probability of ``token_id`` and the ``k`` most likely tokens under one row of the model's
+    raw logits (before penalties and temperature: vLLM's default ``raw_logprobs``)."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    top = torch.topk(lp, k) if k > 0 else None
+    alternatives = () if top is None else tuple(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+    return float(lp[token_id]), alternatives
+
+
 def stop_status(
     seq: Sequence, token_id: int, eos_token_ids: tuple[int, ...], max_model_len: int
 ) -> SequenceStatus | None:

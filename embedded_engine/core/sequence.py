@@ -38,6 +38,7 @@ REPETITION_PENALTY_RANGE = (0.01, 100.0)
 # Below this a positive temperature is raised to it (vLLM's _MAX_TEMP): dividing float32
 # logits by less overflows to inf and the softmax to NaN.
 MIN_TEMPERATURE = 1e-2
+MAX_LOGPROBS = 20  # most alternatives per token a request may ask for (vLLM's default max_logprobs)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    logprobs: int | None = None  # with each token: its log-probability and this many most likely alternatives
 
     def __post_init__(self) -> None:
         floats = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
@@ -79,6 +81,8 @@ class SamplingParams:
             raise ValueError(
                 f"repetition_penalty must be in {list(REPETITION_PENALTY_RANGE)}, got {self.repetition_penalty}"
             )
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
         if self.seed is not None and not INT64_MIN <= self.seed <= INT64_MAX:
             raise ValueError(f"seed must fit in a signed 64-bit integer, got {self.seed}")
 

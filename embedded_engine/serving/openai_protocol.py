@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bottleneck_map.embedded_engine.core.sequence import INT64_MAX, INT64_MIN, PENALTY_RANGE, REPETITION_PENALTY_RANGE
+from bottleneck_map.embedded_engine.serving.logprobs import LogprobsError, requested
 
 # Largest accepted max_tokens when the model's context is not the limit (guards absurd values).
 MAX_TOKENS_CEILING = 1 << 20
@@ -79,6 +80,7 @@ class GenerationRequest:
     include_usage: bool = False
     continuous_usage: bool = False  # vLLM's stream_options.continuous_usage_stats: usage in every chunk
     echo: bool = False
+    logprobs: int | None = None  # alternatives per token with its log-probability (None: none asked)
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -156,9 +158,13 @@ def _common(doc: Mapping[str, Any], kind: str, served_model: str) -> GenerationR
     best_of = doc.get("best_of")
     if best_of is not None and best_of != 1:
         raise ApiError(f"Only best_of=1 is supported, got {best_of!r}.", param="best_of")
-    for key in ("logprobs", "top_logprobs", "logit_bias", "tools", "suffix"):
+    for key in ("logit_bias", "tools", "suffix"):
         if doc.get(key) not in (None, False, {}, []):
             raise ApiError(f"`{key}` is not supported by this server.", param=key)
+    try:
+        logprobs = requested(doc, kind)
+    except LogprobsError as exc:
+        raise ApiError(str(exc), param=exc.param) from None
     max_tokens = _int(doc, "max_completion_tokens") if kind == "chat" else None
     if max_tokens is None:
         max_tokens = _int(doc, "max_tokens")
@@ -215,6 +221,7 @@ def _common(doc: Mapping[str, Any], kind: str, served_model: str) -> GenerationR
         stream=stream,
         include_usage=bool(opts and _bool(opts, "include_usage")),
         continuous_usage=bool(opts and _bool(opts, "continuous_usage_stats")),
+        logprobs=logprobs,
     )
 
 
@@ -302,20 +309,34 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def completion_body(
-    rid: str, model: str, created: int, text: str, finish_reason: str | None, use: dict[str, int] | None
+    rid: str,
+    model: str,
+    created: int,
+    text: str,
+    finish_reason: str | None,
+    use: dict[str, int] | None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "text_completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason, "stop_reason": None}],
+        "choices": [
+            {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason, "stop_reason": None}
+        ],
         "usage": use,
     }
 
 
 def chat_body(
-    rid: str, model: str, created: int, text: str, finish_reason: str | None, use: dict[str, int]
+    rid: str,
+    model: str,
+    created: int,
+    text: str,
+    finish_reason: str | None,
+    use: dict[str, int],
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "id": rid,
@@ -326,7 +347,7 @@ def chat_body(
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": None,
+                "logprobs": logprobs,
                 "finish_reason": finish_reason,
             }
         ],
@@ -334,23 +355,32 @@ def chat_body(
     }
 
 
-def completion_chunk(rid: str, model: str, created: int, text: str, finish_reason: str | None) -> dict[str, Any]:
+def completion_chunk(
+    rid: str, model: str, created: int, text: str, finish_reason: str | None, logprobs: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "text_completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}],
     }
 
 
-def chat_chunk(rid: str, model: str, created: int, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+def chat_chunk(
+    rid: str,
+    model: str,
+    created: int,
+    delta: dict[str, Any],
+    finish_reason: str | None,
+    logprobs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
     }
 
 

@@ -52,6 +52,7 @@ from bottleneck_map.embedded_engine.core.sequence import RequestTrace, SamplingP
 from bottleneck_map.embedded_engine.core.tracing import TraceSink, request_row
 from bottleneck_map.embedded_engine.serving import openai_protocol as oai
 from bottleneck_map.embedded_engine.serving.limits import GuardedH11Protocol, ServeLimits, prompt_char_limit
+from bottleneck_map.embedded_engine.serving.logprobs import LogprobsBuilder
 from bottleneck_map.embedded_engine.serving.vllm_metrics import VllmMetrics, engine_facts, instrument_http
 
 log = logging.getLogger("bottleneck_map.serve")
@@ -318,6 +319,7 @@ def _sampling_params(req: oai.GenerationRequest, max_tokens: int) -> SamplingPar
         seed=req.seed,
         stop_token_ids=tuple(req.stop_token_ids),
         ignore_eos=req.ignore_eos,
+        logprobs=req.logprobs,
     )
 
 
@@ -445,6 +447,7 @@ async def _full_body(
     detok = state.loop.tokenizer.detokenizer()
     stop = oai.StopChecker(req.stop)
     n_out, text, reason = 0, "", "stop"
+    lps = None if req.logprobs is None else LogprobsBuilder(state.loop.tokenizer, req.kind, req.logprobs)
     gone = asyncio.ensure_future(_disconnected(request))
     try:
         while True:
@@ -461,6 +464,8 @@ async def _full_body(
             if out.finish_reason == "error":  # this request failed in the engine; the others go on
                 return _error(oai.ApiError(out.error or "request failed", status=500, type="InternalServerError"))
             n_out += len(out.new_token_ids)
+            if lps is not None:
+                lps.add(out.new_token_ids, out.logprobs)
             text += stop.push("".join(detok.push(t) for t in out.new_token_ids), final=out.finished)
             if stop.stopped and not out.finished:
                 state.loop.abort(st.request_id, stopped=True)
@@ -471,10 +476,11 @@ async def _full_body(
         gone.cancel()
         state.loop.detach(st)
     use = oai.usage(n_prompt, n_out)
+    lp = None if lps is None else lps.take()
     body = (
-        oai.chat_body(st.request_id, req.model, created, text, reason, use)
+        oai.chat_body(st.request_id, req.model, created, text, reason, use, lp)
         if req.kind == "chat"
-        else oai.completion_body(st.request_id, req.model, created, text, reason, use)
+        else oai.completion_body(st.request_id, req.model, created, text, reason, use, lp)
     )
     return JSONResponse(body)
 
@@ -487,6 +493,7 @@ async def _stream_body(
     stop = oai.StopChecker(req.stop)
     rid, model, chat = st.request_id, req.model, req.kind == "chat"
     n_out, sent = 0, []
+    lps = None if req.logprobs is None else LogprobsBuilder(core.tokenizer, req.kind, req.logprobs)
     try:
         if chat:
             yield oai.sse(oai.chat_chunk(rid, model, created, {"role": "assistant", "content": ""}, None))
@@ -499,16 +506,19 @@ async def _stream_body(
                 )
                 break
             n_out += len(out.new_token_ids)
+            if lps is not None:  # a chunk carries the tokens since the last chunk
+                lps.add(out.new_token_ids, out.logprobs)
             piece = stop.push("".join(detok.push(t) for t in out.new_token_ids), final=out.finished)
             done = stop.stopped or out.finished
             if stop.stopped and not out.finished:
                 core.abort(rid, stopped=True)
             reason = _finish_reason(out, stop.stopped) if done else None
             if piece or done:
+                lp = None if lps is None else lps.take()
                 if chat:
-                    chunk = oai.chat_chunk(rid, model, created, {"content": piece} if piece else {}, reason)
+                    chunk = oai.chat_chunk(rid, model, created, {"content": piece} if piece else {}, reason, lp)
                 else:
-                    chunk = oai.completion_chunk(rid, model, created, piece, reason)
+                    chunk = oai.completion_chunk(rid, model, created, piece, reason, lp)
                 if req.continuous_usage:
                     chunk["usage"] = oai.usage(n_prompt, n_out)
                 yield oai.sse(chunk)

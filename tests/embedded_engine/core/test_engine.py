@@ -121,3 +121,23 @@ def test_too_few_blocks_for_max_model_len_is_a_config_error(make_engine):
     with pytest.raises(ConfigError) as exc:
         make_engine(num_kv_blocks=2, max_model_len=100)
     assert exc.value.field == "num_kv_blocks"
+
+
+def test_logprobs_come_with_each_token_when_asked(make_engine, make_prompts):
+    eng = make_engine(num_kv_blocks=64)
+    a, b = make_prompts(2, [9])
+    eng.add_request("greedy", a, SamplingParams(max_tokens=5, ignore_eos=True, logprobs=3))
+    eng.add_request("plain", b, SamplingParams(max_tokens=5, ignore_eos=True))
+    eng.add_request("sampled", b, SamplingParams(max_tokens=5, ignore_eos=True, temperature=1.0, seed=3, logprobs=0))
+    outs = eng.run_until_done()
+    by = {}
+    for o in outs:
+        by.setdefault(o.request_id, []).append(o)
+    greedy = [(t, lp) for o in by["greedy"] for t, lp in zip(o.new_token_ids, o.logprobs or [], strict=True)]
+    assert len(greedy) == 5
+    for token, (own, top) in greedy:
+        assert len(top) == 3 and top[0][0] == token and own == top[0][1]  # greedy: the most likely token
+        assert top[0][1] >= top[1][1] >= top[2][1] and own <= 0
+    assert all(o.logprobs is None for o in by["plain"])
+    sampled = [lp for o in by["sampled"] for lp in o.logprobs or []]
+    assert len(sampled) == 5 and all(top == () and own <= 0 for own, top in sampled)

@@ -136,3 +136,16 @@ def test_penalties_apply_to_greedy_rows_too():
     seq = _seq(SamplingParams(frequency_penalty=2.0), prompt=(5,))
     seq.token_ids.append(0)
     assert sample(torch.tensor([[1.0, 0.5, 0.0]]), [seq]) == [1]
+
+
+def test_token_logprobs_are_the_raw_log_softmax_with_the_top_k():
+    from bottleneck_map.embedded_engine.core.sampler import token_logprobs
+
+    logits = torch.tensor([1.0, 3.0, 2.0, -1.0])
+    ref = torch.log_softmax(logits, dim=-1)
+    own, top = token_logprobs(logits, 2, 2)
+    assert own == pytest.approx(float(ref[2]))
+    assert [t for t, _ in top] == [1, 2] and [v for _, v in top] == pytest.approx([float(ref[1]), float(ref[2])])
+    assert token_logprobs(logits.half(), 3, 0) == (pytest.approx(float(ref[3]), abs=1e-3), ())
+    with pytest.raises(ValueError, match="logprobs"):
+        SamplingParams(logprobs=21)

@@ -56,7 +56,7 @@ def test_completion_defaults_and_chat_max_completion_tokens():
         ({"prompt": "x", "top_p": 0}, "top_p"),
         ({"prompt": "x", "temperature": "hot"}, "temperature"),
         ({"prompt": "x", "stop": [1]}, "stop"),
-        ({"prompt": "x", "logprobs": 2}, "logprobs"),
+        ({"prompt": "x", "logprobs": 21}, "logprobs"),
         ({"prompt": ["a", "b"]}, "prompt"),
         ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
         ({"prompt": "x", "seed": "1"}, "seed"),
