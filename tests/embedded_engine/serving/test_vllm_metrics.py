@@ -83,6 +83,7 @@ def test_every_series_the_dashboards_read_is_served(served_after_load):
         for label, values in selectors.items():
             have = {s.labels.get(label) for s in rows if s.name == name}
             assert set(values) <= have, (name, label, have)
+    assert not set(FIXTURE["not_served"]) & names  # an option-only family would need its option here
     # the dashboards' $model_name comes from label_values(model_name): the served model only
     assert {s.labels["model_name"] for s in rows if "model_name" in s.labels} == {"tiny"}
 
