@@ -78,6 +78,11 @@ def agent(
         help=f"Require HTTP basic auth, user:password (or ${BASIC_AUTH_ENV}).",
     ),
     duration: float | None = typer.Option(None, "--duration", help="Stop by itself after this many seconds."),
+    read_timeout: float = typer.Option(
+        10.0, "--read-timeout", help="Seconds a /metrics client may send nothing before it is dropped."
+    ),
+    max_connections: int = typer.Option(64, "--max-connections", help="Open /metrics connections at most."),
+    backlog: int = typer.Option(128, "--backlog", help="Listen backlog of /metrics."),
 ) -> None:
     """Sample NVML/GPM and host metrics; serve them on /metrics and optionally write them to a bundle."""
     import psutil
@@ -98,6 +103,13 @@ def agent(
         )
     if not 0 <= port <= 65535:
         raise typer.BadParameter(f"must be between 0 and 65535, got {port}", param_hint="--port")
+    if not read_timeout > 0:
+        raise typer.BadParameter(
+            f"must be a positive number of seconds, got {read_timeout}", param_hint="--read-timeout"
+        )
+    for flag, value in (("--max-connections", max_connections), ("--backlog", backlog)):
+        if value < 1:
+            raise typer.BadParameter(f"must be at least 1, got {value}", param_hint=flag)
     if duration is not None and not duration > 0:
         raise typer.BadParameter(f"must be a positive number of seconds, got {duration}", param_hint="--duration")
     if watch_pid is not None and (watch_pid <= 0 or not psutil.pid_exists(watch_pid)):
@@ -140,6 +152,9 @@ def agent(
             tls_cert=str(tls_cert) if tls_cert else None,
             tls_key=str(tls_key) if tls_key else None,
             basic_auth=auth,
+            read_timeout_s=read_timeout,
+            max_connections=max_connections,
+            backlog=backlog,
         )
     except ssl.SSLError as exc:
         raise typer.BadParameter(f"cannot load {tls_cert} with {tls_key}: {exc}", param_hint="--tls-cert") from None

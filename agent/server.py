@@ -1,11 +1,18 @@
 """HTTP ``/metrics`` for the agent: prometheus-client's WSGI app on a threading
 WSGI server, bound to 127.0.0.1 by default, with optional TLS (certificate and
-key files) and optional HTTP basic auth (one user)."""
+key files) and optional HTTP basic auth (one user).
+
+Each connection has a thread; a connection beyond ``max_connections`` is closed at
+once, a client that sends nothing for ``read_timeout_s`` (the TLS handshake included)
+is dropped, and ``accept`` failing for want of file descriptors pauses the accept loop
+briefly instead of spinning (logged once a minute)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import errno
 import hmac
 import logging
 import socket
@@ -22,6 +29,10 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9400
+DEFAULT_READ_TIMEOUT_S = 10.0
+DEFAULT_MAX_CONNECTIONS = 64
+DEFAULT_BACKLOG = 128
+_NO_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 REALM = "bottleneck-map agent"
 log = logging.getLogger("bottleneck_map.agent")
 
@@ -91,8 +102,9 @@ class _QuietHandler(WSGIRequestHandler):
     so a client that stalls mid-handshake cannot block the accept loop."""
 
     def setup(self) -> None:
+        self.timeout = self.server.read_timeout_s  # StreamRequestHandler sets it on the socket
         if isinstance(self.request, ssl.SSLSocket):
-            self.request.settimeout(10.0)
+            self.request.settimeout(self.timeout)
             self.request.do_handshake()
         super().setup()
 
@@ -108,8 +120,51 @@ def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
 
 
 class _Server(ThreadingWSGIServer):
+    read_timeout_s = DEFAULT_READ_TIMEOUT_S
+    max_connections = DEFAULT_MAX_CONNECTIONS
+    _active = 0
+    _last_warning = float("-inf")
+
+    def server_activate(self) -> None:
+        self._count_lock = threading.Lock()
+        super().server_activate()
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("metrics request from %s failed", client_address, exc_info=True)
+
+    def _warn(self, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= 60.0:
+            self._last_warning = now
+            log.warning(message, *args)
+
+    def get_request(self) -> tuple[Any, Any]:
+        try:
+            return super().get_request()
+        except OSError as exc:
+            if exc.errno in _NO_FDS:  # the pending connection stays queued: wait rather than spin
+                self._warn("cannot accept a metrics connection: %s (logged once a minute)", exc.strerror)
+                time.sleep(0.1)
+            raise
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._count_lock:
+            full = self._active >= self.max_connections
+            if not full:
+                self._active += 1
+        if full:
+            self._warn("over %d metrics connections: closing new ones (logged once a minute)", self.max_connections)
+            with contextlib.suppress(OSError):
+                request.close()
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._count_lock:
+                self._active -= 1
 
 
 class _IPv6Server(_Server):
@@ -128,16 +183,28 @@ class MetricsServer:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         basic_auth: BasicAuth | None = None,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        backlog: int = DEFAULT_BACKLOG,
     ) -> None:
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("TLS needs both a certificate and a key file")
+        if not read_timeout_s > 0:
+            raise ValueError(f"read_timeout_s must be > 0, got {read_timeout_s}")
+        if max_connections < 1 or backlog < 1:
+            raise ValueError(f"max_connections and backlog must be >= 1, got {max_connections} and {backlog}")
         app: WsgiApp = make_wsgi_app(registry)
         if basic_auth is not None:
             app = with_basic_auth(app, basic_auth)
         app = with_head(app)
         self.tls = tls_cert is not None
         ctx = tls_context(tls_cert, tls_key) if tls_cert and tls_key else None
-        server_class = _IPv6Server if ":" in host else _Server
+        base = _IPv6Server if ":" in host else _Server
+        server_class = type(
+            base.__name__,
+            (base,),
+            {"read_timeout_s": read_timeout_s, "max_connections": max_connections, "request_queue_size": backlog},
+        )
         self._httpd = make_server(host, port, app, server_class, handler_class=_QuietHandler)
         if ctx is not None:
             self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True, do_handshake_on_connect=False)

@@ -8,9 +8,17 @@ import asyncio
 import dataclasses
 import json
 import math
+import re
+import resource
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
 
 import httpx
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -41,8 +49,6 @@ def server(tmp_path_factory):
 
 
 def wait_idle(served, timeout: float = 20.0):
-    import time
-
     deadline = time.monotonic() + timeout
     while (snap := served.snapshot()).unfinished or snap.delivering:
         assert time.monotonic() < deadline, f"engine did not go idle: {snap}"
@@ -291,3 +297,137 @@ def test_slow_and_half_open_connections_are_timed_out_and_capped(guarded):
     assert len(refused) >= 60 - 32 and len(timed_out) >= 16, answers
     assert len(refused) + len(timed_out) == 60, answers
     assert_idle_and_serving_small(http, served)
+
+
+# -- the `serve` command itself: a 50 MB prompt, a low open-file limit, SIGKILL mid-load -------------
+
+
+def start_serve(tmp_path, *extra: str, nofile: int | None = None):
+    """``bottleneck-map serve`` in a subprocess, its log in a file; returns (process, url, log path)."""
+    log_path = tmp_path / f"serve-{len(list(tmp_path.glob('serve-*.log')))}.log"
+    cmd = [sys.executable, "-m", "bottleneck_map.cli", "serve", "--model", "tiny", "--device", "cpu",
+           "--port", "0", "--threads", "1", "--max-num-seqs", "4", "--max-model-len", "256", *extra]  # fmt: skip
+
+    def limit_files() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    with open(log_path, "w") as log:
+        p = subprocess.Popen(cmd, stderr=log, preexec_fn=limit_files)
+    deadline = time.monotonic() + 120
+    while not (m := re.search(r"on (http://\S+)/v1", log_path.read_text())):
+        assert p.poll() is None and time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.05)
+    return p, m.group(1), log_path
+
+
+def _stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.slow
+def test_a_50mb_prompt_is_refused_at_once_and_costs_no_memory(tmp_path):
+    p, url, _ = start_serve(tmp_path)
+    try:
+        proc = psutil.Process(p.pid)
+        httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": "warm", "max_tokens": 2})
+        rss_before = proc.memory_info().rss
+        prompt = "word " * 10_000_000  # 50 MB
+        body = json.dumps({"model": "tiny", "prompt": prompt, "max_tokens": 2}).encode()
+        t0 = time.monotonic()
+        r = httpx.post(url + "/v1/completions", content=body, headers={"content-type": "application/json"})
+        elapsed = time.monotonic() - t0
+        assert r.status_code == 413 and r.json()["error"]["code"] == 413
+        # the same prompt under a raised body limit is refused by its length, before tokenizing
+        p2, url2, _ = start_serve(tmp_path, "--max-body-bytes", str(64 << 20))
+        try:
+            proc2 = psutil.Process(p2.pid)
+            rss2_before = proc2.memory_info().rss
+            r2 = httpx.post(url2 + "/v1/completions", content=body, headers={"content-type": "application/json"})
+            assert r2.status_code == 400 and r2.json()["error"]["param"] == "prompt"
+            assert "50000000 characters" in r2.json()["error"]["message"]
+            rss2_growth = proc2.memory_info().rss - rss2_before
+        finally:
+            _stop(p2)
+        rss_growth = proc.memory_info().rss - rss_before
+        assert elapsed < 10  # under 1 s on a quiet machine (docs/limits.md); loose for a busy one
+        assert rss_growth < 50 << 20, rss_growth  # nothing of the body was kept
+        assert rss2_growth < 400 << 20, rss2_growth  # the parsed body only, not 25M tokens (7 GiB)
+        assert httpx.get(url + "/health").status_code == 200
+    finally:
+        _stop(p)
+
+
+@pytest.mark.slow
+def test_connections_beyond_a_low_open_file_limit_are_refused_without_a_log_flood(tmp_path):
+    p, url, log_path = start_serve(tmp_path, "--header-timeout", "2", nofile=256)
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    socks = []
+    try:
+        for _ in range(300):  # more than the open-file limit allows
+            socks.append(socket.create_connection((host, int(port)), timeout=10))
+        r = httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2}, timeout=30)
+        assert r.status_code in (200, 503)  # the cap may still be full of half-open connections
+        time.sleep(2.5)  # the header timeout closes the half-open ones
+        r = httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2}, timeout=30)
+        assert r.status_code == 200
+        assert p.poll() is None
+    finally:
+        for s in socks:
+            s.close()
+        _stop(p)
+    log = log_path.read_text()
+    assert "open-file limit (256) allows 128 connections" in log
+    assert "Too many open files" not in log and len(log) < 20_000, log[-2000:]
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_http_process_mid_load_leaves_a_bundle_that_validates(tmp_path):
+    bundle = tmp_path / "bundle"
+    p, url, _ = start_serve(tmp_path, "--bundle", str(bundle))
+    engine = next(c for c in psutil.Process(p.pid).children(recursive=True) if "spawn_main" in " ".join(c.cmdline()))
+    completed: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        body = {"model": "tiny", "prompt": "keep going", "max_tokens": 40, "ignore_eos": True, "stream": True}
+        while not stop.is_set():
+            try:
+                with httpx.stream("POST", url + "/v1/completions", json=body, timeout=30) as r:
+                    text = "".join(r.iter_text())
+                if text.rstrip().endswith("[DONE]"):
+                    completed.append(r.headers["x-request-id"])
+            except httpx.HTTPError:
+                return
+
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(completed) < 6:
+            assert time.monotonic() < deadline, "no requests completed"
+            time.sleep(0.05)
+        p.kill()  # mid-load: streams in flight, requests queued
+        p.wait(10)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        if p.poll() is None:
+            p.kill()
+    psutil.wait_procs([engine], timeout=30)
+    report = validate_bundle(bundle)
+    assert report.valid, report.errors
+    loaded = read_bundle(bundle)
+    assert loaded.closed
+    requests = loaded.requests.set_index("request_id")
+    assert set(completed) <= set(requests.index)
+    assert (requests.loc[completed, "finish_reason"] == "length").all()
+    assert "abort" in set(requests["finish_reason"])  # the ones in flight when the HTTP process died
