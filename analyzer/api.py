@@ -335,6 +335,7 @@ def _analysis(
         run_id=meta.get("run_id"),
         bundle=t.path,
         instance=instance,
+        workload=dict(meta.get("workload") or {}),
         producer=meta.get("producer"),
         model=(meta.get("model") or {}).get("name"),
         device=peaks,

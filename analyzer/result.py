@@ -325,6 +325,7 @@ class BottleneckMap(_Serial):
     duration_s: float
     window_s: float
     instance: str | None = None  # the serving instance this map is restricted to (None: every request)
+    workload: dict[str, Any] = field(default_factory=dict)  # meta.workload: what load the run was under
     slo: dict[str, float] = field(default_factory=dict)
     capabilities: dict[str, bool] = field(default_factory=dict)
     top: Verdict | None = None

@@ -76,7 +76,7 @@ def test_diff(sim_bundle, tmp_path):
     assert r.exit_code == 0, r.output
     rows = {(x["section"], x["name"]): x for x in json.loads(r.output)["rows"]}
     assert rows[("latency", "e2e_p95_s")]["verdict"] == "better"
-    assert rows[("stage", "queue_share")]["verdict"] == "better"
+    assert rows[("stage", "queue_mean_s")]["verdict"] == "better"
 
 
 def test_no_bundle_named_takes_the_newest_runs(sim_bundle, tmp_path, monkeypatch):
