@@ -22,6 +22,7 @@ from bottleneck_map.dashboard.index_page import Dash
 from bottleneck_map.dashboard.store import Store
 
 ASSETS = Path(__file__).resolve().parent / "assets"
+MAX_REQUEST_BYTES = 1024 * 1024  # a callback request's body
 
 
 def create_app(
@@ -34,12 +35,14 @@ def create_app(
     store: Store | None = None,
     warm: bool = True,
     live_interval_ms: int = layout.LIVE_INTERVAL_MS,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
 ) -> dash.Dash:
     """A Dash app over ``bundles`` (a registry, or bundle paths; runs under ``runs_dir`` are added).
 
     With ``warm`` the default bundle is analysed before the app is returned, so the first
     page shows at once. ``live`` polls the open bundle every few seconds and re-renders the
-    current view when it has grown.
+    current view when it has grown. A request body over ``max_request_bytes`` gets 413 (the
+    browser's callbacks send a few kilobytes).
     """
     registry = bundles if isinstance(bundles, BundleRegistry) else BundleRegistry(bundles, runs_dir=runs_dir)
     store = store or Store(registry, window_s=window_s, slo=dict(slo or {}), live=live)
@@ -55,6 +58,7 @@ def create_app(
     app.layout = lambda: layout.page(registry, store, live, live_interval_ms)
     callbacks.register(app, store)
     _harden(app.server)
+    app.server.config["MAX_CONTENT_LENGTH"] = max_request_bytes
     app.server.config["BMAP_STORE"] = store
     if warm and registry.default is not None:
         loaded = store.get(registry.default.id)

@@ -67,10 +67,13 @@ def register(app: Dash, store: Store) -> None:
     )
     def grid_rows(request: dict[str, Any] | None, bid: str) -> Any:
         loaded = store.get(bid)
-        if loaded is None or not request:
+        if loaded is None or not request or not isinstance(request, dict):
             return no_update
         frame = drilldown.requests_table(loaded)
-        return drilldown.page(frame, request, drilldown.REQUEST_COLUMNS)
+        try:
+            return drilldown.page(frame, request, drilldown.REQUEST_COLUMNS)
+        except (TypeError, ValueError, OverflowError, AttributeError, KeyError):  # a request no grid sends
+            return no_update
 
     @app.callback(
         Output("waterfall", "children"),

@@ -23,6 +23,18 @@ def register(app: typer.Typer) -> None:
         live: bool = typer.Option(False, "--live", help="Refresh every few seconds from a bundle still being written."),
         window: float = typer.Option(1.0, "--window", help="Analysis window in seconds."),
         slo: str = typer.Option(None, "--slo", help="SLOs, e.g. ttft=0.5,tpot=0.05,e2e=10 (seconds)."),
+        max_request_bytes: int = typer.Option(
+            1024 * 1024, "--max-request-bytes", help="Largest request body (larger: 413)."
+        ),
+        max_header_bytes: int = typer.Option(
+            64 * 1024, "--max-header-bytes", help="Largest request line and headers (larger: 431)."
+        ),
+        max_connections: int = typer.Option(
+            100, "--max-connections", help="Open connections at most; further ones wait in the listen backlog."
+        ),
+        read_timeout: int = typer.Option(
+            30, "--read-timeout", help="Seconds a connection may stay silent before it is closed."
+        ),
     ) -> None:
         """Open the bottleneck map in the browser: the map, timeline, latency, requests, roofline, compare."""
         from rich.console import Console
@@ -34,6 +46,14 @@ def register(app: typer.Typer) -> None:
         if not window > 0:
             raise typer.BadParameter(f"{window} must be a positive number of seconds", param_hint="--window")
         slos = _parse_slo(slo)
+        for value, flag in (
+            (max_request_bytes, "--max-request-bytes"),
+            (max_header_bytes, "--max-header-bytes"),
+            (max_connections, "--max-connections"),
+            (read_timeout, "--read-timeout"),
+        ):
+            if not value > 0:
+                raise typer.BadParameter(f"{value} must be > 0", param_hint=flag)
         console = Console(stderr=True, soft_wrap=True)
         from bottleneck_map.dashboard.app import create_app
         from bottleneck_map.dashboard.bundles import resolve_default
@@ -42,7 +62,7 @@ def register(app: typer.Typer) -> None:
             registry = resolve_default(bundles or [])
             default = registry.default
             console.print(f"analysing {default.path} ...", highlight=False)
-            app = create_app(registry, live=live, window_s=window, slo=slos)
+            app = create_app(registry, live=live, window_s=window, slo=slos, max_request_bytes=max_request_bytes)
             why = app.server.config["BMAP_STORE"].error(default.id)
             if why is not None and not live:
                 raise BundleError(why)
@@ -56,7 +76,17 @@ def register(app: typer.Typer) -> None:
         from waitress.server import create_server
 
         try:  # waitress: a production WSGI server (Flask's own server is for development only)
-            server = create_server(app.server, host=host, port=port, threads=SERVER_THREADS)
+            server = create_server(
+                app.server,
+                host=host,
+                port=port,
+                threads=SERVER_THREADS,
+                max_request_body_size=max_request_bytes,
+                max_request_header_size=max_header_bytes,
+                connection_limit=max_connections,
+                channel_timeout=read_timeout,
+                cleanup_interval=max(1, min(30, read_timeout // 2)),  # how often silent connections are found
+            )
         except OSError as exc:
             console.print(f"[red]error[/red]: cannot listen on {host}:{port}: {exc.strerror or exc}", highlight=False)
             raise typer.Exit(1) from None

@@ -137,6 +137,9 @@ class Store:
             except (BundleError, ValueError) as exc:
                 self._failed[entry.id] = (sig, str(exc))
                 return None
+            except Exception as exc:  # data the reader let through: a message for the page, not a traceback
+                self._failed[entry.id] = (sig, f"{entry.path}: cannot be analysed ({type(exc).__name__}: {exc})")
+                return None
             self._failed.pop(entry.id, None)
             loaded = Loaded(entry, bundle, analysis, sig, time.perf_counter() - t0)
             with self._lock:
