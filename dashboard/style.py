@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-# One colour per bottleneck class, the same in every view.
+from bottleneck_map import palette
+from bottleneck_map.palette import GROUP_COLORS, NO_CLASS_COLOR, PHASE_COLORS, WORKLOAD_COLORS  # noqa: F401 (the figures import them from here)
+
+# One colour per bottleneck class, the same in every view (and in the HTML report).
 CLASS_COLORS: dict[str, str] = {
-    "queueing": "#E45756",
-    "kv_cache_capacity": "#F58518",
-    "prefill_compute": "#4C78A8",
-    "decode_memory_bandwidth": "#2A9D8F",
-    "pcie_transfer": "#B279A2",
-    "host_overhead": "#FF9DA6",
-    "tokenization": "#9D755D",
-    "streaming": "#54A24B",
-    "power_thermal": "#EECA3B",
-    "balanced": "#9AA0A6",
+    **palette.CLASS_COLORS,
     "idle": "#ECEFF1",  # a window no request time overlaps
 }
-NO_CLASS_COLOR = "#D5D8DC"
 
 CLASS_NAMES: dict[str, str] = {
     "queueing": "Queueing",
@@ -34,14 +27,6 @@ CLASS_NAMES: dict[str, str] = {
     "idle": "Idle",
 }
 
-# Stage groups in the order latency flows through them, with their colour in stage charts.
-GROUP_COLORS: dict[str, str] = {
-    "tokenize": "#9D755D",
-    "queue": "#E45756",
-    "prefill": "#4C78A8",
-    "decode": "#2A9D8F",
-    "streaming": "#54A24B",
-}
 STAGE_NAMES: dict[str, str] = {
     "receive": "receive",
     "tokenize": "tokenize",
@@ -55,8 +40,6 @@ STAGE_NAMES: dict[str, str] = {
     "decode_wait": "decode wait",
     "streaming": "streaming",
 }
-PHASE_COLORS = {"prefill": "#4C78A8", "decode": "#2A9D8F", "mixed": "#B279A2", "all": "#333333"}
-WORKLOAD_COLORS = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#9D755D", "#2A9D8F"]
 
 FONT = "Inter, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif"
 
