@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import resource
+import time
 from dataclasses import dataclass
 
 import h11
@@ -89,6 +90,44 @@ def fit_connections_to_fd_limit(max_connections: int) -> int:
             "the open-file limit (%d) allows %d connections, not the %d asked for", soft, fitted, max_connections
         )
     return fitted
+
+
+class AcceptErrorFilter(logging.Filter):
+    """Lets one "socket.accept() out of system resource" record of asyncio's through per
+    ``every_s``, without its traceback. Out of file descriptors, asyncio's accept loop (CPython
+    3.11) logs the error once per pending connection on every retry: megabytes a second."""
+
+    MESSAGE = "socket.accept() out of system resource"
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._last = float("-inf")
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.MESSAGE):
+            return True
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            self.suppressed += 1
+            return False
+        self._last = now
+        exc = record.exc_info[1] if record.exc_info else None
+        record.msg = f"{self.MESSAGE}: {exc or 'no file descriptors'} (logged once a minute; lower --max-connections)"
+        record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
+def quiet_accept_errors() -> AcceptErrorFilter:
+    """Install :class:`AcceptErrorFilter` on asyncio's logger (once)."""
+    logger = logging.getLogger("asyncio")
+    for f in logger.filters:
+        if isinstance(f, AcceptErrorFilter):
+            return f
+    f = AcceptErrorFilter()
+    logger.addFilter(f)
+    return f
 
 
 def _raw_response(status: int, reason: str, message: str) -> bytes:

@@ -12,7 +12,7 @@ from typing import Any
 import typer
 
 from bottleneck_map.embedded_engine.core.engine_config import ConfigError, EngineConfig
-from bottleneck_map.embedded_engine.serving.limits import ServeLimits, fit_connections_to_fd_limit
+from bottleneck_map.embedded_engine.serving.limits import ServeLimits, fit_connections_to_fd_limit, quiet_accept_errors
 from bottleneck_map.embedded_engine.workloads import engine_flags as flags
 
 
@@ -456,6 +456,7 @@ def register(app: typer.Typer) -> None:
         http.server.config.h11_max_incomplete_event_size = limits.max_header_bytes
         http.server.config.timeout_keep_alive = limits.keep_alive_timeout_s
         http.sock.listen(limits.backlog)
+        quiet_accept_errors()
         typer.echo(
             f"serve: {served.state.served_model} on {http.url}/v1 (metrics {http.url}/metrics)"
             + (f", bundle {bundle}" if bundle else ""),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import math
 import re
 import resource
@@ -24,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bottleneck_map.bundle import read_bundle
 from bottleneck_map.embedded_engine.core.engine_config import EngineConfig
-from bottleneck_map.embedded_engine.serving.limits import ServeLimits
+from bottleneck_map.embedded_engine.serving.limits import ServeLimits, quiet_accept_errors
 from bottleneck_map.embedded_engine.serving.server import ArrivalH11Protocol
 from bottleneck_map.embedded_engine.serving.server_cli import build_server
 from bottleneck_map.ingest.http_server import UvicornServer
@@ -431,3 +432,20 @@ def test_sigkill_of_the_http_process_mid_load_leaves_a_bundle_that_validates(tmp
     assert set(completed) <= set(requests.index)
     assert (requests.loc[completed, "finish_reason"] == "length").all()
     assert "abort" in set(requests["finish_reason"])  # the ones in flight when the HTTP process died
+
+
+def test_accept_errors_out_of_file_descriptors_are_logged_once_a_minute(caplog):
+    """asyncio (CPython 3.11) logs EMFILE once per pending connection on every accept retry."""
+    quiet_accept_errors()
+    loop = asyncio.new_event_loop()
+    try:
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            for _ in range(500):
+                exc = OSError(24, "Too many open files")
+                loop.call_exception_handler({"message": "socket.accept() out of system resource", "exception": exc})
+            loop.call_exception_handler({"message": "something else", "exception": RuntimeError("x")})
+    finally:
+        loop.close()
+    accept = [r for r in caplog.records if "out of system resource" in r.getMessage()]
+    assert len(accept) == 1 and "Too many open files" in accept[0].getMessage() and accept[0].exc_info is None
+    assert any(r.getMessage() == "something else" for r in caplog.records)
