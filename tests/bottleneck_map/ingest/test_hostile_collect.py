@@ -7,18 +7,25 @@ that was acknowledged with 200.
 
 from __future__ import annotations
 
+import gzip
 import json
+import math
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 from factories import otlp_json, otlp_span
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from bottleneck_map.bundle import read_bundle
 from bottleneck_map.validate import validate_bundle
@@ -108,3 +115,170 @@ def test_sigterm_flushes_every_acknowledged_span(collect):
     assert c.stop() == 0, "".join(c.stderr)
     assert_complete(c)
     assert "collect: 10 requests" in "".join(c.stderr)
+
+
+def gzip_member_bomb(inflated: int, level: int = 9) -> bytes:
+    """One gzip member of ``inflated`` zero bytes."""
+    c = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = b"\0" * (1 << 20)
+    return b"".join([*(c.compress(zeros) for _ in range(inflated >> 20)), c.flush()])
+
+
+def pb_span(**fields) -> bytes:
+    """A protobuf export request of one llm_request span; ``attr_*`` fields become attributes."""
+    req = ExportTraceServiceRequest()
+    span = req.resource_spans.add().scope_spans.add().spans.add()
+    span.trace_id, span.span_id, span.name = b"\x07" * 16, b"\x08" * 8, "llm_request"
+    span.start_time_unix_nano = 1_763_900_000_000_000_000
+    span.end_time_unix_nano = span.start_time_unix_nano + 10**9
+    for key, value in fields.items():
+        if key.startswith("attr_"):
+            kv = span.attributes.add()
+            kv.key = key[5:].replace("__", ".")
+            if isinstance(value, float):
+                kv.value.double_value = value
+            else:
+                kv.value.int_value = value
+        else:
+            setattr(span, key, value)
+    return req.SerializeToString()
+
+
+def raw(c: Collect, head: bytes, chunks: Iterator[bytes] = iter(()), timeout_s: float = 60) -> bytes:
+    """Send a request by hand (headers, then body pieces until the server hangs up); the answer."""
+    host, port = c.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout_s) as s:
+        s.sendall(head)
+        try:
+            for chunk in chunks:
+                s.sendall(chunk)
+        except OSError:
+            pass  # the server answered and closed while the body was still coming
+        answer = b""
+        try:
+            while piece := s.recv(65536):
+                answer += piece
+        except ConnectionResetError:
+            pass
+    return answer
+
+
+RSS_BOUND = 160 * 1024 * 1024  # growth over the idle receiver allowed at any point (peak included)
+
+
+def hostile_inputs() -> Iterator[tuple[str, Callable[[Collect, httpx.Client], None]]]:
+    """(name, send) pairs; ``send`` delivers one hostile request and checks its answer."""
+    head = b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+    def declared_oversize(c, client):
+        assert raw(c, head + b"Content-Length: 300000000\r\n\r\n").startswith(b"HTTP/1.1 413")
+
+    def chunked_oversize(c, client):
+        piece = b"100000\r\n" + b"x" * 0x100000 + b"\r\n"
+        answer = raw(c, head + b"Transfer-Encoding: chunked\r\n\r\n", (piece for _ in range(64)))
+        assert answer.startswith(b"HTTP/1.1 413")
+
+    def slow_body(c, client):
+        def trickle():
+            for _ in range(3):
+                yield b" "
+                time.sleep(0.5)
+
+        answer = raw(c, head + b"Content-Length: 1000\r\n\r\n", trickle())  # never completes
+        assert answer.startswith(b"HTTP/1.1 408")
+
+    def refused(status, body, **headers):
+        def send(c, client):
+            r = c.post(client, body, **headers)
+            assert r.status_code == status, (r.status_code, r.text[:200])
+            assert "Traceback" not in r.text
+
+        return send
+
+    yield "declared oversize", declared_oversize
+    yield "chunked oversize", chunked_oversize
+    yield "slow body", slow_body
+    yield "gzip bomb", refused(413, gzip_member_bomb(300 << 20), **{"content-encoding": "gzip"})
+    yield (
+        "gzip bomb of many members",
+        refused(413, gzip.compress(b"\0" * (10 << 20)) * 300, **{"content-encoding": "gzip"}),
+    )
+    yield "deflate bomb", refused(413, zlib.compress(b"\0" * (200 << 20), 9), **{"content-encoding": "deflate"})
+    yield "deep JSON", refused(400, b"[" * 200_000 + b"]" * 200_000)
+    yield "deep object", refused(400, b'{"a":' * 100_000 + b"1" + b"}" * 100_000)
+    yield "resourceSpans a number", refused(400, b'{"resourceSpans": 5}')
+    yield "spans a number", refused(400, b'{"resourceSpans": [{"scopeSpans": [{"spans": 7}]}]}')
+    yield (
+        "Infinity latency",
+        refused(
+            400, json.dumps(otlp_json([otlp_span(90, **{"gen_ai.latency.e2e": {"doubleValue": math.inf}})])).encode()
+        ),
+    )
+    yield (
+        "start beyond int64",
+        refused(
+            400,
+            json.dumps(
+                otlp_json([{**otlp_span(91), "startTimeUnixNano": str(2**64), "endTimeUnixNano": str(2**64)}])
+            ).encode(),
+        ),
+    )
+    yield (
+        "tokens beyond int32",
+        refused(
+            400,
+            json.dumps(otlp_json([otlp_span(92, **{"gen_ai.usage.prompt_tokens": {"intValue": str(2**31)}})])).encode(),
+        ),
+    )
+    yield "invalid UTF-8", refused(400, b'{"resourceSpans": ["\xff\xfe"]}')
+    yield (
+        "lone surrogate id",
+        refused(
+            400, json.dumps(otlp_json([otlp_span(93, **{"gen_ai.request.id": {"stringValue": "\ud800"}})])).encode()
+        ),
+    )
+    yield "unknown encoding", refused(400, b"{}", **{"content-encoding": "br"})
+    yield "unknown type", refused(400, b"{}", **{"content-type": "text/plain"})
+    pb = {"content-type": "application/x-protobuf"}
+    yield "protobuf garbage", refused(400, b"\xff" * 1000, **pb)
+    yield (
+        "protobuf start beyond int64",
+        refused(400, pb_span(start_time_unix_nano=2**64 - 1, end_time_unix_nano=2**64 - 1), **pb),
+    )
+    yield "protobuf NaN latency", refused(400, pb_span(attr_gen_ai__latency__time_to_first_token=math.nan), **pb)
+    yield "protobuf negative tokens", refused(400, pb_span(attr_gen_ai__usage__completion_tokens=-5), **pb)
+    yield "protobuf end before start", refused(400, pb_span(end_time_unix_nano=1), **pb)
+
+
+@pytest.mark.slow
+def test_hostile_clients_leave_collect_alive_bounded_and_its_bundle_complete(collect):
+    c = collect("--body-timeout", "1")
+    with httpx.Client(timeout=60) as client:
+        c.post_good(client, first=0)
+        base = c.rss()
+        for k, (name, send) in enumerate(hostile_inputs(), start=1):
+            send(c, client)
+            assert c.proc.poll() is None, f"collect died after {name}: {''.join(c.stderr)}"
+            assert c.rss() - base < RSS_BOUND, f"{name}: RSS {c.rss() >> 20} MiB, idle {base >> 20} MiB"
+            c.post_good(client, first=2 * k)  # still answering, and what it acknowledges is kept
+        # a batch with one good and one unstorable span is refused whole; its corrected retry is kept
+        good, bad = otlp_span(500), otlp_span(501, **{"gen_ai.latency.e2e": {"doubleValue": -1.0}})
+        assert c.post(client, json.dumps(otlp_json([good, bad])).encode(), ["cmpl-0500"]).status_code == 400
+        assert c.post(client, json.dumps(otlp_json([good])).encode(), ["cmpl-0500"]).status_code == 200
+        # many half-open connections (a request line and no more) do not stop it answering
+        host, port = c.url.removeprefix("http://").split(":")
+        half_open = []
+        try:
+            for _ in range(200):
+                s = socket.create_connection((host, int(port)), timeout=30)
+                s.sendall(b"POST /v1/traces HTTP/1.1\r\n")
+                half_open.append(s)
+            c.post_good(client, first=600)
+        finally:
+            for s in half_open:
+                s.close()
+        assert c.proc.poll() is None
+    peak = int(re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{c.proc.pid}/status").read_text())[1]) * 1024
+    assert peak - base < RSS_BOUND, f"peak RSS {peak >> 20} MiB, idle {base >> 20} MiB"
+    assert c.stop() == 0, "".join(c.stderr)
+    assert_complete(c)
