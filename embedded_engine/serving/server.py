@@ -338,6 +338,12 @@ async def _prepare(state: ServerState, req: oai.GenerationRequest, trace: Reques
     max_chars = state.max_prompt_chars
     trace.tokenize_start_ns = now_ns()
     if req.kind == "chat":
+        if len(req.messages or []) > max_len:  # each renders to tokens: refused before rendering them all
+            raise oai.ApiError(
+                f"{len(req.messages or [])} messages cannot fit this model's maximum context length of "
+                f"{max_len} tokens.",
+                param="messages",
+            )
         _check_chars(sum(len(m["content"]) for m in req.messages or []), max_chars, max_len, "messages")
         try:
             text = tok.apply_chat_template(req.messages or [], add_generation_prompt=True)

@@ -449,3 +449,11 @@ def test_accept_errors_out_of_file_descriptors_are_logged_once_a_minute(caplog):
     accept = [r for r in caplog.records if "out of system resource" in r.getMessage()]
     assert len(accept) == 1 and "Too many open files" in accept[0].getMessage() and accept[0].exc_info is None
     assert any(r.getMessage() == "something else" for r in caplog.records)
+
+
+def test_more_messages_than_the_context_has_tokens_are_refused_before_rendering(guarded):
+    http, served = guarded
+    messages = [{"role": "user", "content": ""}] * (CONFIG.max_model_len + 1)
+    r = httpx.post(http.url + "/v1/chat/completions", json={"model": "tiny", "messages": messages})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    assert "cannot fit" in r.json()["error"]["message"]
