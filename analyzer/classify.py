@@ -372,14 +372,14 @@ def _host(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
     if fo is not None and eff is not None:
         ev.append(
             Evidence(
-                "roof_efficiency",
-                eff,
+                "forward_off_roof_fraction",
+                fo,
                 "ratio",
-                f"forward passes run at {_pct(eff)} of their roofline speed overall; {_pct(fo)} of step time is in forward passes under {_pct(ROOF_NEAR)} of theirs (near neither the bandwidth nor the compute roof)",
-                ROOF_NEAR,
+                f"{_pct(fo)} of step time is in forward passes under {_pct(ROOF_NEAR)} of their roofline speed (near neither the bandwidth nor the compute roof); all forward passes together run at {_pct(eff)} of it",
+                HOST_STEP_FRAC_HIGH,
             )
         )
-        corr += 0.4 if eff < ROOF_NEAR else 0.0
+        corr += 0.4 if fo >= HOST_STEP_FRAC_HIGH else 0.0
     util50, futil = sig.get("decode_step_bw_util_p50"), sig.get("decode_flops_util")
     if util50 is not None and util50 < ROOF_NEAR:
         ev.append(
@@ -419,6 +419,8 @@ def _host(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
         knobs = ["async output processing", "cuda-graphs"]
     if batch:
         rec += f"; {batch}"
+    if kind == "forward" and sig.engine.get("device") == "cpu":
+        rec += "; on a CPU, other processes on the same cores stretch steps the same way: compare with the cores idle"
     if more:
         knobs.insert(0, "--max-num-seqs")
     return min(corr, 1.0), ev, rec, knobs

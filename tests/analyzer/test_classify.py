@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 from analyzer_synth import MS, US
+from verdict_checks import assert_agrees_with_evidence
 
 from bottleneck_map.analyzer import CLASSES, analyze
 from bottleneck_map.analyzer.classify import CONFIDENT
@@ -146,36 +147,6 @@ SLOW_DECODE = dict(n_requests=24, rate_per_s=10, prompt_tokens=32, output_tokens
 
 def _ev(v):
     return {e.metric: e for e in v.evidence}
-
-
-def assert_agrees_with_evidence(m):
-    """Properties every map must hold: a confident verdict's cited numbers support it, the ranking is
-    explained, confidence never rests on unattributed time, and no evidence line is repeated."""
-    from bottleneck_map.analyzer.roofline import ROOF_NEAR
-
-    unknown = next((e.value for v in m.verdicts for e in v.evidence if e.metric == "unattributed_share"), 0.0)
-    for v in m.verdicts:
-        texts = [e.text for e in v.evidence]
-        assert len(texts) == len(set(texts)), texts
-        assert v.confidence <= max(1 - unknown, 0) + 1e-9 or v.cls == "balanced"
-        if v.confidence < CONFIDENT:
-            continue
-        ev = _ev(v)
-        if v.cls == "decode_memory_bandwidth":
-            assert ev["decode_step_bandwidth_utilization_p50"].value >= ROOF_NEAR
-            assert ev["decode_step_bandwidth_utilization_p50"].threshold == ROOF_NEAR
-        if v.cls == "host_overhead":
-            reasons = [
-                ev["host_fraction_of_step_time"].value >= ev["host_fraction_of_step_time"].threshold,
-                ev["roof_efficiency"].value < ROOF_NEAR if "roof_efficiency" in ev else False,
-                ev["idle_fraction"].value >= 0.2 if "idle_fraction" in ev else False,
-            ]
-            assert any(reasons), v.evidence
-        if "--max-num-seqs" in v.knobs and v.cls != "kv_cache_capacity":
-            assert "raise --max-num-seqs" in v.recommendation
-    for v in m.verdicts[1:]:
-        if v.confidence > m.top.confidence:
-            assert v.rank_note and m.top.cls in v.rank_note, (v.cls, v.rank_note)
 
 
 @pytest.mark.parametrize("cls", list(SCENARIOS))
