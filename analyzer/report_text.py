@@ -45,17 +45,23 @@ def _headline(m: BottleneckMap) -> Text:
     return t
 
 
-def _evidence(m: BottleneckMap) -> Text:
-    t = Text()
+def _hanging(label: Text | str, lines: list[str]) -> Table:
+    """``label`` before each line; a line that wraps continues under its own start, not at column 0."""
+    grid = Table.grid()
+    grid.add_column(no_wrap=True)
+    grid.add_column()
+    for line in lines:
+        grid.add_row(label, line)
+    return grid
+
+
+def _evidence(m: BottleneckMap) -> Group:
     if m.top is None:
-        return t
-    for e in m.top.evidence:
-        t.append("  - ")
-        t.append(e.text + "\n")
+        return Group()
+    parts = [_hanging("  - ", [e.text for e in m.top.evidence])]
     if m.top.recommendation:
-        t.append("  Fix: ", style="bold")
-        t.append(m.top.recommendation + "\n")
-    return t
+        parts.append(_hanging(Text("  Fix: ", style="bold"), [m.top.recommendation]))
+    return Group(*parts, Text(""))
 
 
 def _map_table(m: BottleneckMap, bar: int = _BAR, fold: bool = False) -> Table:

@@ -68,3 +68,13 @@ def test_long_class_names_wrap_instead_of_being_cut(sample_map):
         assert max(len(line.rstrip()) for line in text.splitlines()) <= width
         rows = "".join(line.split(" ")[0] for line in _table_lines(text, "Per workload class"))
         assert "summarization-with-long-context-1" in rows
+
+
+def test_evidence_that_wraps_continues_under_its_bullet(sample_map):
+    text = _text(sample_map, 60)
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  - "))
+    end = next(i for i, line in enumerate(lines) if line.startswith("Latency map"))
+    block = [line for line in lines[start:end] if line.strip()]
+    assert len(block) > len(sample_map.top.evidence)  # some evidence wraps at 60 columns
+    assert all(line.startswith(("  - ", "    ", "  Fix: ")) for line in block), block
