@@ -94,8 +94,9 @@ class HelpCommand(TyperCommand):
     def format_options(self, ctx: Any, formatter: Any) -> None:
         args, opts = [], []
         for param in self.get_params(ctx):
-            if param.param_type_name == "option" and param.metavar is None and not param.is_flag:
-                param.metavar = metavar(param.display_type(ctx))
+            typed = getattr(param, "display_type", None)  # typer >= 0.29 names types "<int>"; older ones as click
+            if param.param_type_name == "option" and param.metavar is None and not param.is_flag and typed:
+                param.metavar = metavar(typed(ctx))
             record = param.get_help_record(ctx)
             if record is None:
                 continue
