@@ -1,6 +1,6 @@
 """The OpenAI API surface ``serve`` speaks: request parsing and validation, response bodies.
 
-Parsing is strict about what would change the answer (``n`` other than 1, bad
+Parsing is strict about what would change the answer (``best_of`` other than 1, bad
 sampling values, ``max_tokens`` out of range) and lenient about fields that do
 not (``user``, ``logprobs: null``), as vLLM's OpenAI server is. Every problem is
 an :class:`ApiError` that renders in OpenAI's error shape::
@@ -25,6 +25,7 @@ MAX_TOKENS_CEILING = 1 << 20
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 1024  # per stop string: the streamed text held back is as long as the longest one
 MAX_STOP_TOKEN_IDS = 1024
+MAX_N = 128  # most sequences one request may sample in parallel (OpenAI's limit)
 
 
 class ApiError(Exception):
@@ -81,6 +82,7 @@ class GenerationRequest:
     continuous_usage: bool = False  # vLLM's stream_options.continuous_usage_stats: usage in every chunk
     echo: bool = False
     logprobs: int | None = None  # alternatives per token with its log-probability (None: none asked)
+    n: int = 1  # sequences sampled in parallel, returned as choices 0 .. n-1
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -152,9 +154,7 @@ def _common(doc: Mapping[str, Any], kind: str, served_model: str) -> GenerationR
         model = served_model
     if model != served_model:
         raise not_found_model(model, served_model)
-    n = doc.get("n")
-    if n is not None and n != 1:
-        raise ApiError(f"Only n=1 is supported, got n={n!r}.", param="n")
+    n = _int(doc, "n", 1, MAX_N) or 1
     best_of = doc.get("best_of")
     if best_of is not None and best_of != 1:
         raise ApiError(f"Only best_of=1 is supported, got {best_of!r}.", param="best_of")
@@ -222,6 +222,7 @@ def _common(doc: Mapping[str, Any], kind: str, served_model: str) -> GenerationR
         include_usage=bool(opts and _bool(opts, "include_usage")),
         continuous_usage=bool(opts and _bool(opts, "continuous_usage_stats")),
         logprobs=logprobs,
+        n=n,
     )
 
 

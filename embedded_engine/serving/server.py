@@ -51,6 +51,7 @@ from bottleneck_map.embedded_engine.core.inject import spin
 from bottleneck_map.embedded_engine.core.sequence import RequestTrace, SamplingParams
 from bottleneck_map.embedded_engine.core.tracing import TraceSink, request_row
 from bottleneck_map.embedded_engine.serving import openai_protocol as oai
+from bottleneck_map.embedded_engine.serving import parallel
 from bottleneck_map.embedded_engine.serving.limits import GuardedH11Protocol, ServeLimits, prompt_char_limit
 from bottleneck_map.embedded_engine.serving.logprobs import LogprobsBuilder
 from bottleneck_map.embedded_engine.serving.vllm_metrics import VllmMetrics, engine_facts, instrument_http
@@ -429,6 +430,8 @@ async def _generate(state: ServerState, request: Request, kind: str) -> Response
     if not state.loop.alive:
         return _error(oai.ApiError("the engine is not running", status=503, type="ServiceUnavailableError"))
     rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
+    if req.n > 1:
+        return await parallel.respond(state, request, req, rid, ids, params, trace)
     st = state.loop.submit(rid, ids, params, trace, deliver=req.stream, traceparent=request.headers.get("traceparent"))
     created = int(time.time())
     if req.stream:

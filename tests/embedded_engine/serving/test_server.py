@@ -188,7 +188,7 @@ def test_stop_string_ends_the_output_before_it(server, client):
         ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": -3}, 400, "max_tokens", "at least 1"),
         ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 10**9}, 400, "max_tokens", "absurd"),
         ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 600}, 400, "max_tokens", "maximum context"),
-        ("/v1/completions", {"model": "tiny", "prompt": "x", "n": 2}, 400, "n", "n=1"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "n": 129}, 400, "n", "[1, 128]"),
         ("/v1/completions", {"model": "tiny", "prompt": "x", "temperature": -1}, 400, "temperature", "temperature"),
         ("/v1/completions", {"model": "tiny"}, 400, "prompt", "prompt"),
         ("/v1/chat/completions", {"model": "tiny", "messages": []}, 400, "messages", "messages"),
@@ -208,8 +208,8 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, cli
 def test_official_client_raises_typed_errors(client):
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="nope", prompt="x", max_tokens=2)
-    with pytest.raises(openai.BadRequestError, match="n=1"):
-        client.completions.create(model="tiny", prompt="x", n=3)
+    with pytest.raises(openai.BadRequestError, match="best_of"):
+        client.completions.create(model="tiny", prompt="x", best_of=3)
 
 
 def test_client_disconnect_aborts_and_frees_kv_blocks(server):
