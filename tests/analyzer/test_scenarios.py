@@ -327,10 +327,10 @@ def test_readme_kv_example_headlines_kv_cache_capacity(tmp_path):
 
 def test_readme_slow_client_example_headlines_streaming(tmp_path):
     b, stdout = run_engine(
-        tmp_path, "readme-client", "--inject", "client_read_ms=250", "--num-requests", "24", base=README
+        tmp_path, "readme-client", "--inject", "client_read_ms=500", "--num-requests", "24", base=README
     )
     m = analyze_checked(b)
     assert m.top.cls == "streaming", [(v.cls, round(v.share_of_latency, 3), v.confidence) for v in m.verdicts]
     assert "Bottleneck: streaming" in stdout
-    # A client reading a chunk every 250 ms falls behind generation, and never catches up inside a window.
+    # A client reading a chunk every 500 ms falls behind generation, and never catches up inside a window.
     assert not any(w.cls == "idle" for w in m.windows if w.requests_arrived or w.stage_share.get("streaming"))
