@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def value(rows: list, name: str, **labels) -> float:
 @pytest.fixture(scope="module", params=["process", "thread"])
 def served_after_load(request, tiny):
     """A server (either engine layout) after a streamed chat, a completion, a one-token request and a
-    refused request; yields its /metrics text."""
+    refused request; yields its /metrics text and its URL."""
     kw = {"loaded": tiny} if request.param == "thread" else {"threads": 1}
     served = build_server(model="tiny", engine_config=CONFIG, instance="m-0", measure_device=False, **kw)
     http = UvicornServer(served.app)
@@ -67,14 +68,14 @@ def served_after_load(request, tiny):
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
             time.sleep(0.2)  # the last rows reach the metrics with the engine's next message
-            yield c.get("/metrics").text
+            yield c.get("/metrics").text, http.url
     finally:
         http.stop()
         served.close()
 
 
 def test_every_series_the_dashboards_read_is_served(served_after_load):
-    rows = samples(served_after_load)
+    rows = samples(served_after_load[0])
     names = {s.name for s in rows}
     for dashboard, wanted in FIXTURE["dashboards"].items():
         missing = sorted(set(wanted) - names)
@@ -89,8 +90,8 @@ def test_every_series_the_dashboards_read_is_served(served_after_load):
 
 
 def test_vllm_families_with_values_after_load(served_after_load):
-    rows = samples(served_after_load)
-    fams = families(served_after_load)
+    rows = samples(served_after_load[0])
+    fams = families(served_after_load[0])
     lab = {"model_name": "tiny", "engine": "0"}
     assert value(rows, "vllm:request_success_total", finished_reason="length", **lab) == 4
     assert value(rows, "vllm:request_success_total", finished_reason="error", **lab) == 0
@@ -130,6 +131,19 @@ def test_vllm_families_with_values_after_load(served_after_load):
     assert value(rows, "process_cpu_seconds_total") > 0 and "python_gc_objects_collected_total" in {
         s.name for s in rows
     }
+
+
+def test_head_answers_like_get_without_a_body(served_after_load):
+    host, port = served_after_load[1].split("//")[1].rsplit(":", 1)
+    for path in ("/metrics", "/health", "/v1/models"):
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        head, sep, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and sep and body == b"", path
+    assert "content-length" in head.decode().lower()
 
 
 def _exposition(m: vm.VllmMetrics) -> str:
