@@ -196,7 +196,10 @@ def add_otlp_file(sink: TraceSink, path: str | Path) -> int:
         except OtlpError as exc:
             where = f"{path}" if len(chunks) == 1 else f"{path}:{lineno}"
             raise OtlpError(f"{where}: {exc}") from None
-    return sink.add(spans)
+    try:
+        return sink.add(spans)
+    except OtlpError as exc:  # a span whose row the bundle could not store: nothing of the file is kept
+        raise OtlpError(f"{path}: {exc}") from None
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:

@@ -180,3 +180,15 @@ def test_two_spans_of_one_batch_reusing_an_id_are_both_kept(tmp_path):
         spans = spans_from_json(json.dumps(otlp_json([otlp_span(0), {**otlp_span(0), "spanId": "ab" * 8}])).encode())
         assert sink.add(spans) == 2
     assert sorted(read_bundle(tmp_path / "b").requests["request_id"]) == ["cmpl-0000", "cmpl-0000@vllm-0:8000"]
+
+
+def test_an_otlp_file_with_an_unstorable_span_is_refused_naming_the_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from bottleneck_map.cli import app
+
+    bad = tmp_path / "spans.json"
+    bad.write_text(json.dumps(otlp_json([otlp_span(0), otlp_span(1, **{"gen_ai.latency.e2e": {"doubleValue": -2}})])))
+    r = CliRunner().invoke(app, ["collect", "--out", str(tmp_path / "b"), "--no-receive", "--otlp-file", str(bad)])
+    assert r.exit_code == 1 and "spans.json" in r.output and "gen_ai.latency.e2e" in r.output
+    assert "Traceback" not in r.output
