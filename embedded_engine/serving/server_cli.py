@@ -455,7 +455,7 @@ def register(app: typer.Typer) -> None:
         http.server.config.http = ArrivalH11Protocol.with_limits(limits)
         http.server.config.h11_max_incomplete_event_size = limits.max_header_bytes
         http.server.config.timeout_keep_alive = limits.keep_alive_timeout_s
-        http.sock.listen(limits.backlog)
+        http.server.config.backlog = limits.backlog  # asyncio listens with it (and accepts as many per tick)
         quiet_accept_errors()
         typer.echo(
             f"serve: {served.state.served_model} on {http.url}/v1 (metrics {http.url}/metrics)"

@@ -385,19 +385,22 @@ def test_connections_beyond_a_low_open_file_limit_are_refused_without_a_log_floo
         _stop(p)
     log = log_path.read_text()
     assert "open-file limit (256) allows 128 connections" in log
-    assert "Too many open files" not in log and len(log) < 20_000, log[-2000:]
+    # a burst of connections can still be accepted faster than refused ones are closed: then
+    # asyncio's accept error appears, once (it would otherwise be logged per pending connection)
+    assert log.count("Too many open files") <= 1 and len(log) < 5_000, log[-2000:]
 
 
 @pytest.mark.slow
 def test_sigkill_of_the_http_process_mid_load_leaves_a_bundle_that_validates(tmp_path):
     bundle = tmp_path / "bundle"
-    p, url, _ = start_serve(tmp_path, "--bundle", str(bundle))
+    # steps of at least 10 ms: requests are still running in the engine when the HTTP process dies
+    p, url, _ = start_serve(tmp_path, "--bundle", str(bundle), "--inject", "step_host_ms=10")
     engine = next(c for c in psutil.Process(p.pid).children(recursive=True) if "spawn_main" in " ".join(c.cmdline()))
     completed: list[str] = []
     stop = threading.Event()
 
     def client() -> None:
-        body = {"model": "tiny", "prompt": "keep going", "max_tokens": 40, "ignore_eos": True, "stream": True}
+        body = {"model": "tiny", "prompt": "keep going", "max_tokens": 30, "ignore_eos": True, "stream": True}
         while not stop.is_set():
             try:
                 with httpx.stream("POST", url + "/v1/completions", json=body, timeout=30) as r:
