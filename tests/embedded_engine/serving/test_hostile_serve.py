@@ -454,3 +454,59 @@ def test_more_messages_than_the_context_has_tokens_are_refused_before_rendering(
     r = httpx.post(http.url + "/v1/chat/completions", json={"model": "tiny", "messages": messages})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
     assert "cannot fit" in r.json()["error"]["message"]
+
+
+def test_a_request_failing_inside_the_engine_fails_alone(tiny, tmp_path, monkeypatch):
+    """A sampling failure the checks did not foresee (here: any request seeded 666) ends that request
+    with an error, to its client and in the bundle, while the others in its batches go on."""
+    from bottleneck_map.embedded_engine.core import sampler
+
+    real = sampler.sample_one
+
+    def failing(logits, params, generator=None):
+        if params.seed == 666:
+            raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
+        return real(logits, params, generator)
+
+    monkeypatch.setattr(sampler, "sample_one", failing)
+    bundle = tmp_path / "bundle"
+    served = build_server(
+        model="tiny", loaded=tiny, engine_config=CONFIG, instance="fail-0", bundle=bundle, measure_device=False
+    )
+    http = UvicornServer(served.app)
+    http.server.config.http = ArrivalH11Protocol
+    http.start()
+
+    async def run() -> tuple[list[httpx.Response], httpx.Response, str]:
+        good = {"model": "tiny", "prompt": "fine", "max_tokens": 12, "temperature": 1.0, "ignore_eos": True}
+        bad = {**good, "seed": 666}
+        async with httpx.AsyncClient(base_url=http.url, timeout=60) as c:
+
+            async def stream_bad() -> str:
+                async with c.stream("POST", "/v1/completions", json={**bad, "stream": True}) as r:
+                    return (await r.aread()).decode()
+
+            results = await asyncio.gather(
+                *(c.post("/v1/completions", json=good) for _ in range(4)),
+                c.post("/v1/completions", json=bad),
+                stream_bad(),
+            )
+        return list(results[:4]), results[4], results[5]
+
+    try:
+        oks, failed, streamed = asyncio.run(run())
+        assert [r.status_code for r in oks] == [200] * 4
+        assert all(r.json()["usage"]["completion_tokens"] == 12 for r in oks)
+        assert failed.status_code == 500 and "probability tensor" in failed.json()["error"]["message"]
+        assert '"error"' in streamed and "probability tensor" in streamed and "[DONE]" not in streamed
+        assert httpx.get(http.url + "/health").status_code == 200
+        snap = wait_idle(served)
+        assert snap.running == 0 and snap.waiting == 0 and snap.kv_blocks_used == 0
+        time.sleep(0.1)  # the streamed request's record is written on the engine's loop
+        served.flush()
+        reasons = read_bundle(bundle).requests["finish_reason"].value_counts().to_dict()
+        assert reasons == {"length": 4, "error": 2}
+    finally:
+        http.stop()
+        served.close()
+    assert validate_bundle(bundle).valid
