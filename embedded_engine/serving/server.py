@@ -546,7 +546,7 @@ def warm_up(state: ServerState) -> None:
     """First-use costs paid before serving rather than by the first requests, each tens of
     milliseconds of CPU on the event loop: anyio's asyncio backend (imported on the first
     ``run_in_threadpool`` or task group) and the chat template's Jinja compilation; then the
-    tokenizer and the detokenizer."""
+    tokenizer and the detokenizer, and the longest vocabulary entry (the prompt-length bound)."""
     importlib.import_module("anyio._backends._asyncio")
     tok = state.loop.tokenizer
     try:
@@ -556,6 +556,7 @@ def warm_up(state: ServerState) -> None:
     detok = tok.detokenizer()
     for t in tok.encode(text, False):
         detok.push(t)
+    tok.max_token_chars  # noqa: B018 - computed once, here
 
 
 def build_app(state: ServerState) -> Starlette:
