@@ -356,7 +356,7 @@ def _finish_reason(attrs: Mapping[str, Any]) -> str | None:
         if isinstance(v, str):
             try:
                 v = json.loads(v)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # not JSON (or absurdly nested): the text itself
                 return v
         if isinstance(v, list):
             return str(v[0]) if v else None

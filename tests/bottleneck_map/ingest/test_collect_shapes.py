@@ -90,6 +90,10 @@ WRONG_JSON = {
         json.dumps(one(**{"gen_ai.request.id": {"stringValue": "\ud800abc"}})).encode(),
         "request_id",
     ),
+    "lone surrogate finish reason": (
+        json.dumps(one(**{"gen_ai.response.finish_reasons": {"stringValue": "\udc00"}})).encode(),
+        "finish_reason",
+    ),
     "trace id a number": (json.dumps(with_span(traceId=5)).encode(), "traceId: 5 is not a hex id"),
 }
 
@@ -170,6 +174,14 @@ def test_a_refused_batch_is_not_taken_as_seen_so_its_retry_is_recorded(receiver)
     assert sink.stats()["requests"] == 1
     finish(writer, sink, time.time_ns(), prometheus=None, instances=None, step_s=None)
     assert validate_bundle(path).valid and len(read_bundle(path).requests) == 1
+
+
+def test_a_finish_reason_nested_absurdly_deep_is_kept_as_text(receiver):
+    client, sink, writer, path = receiver
+    deep = "[" * 100_000 + "]" * 100_000
+    body = json.dumps(one(**{"gen_ai.response.finish_reasons": {"stringValue": deep}})).encode()
+    r = client.post("/v1/traces", content=body, headers=JSON)
+    assert r.status_code == 200 and sink.requests == 1
 
 
 def test_two_spans_of_one_batch_reusing_an_id_are_both_kept(tmp_path):
