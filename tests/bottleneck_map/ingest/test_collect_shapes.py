@@ -4,6 +4,7 @@ and a refused batch leaves no trace (its spans are not taken as seen)."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -204,3 +205,53 @@ def test_an_otlp_file_with_an_unstorable_span_is_refused_naming_the_file(tmp_pat
     r = CliRunner().invoke(app, ["collect", "--out", str(tmp_path / "b"), "--no-receive", "--otlp-file", str(bad)])
     assert r.exit_code == 1 and "spans.json" in r.output and "gen_ai.latency.e2e" in r.output
     assert "Traceback" not in r.output
+
+
+ODD_VALUES = [None, 5, -1, 2**64, -(2**63) - 1, 1e308, math.inf, math.nan, "x", "", [], {}, [5], {"a": 1}, True,
+              "\ud800", "1e400", "ff" * 8, "9" * 30, 0.5]  # fmt: skip
+
+
+def test_mutated_exports_are_recorded_or_refused_never_crash_nor_dropped_later(tmp_path):
+    """Thousands of exports with fields replaced by odd values (fixed seed): each is either
+    recorded whole or refused with OtlpError, and nothing recorded is dropped at flush."""
+    import random
+    import warnings
+
+    from bottleneck_map.bundle import BundleWarning
+    from bottleneck_map.ingest.otlp import OtlpError, decode
+
+    rng = random.Random(7)
+
+    def mutate(doc, rate):
+        if isinstance(doc, dict):
+            out = {}
+            for k, v in doc.items():
+                r = rng.random()
+                if r < rate / 2:
+                    continue
+                out[k] = rng.choice(ODD_VALUES) if r < rate else mutate(v, rate)
+            return out
+        if isinstance(doc, list):
+            return [mutate(x, rate) for x in doc] + ([rng.choice(ODD_VALUES)] if rng.random() < rate / 2 else [])
+        return rng.choice(ODD_VALUES) if rng.random() < rate / 2 else doc
+
+    base = otlp_json([otlp_span(i) for i in range(3)])
+    pb = pb_body()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BundleWarning)
+        with BundleWriter(tmp_path / "b", collect_meta()) as writer:
+            sink = TraceSink(writer)
+            for i in range(1500):
+                body, ctype = json.dumps(mutate(base, 0.02 + 0.1 * (i % 3))).encode(), JSON["content-type"]
+                if i % 5 == 0:  # a protobuf body with a few bytes changed
+                    raw = bytearray(pb)
+                    for _ in range(rng.randint(1, 4)):
+                        raw[rng.randrange(len(raw))] = rng.randrange(256)
+                    body, ctype = bytes(raw), PROTOBUF["content-type"]
+                try:
+                    sink.add(decode(body, ctype))
+                except OtlpError:
+                    pass
+            recorded = sink.requests
+    assert recorded > 0 and len(read_bundle(tmp_path / "b").requests) == recorded
+    assert validate_bundle(tmp_path / "b").valid
