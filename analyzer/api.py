@@ -242,7 +242,8 @@ def _analysis(
             throttle_loss = np.where(throttled & np.isfinite(ratio), 1 - np.clip(ratio, 0, 1), 0.0)
     ptf = roof["prefill_time_frac"].to_numpy() if has_steps and "prefill_time_frac" in roof else None
     mt = roof["model_time_s"].to_numpy() * 1e9 if has_steps and "model_time_s" in roof else None
-    sb = attribution.step_breakdown(steps, engine, throttle_loss, ptf, mt) if has_steps else None
+    dcb = roof["decode_compute_bound"].to_numpy() if has_steps and "decode_compute_bound" in roof else None
+    sb = attribution.step_breakdown(steps, engine, throttle_loss, ptf, mt, dcb) if has_steps else None
     if sb is not None:
         sb["tokens_out"] = np.nan_to_num(f64(steps, "num_decode_seqs")) + np.nan_to_num(f64(steps, "num_prefill_seqs"))
 
@@ -540,7 +541,10 @@ def _unreachable(
     out: list[Unreachable] = []
     if not caps["steps"]:
         why = "the bundle has no step records (for example ingested from a deployment), so prefill/decode time cannot be split into compute, waiting and host overhead, and there is no roofline"
-        out += [Unreachable(c, why) for c in ("prefill_compute", "decode_memory_bandwidth", "host_overhead")]
+        out += [
+            Unreachable(c, why)
+            for c in ("prefill_compute", "decode_memory_bandwidth", "decode_compute", "host_overhead")
+        ]
         out.append(Unreachable("pcie_transfer", "no step records: swap time and bytes per step are unknown"))
     clocks = not samples.empty and (samples["has_reasons"].any() or samples["sm_clock_ratio"].notna().any())
     if not clocks:
@@ -577,10 +581,19 @@ def _stage_class(stage: str, attr: pd.DataFrame, sig: classify.Signals) -> str |
             return "host_overhead"
         if (sig.get("busy_throttled_frac") or 0) >= classify.THROTTLED_FRAC_HIGH:
             return "power_thermal"
-        return "prefill_compute" if stage == "prefill_compute" else "decode_memory_bandwidth"
+        return "prefill_compute" if stage == "prefill_compute" else _decode_class(s)
     if (sig.get("idle_frac") or 0) >= 0.5:
         return "host_overhead"
-    return "prefill_compute" if stage == "prefill_wait" else "decode_memory_bandwidth"
+    return "prefill_compute" if stage == "prefill_wait" else _decode_class(s)
+
+
+def _decode_class(share: dict[str, float]) -> str:
+    """The decode class holding more latency: bandwidth-bound or compute-bound decode."""
+    return (
+        "decode_compute"
+        if share.get("decode_compute", 0) > share.get("decode_memory_bandwidth", 0)
+        else "decode_memory_bandwidth"
+    )
 
 
 def _stage_stats(st: pd.DataFrame, attr: pd.DataFrame, sig: classify.Signals, done: np.ndarray) -> list[StageStats]:

@@ -10,7 +10,8 @@ Stage time maps to classes as follows (``docs/bottleneck-map.md`` has the table)
 * time in this request's own steps splits by what the step did: host work
   (schedule/prepare/sample/postprocess) -> host_overhead, forward time lost to clock
   throttling -> power_thermal, prefill forward -> prefill_compute, decode forward ->
-  decode_memory_bandwidth, except the part of a mixed step that its prefill tokens add
+  decode_memory_bandwidth (decode_compute when the step's decode rows sit above the ridge
+  point, so the roofline bounds them by FLOP/s), except the part of a mixed step that its prefill tokens add
   (modelled with the roofline) -> prefill_compute; the forward time of a step that runs at
   under :data:`~bottleneck_map.analyzer.roofline.ROOF_NEAR` of its roofline speed (near neither
   the bandwidth nor the compute roof) -> host_overhead (framework / launch overhead, matrices
@@ -40,7 +41,15 @@ KV_BLOCKING = 0.50
 # A step using this fraction of --max-num-batched-tokens has spent its token budget.
 BUDGET_FULL = 0.9
 UNATTRIBUTED = "unattributed"
-_STEP_CLASSES = ("host_overhead", "pcie_transfer", "power_thermal", "prefill_compute", "decode_memory_bandwidth")
+_STEP_CLASSES = (
+    "host_overhead",
+    "pcie_transfer",
+    "power_thermal",
+    "prefill_compute",
+    "decode_memory_bandwidth",
+    "decode_compute",
+)
+_DECODE = ("decode_memory_bandwidth", "decode_compute")
 
 
 def step_breakdown(
@@ -49,8 +58,12 @@ def step_breakdown(
     throttle_loss: np.ndarray | None = None,
     prefill_time_frac: np.ndarray | None = None,
     model_time_ns: np.ndarray | None = None,
+    decode_compute_bound: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """Per step: duration split into class time (ns, floats), plus ``kv_usage`` and flags."""
+    """Per step: duration split into class time (ns, floats), plus ``kv_usage`` and flags.
+
+    ``decode_compute_bound`` (per step, from the roofline) sends the decode part of a step's
+    forward time to decode_compute instead of decode_memory_bandwidth."""
     n = steps.num_rows
     start, end = ns(steps, "start_ns"), ns(steps, "end_ns")
     dur = np.clip(end - start, 0, None).astype(np.float64)
@@ -70,6 +83,7 @@ def step_breakdown(
         fwd = fwd - over
         host = host + over
     loss = np.zeros(n) if throttle_loss is None else np.clip(np.nan_to_num(throttle_loss), 0, 1) * fwd
+    dcb = np.zeros(n, bool) if decode_compute_bound is None else np.asarray(decode_compute_bound, bool)
     fwd_eff = fwd - loss
     pre_tok = np.nan_to_num(f64(steps, "num_prefill_tokens"))
     dec = np.nan_to_num(f64(steps, "num_decode_seqs"))
@@ -95,7 +109,8 @@ def step_breakdown(
             "pcie_transfer": swap,
             "power_thermal": loss,
             "prefill_compute": fwd_eff * pfrac,
-            "decode_memory_bandwidth": fwd_eff * (1 - pfrac),
+            "decode_memory_bandwidth": fwd_eff * (1 - pfrac) * ~dcb,
+            "decode_compute": fwd_eff * (1 - pfrac) * dcb,
             "prefill_frac": pfrac,
             "forward_overhead": over,
             "kv_usage": kv,
@@ -285,7 +300,8 @@ def _attribute(  # noqa: C901
             own_t = own_t.astype(float)
             parts = {c: between(c, a, b) for c in _STEP_CLASSES if c != "pcie_transfer"}
             if phase == "prefill":  # in its own prefill steps a request's forward time is prefill compute
-                parts["prefill_compute"] = parts["prefill_compute"] + parts.pop("decode_memory_bandwidth")
+                for c in _DECODE:
+                    parts["prefill_compute"] = parts["prefill_compute"] + parts.pop(c)
             tot = sum(parts.values())
             for c, v in parts.items():
                 out[c] += np.where(tot > 0, own_t * v / np.where(tot > 0, tot, 1), 0.0)
@@ -316,16 +332,16 @@ def own_step_time(membership, sb: pd.DataFrame, n_requests: int, first_token_ns:
     keep = ~(~prefill_phase & mem.is_prefill)
     w = keep.astype(np.float64)
     out = {}
-    fwd_step = sb["prefill_compute"].to_numpy() + sb["decode_memory_bandwidth"].to_numpy()
+    fwd_step = sb["prefill_compute"].to_numpy() + sum(sb[c].to_numpy() for c in _DECODE if c in sb)
     fwd = fwd_step[st] * w
     pre_w = prefill_phase * w
     # In its own prefill steps a request's forward time is prefill compute, whatever else was batched.
     out["prefill_compute"] = np.bincount(
         req, weights=fwd * prefill_phase + sb["prefill_compute"].to_numpy()[st] * (w - pre_w), minlength=n_requests
     )
-    out["decode_memory_bandwidth"] = np.bincount(
-        req, weights=sb["decode_memory_bandwidth"].to_numpy()[st] * (w - pre_w), minlength=n_requests
-    )
+    for c in _DECODE:
+        col = sb[c].to_numpy() if c in sb else np.zeros(len(sb))
+        out[c] = np.bincount(req, weights=col[st] * (w - pre_w), minlength=n_requests)
     for c in ("host_overhead", "pcie_transfer", "power_thermal"):
         col = sb[c].to_numpy()
         out[c] = np.bincount(req, weights=col[st] * w, minlength=n_requests) if col.any() else np.zeros(n_requests)

@@ -26,6 +26,7 @@ SHARE_THRESHOLD: dict[str, float] = {
     "kv_cache_capacity": 0.15,
     "prefill_compute": 0.30,
     "decode_memory_bandwidth": 0.55,
+    "decode_compute": 0.55,
     "pcie_transfer": 0.10,
     "host_overhead": 0.25,
     "tokenization": 0.15,
@@ -42,7 +43,7 @@ THROTTLED_FRAC_HIGH = 0.2  # busy samples with a throttle reason
 # Admission limits: when one binds (confident, its engine counters corroborating) it ranks above the
 # per-step classes, because it caps the batch every step runs at and so the per-step figures with it.
 ADMISSION_LIMITS = ("queueing", "kv_cache_capacity")
-PER_STEP = ("prefill_compute", "decode_memory_bandwidth", "host_overhead")
+PER_STEP = ("prefill_compute", "decode_memory_bandwidth", "decode_compute", "host_overhead")
 LIMIT_BINDS = 0.5  # corroboration at which an admission limit counts as binding
 
 
@@ -318,6 +319,47 @@ def _decode(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
     return min(corr, 1.0), ev, rec, knobs
 
 
+def _decode_compute(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
+    ev = [_share_ev(sig, "decode_compute", "decode forward steps at or near the compute roofline (large batches)")]
+    corr = 0.0
+    ai, ridge, util = sig.get("decode_ai"), sig.get("ridge"), sig.get("decode_flops_util")
+    if ai is not None:
+        above = ridge is not None and ai >= ridge
+        ev.append(
+            Evidence(
+                "decode_arithmetic_intensity",
+                ai,
+                "FLOP/byte",
+                f"decode steps: {ai:.1f} FLOP/byte vs ridge point {ridge or 0:.0f} ({'compute-bound' if above else 'memory-bound'})",
+                ridge,
+            )
+        )
+        corr += 0.5 if above else 0.0
+    if util is not None:
+        ev.append(
+            Evidence(
+                "decode_flops_utilization",
+                util,
+                "ratio",
+                f"decode runs {_num(sig.get('decode_flops_per_s'), 'FLOP/s')} = {_pct(util)} of peak; a step counts as compute-bound at {_pct(ROOF_NEAR)} or more",
+                ROOF_NEAR,
+            )
+        )
+        corr += 0.5 if util >= ROOF_NEAR else 0.0
+    rec = "decode batches are large enough that matmuls, not weight reads, bound each step: lower-precision matmuls (FP8/INT8) or more FLOP/s; lower --max-num-seqs if TPOT matters more than throughput"
+    return min(corr, 1.0), ev, rec, ["quantization", "--max-num-seqs"]
+
+
+def _decode_compute_gate(sig: Signals) -> str | None:
+    """decode_compute needs the decode steps above the ridge point."""
+    ai, ridge = sig.get("decode_ai"), sig.get("ridge")
+    if ai is None or ridge is None:
+        return "no decode roofline (model shape or device peaks unknown)"
+    if ai < ridge:
+        return f"decode steps average {ai:.1f} FLOP/byte, under the ridge point {ridge:.0f}: bandwidth bounds them, not compute"
+    return None
+
+
 def _pcie(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
     ev = [_share_ev(sig, "pcie_transfer", "KV swap between host and device")]
     corr = 0.0
@@ -503,6 +545,7 @@ RULES: dict[str, Rule] = {
     "kv_cache_capacity": _kv,
     "prefill_compute": _prefill,
     "decode_memory_bandwidth": _decode,
+    "decode_compute": _decode_compute,
     "pcie_transfer": _pcie,
     "host_overhead": _host,
     "tokenization": _tokenization,
@@ -512,7 +555,10 @@ RULES: dict[str, Rule] = {
 
 
 # Checks that can contradict a class whatever its share: a reason when the numbers do not support it.
-GATES: dict[str, Callable[[Signals], str | None]] = {"decode_memory_bandwidth": _decode_near_roof}
+GATES: dict[str, Callable[[Signals], str | None]] = {
+    "decode_memory_bandwidth": _decode_near_roof,
+    "decode_compute": _decode_compute_gate,
+}
 CONTRADICTED = 0.4  # the most confidence a class gets while a gate contradicts it
 
 

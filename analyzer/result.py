@@ -24,6 +24,7 @@ CLASSES: tuple[str, ...] = (
     "kv_cache_capacity",
     "prefill_compute",
     "decode_memory_bandwidth",
+    "decode_compute",
     "pcie_transfer",
     "host_overhead",
     "tokenization",

@@ -219,6 +219,8 @@ def step_roofline(
         out["prefill_time_frac"] = np.where(
             prefill_tokens > 0, np.clip(1 - dec_t / np.where(full_t > 0, full_t, 1), 0, 1), 0.0
         )
+        # The decode rows alone sit above the ridge point: their roofline time is compute time.
+        out["decode_compute_bound"] = (d_seqs > 0) & (d_flops / pf > d_bytes / pb)
     else:
         out["model_time_s"] = np.nan
         out["prefill_time_frac"] = np.where(tokens > 0, prefill_tokens / np.where(tokens > 0, tokens, 1), 0.0)

@@ -33,6 +33,7 @@ _PLACE = {
     "kv_cache_capacity": ("t2", "t5"),
     "prefill_compute": ("t3", "t4"),
     "decode_memory_bandwidth": ("t4", "t5"),
+    "decode_compute": ("t4", "t5"),
     "pcie_transfer": ("t3", "t5"),
     "host_overhead": ("t3", "t5"),
     "power_thermal": ("t3", "t5"),

@@ -8,6 +8,7 @@ CLASS_COLORS: dict[str, str] = {
     "kv_cache_capacity": "#F58518",
     "prefill_compute": "#4C78A8",
     "decode_memory_bandwidth": "#2A9D8F",
+    "decode_compute": "#17BECF",
     "pcie_transfer": "#B279A2",
     "host_overhead": "#FF9DA6",
     "tokenization": "#9D755D",

@@ -18,6 +18,7 @@ CLASS_NAMES: dict[str, str] = {
     "kv_cache_capacity": "KV-cache capacity",
     "prefill_compute": "Prefill compute",
     "decode_memory_bandwidth": "Decode memory bandwidth",
+    "decode_compute": "Decode compute",
     "pcie_transfer": "PCIe transfer",
     "host_overhead": "Host overhead",
     "tokenization": "Tokenization",

@@ -227,3 +227,14 @@ def test_a_request_is_labelled_by_the_class_holding_most_of_its_time(sim_bundle)
     m = analyze(sim_bundle(with_steps=False, **SCENARIOS["decode_memory_bandwidth"]))
     w = m.worst_requests[0]
     assert w.cls is None and w.why.startswith("unattributed") and "largest attributed class" in w.why
+
+
+def test_decode_near_the_compute_roofline_is_decode_compute(sim_bundle):
+    # 64 sequences decoding at once: 14 FLOP/byte, above the ridge point (10), at half the peak FLOP/s.
+    big = dict(n_requests=64, rate_per_s=1000, prompt_tokens=16, output_tokens=64, max_num_seqs=64)
+    m = analyze(sim_bundle(**big, decode_base_ns=1 * MS, decode_ns_per_seq=300 * US))
+    assert m.top.cls == "decode_compute", [(v.cls, v.share_of_latency, v.confidence) for v in m.verdicts]
+    ev = _ev(m.top)
+    assert ev["decode_arithmetic_intensity"].value >= ev["decode_arithmetic_intensity"].threshold
+    assert m.verdict("decode_memory_bandwidth").confidence < CONFIDENT
+    assert_agrees_with_evidence(m)

@@ -52,8 +52,8 @@ def test_a_shrinking_share_whose_time_grew_is_worse(sim_bundle):
     before = analyze(sim_bundle(**WORKLOAD, max_num_seqs=4))
     after = analyze(sim_bundle(**WORKLOAD, max_num_seqs=4, host_ns=8 * 1_000_000))
     d = diff_maps(before, after)
-    rows = {r.name: r for r in d.rows}
-    dec = rows["decode_compute_mean_s"]
+    rows = {(r.section, r.name): r for r in d.rows}
+    dec = rows[("stage", "decode_compute_mean_s")]
     assert dec.share_after < dec.share_before and dec.after > dec.before
     assert dec.verdict == "worse"
     assert all(r.verdict != "better" for r in d.rows if r.section in ("stage", "class"))

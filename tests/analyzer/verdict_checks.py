@@ -24,14 +24,19 @@ def assert_agrees_with_evidence(m):
         if v.cls == "decode_memory_bandwidth":
             assert ev["decode_step_bandwidth_utilization_p50"].value >= ROOF_NEAR
             assert ev["decode_step_bandwidth_utilization_p50"].threshold == ROOF_NEAR
+        if v.cls == "decode_compute":
+            ai = ev["decode_arithmetic_intensity"]
+            assert ai.value >= ai.threshold and ev["decode_flops_utilization"].value >= ROOF_NEAR
         if v.cls == "host_overhead":
             # Host work outside the forward pass plus forward passes off both roofs, or idle gaps.
             off = ev["forward_off_roof_fraction"].value if "forward_off_roof_fraction" in ev else 0.0
             steps = ev["host_fraction_of_step_time"].value + off
             idle = ev["idle_fraction"].value if "idle_fraction" in ev else 0.0
             assert steps >= ev["host_fraction_of_step_time"].threshold or idle >= 0.2, v.evidence
-        if "--max-num-seqs" in v.knobs and v.cls != "kv_cache_capacity":
-            assert "raise --max-num-seqs" in v.recommendation
+        # Raising --max-num-seqs is advised only with the evidence that it bound.
+        if "raise --max-num-seqs" in v.recommendation:
+            assert "--max-num-seqs" in v.knobs
+            assert "running reached max_num_seqs" in v.recommendation or "batch slots are full" in v.recommendation
     for v in m.verdicts[1:]:
         if v.confidence > m.top.confidence:
             assert v.rank_note and m.top.cls in v.rank_note, (v.cls, v.rank_note)
