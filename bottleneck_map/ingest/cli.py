@@ -70,6 +70,13 @@ def register(app: typer.Typer) -> None:
         body_timeout: float = typer.Option(
             30.0, "--body-timeout", help="Seconds a client has to send a whole request body (slower: 408)."
         ),
+        header_timeout: float = typer.Option(
+            10.0, "--header-timeout", help="Seconds a client has to send the request line and headers (slower: 408)."
+        ),
+        max_header_bytes: int = typer.Option(16 * 1024, "--max-header-bytes", help="Largest request line and headers."),
+        max_connections: int = typer.Option(
+            1024, "--max-connections", help="Open connections at most (more: 503); lowered to the open-file limit."
+        ),
     ) -> None:
         """Receive vLLM OTLP traces and pull Prometheus series into a bundle."""
         from bottleneck_map.bundle import BundleWriter
@@ -78,6 +85,7 @@ def register(app: typer.Typer) -> None:
             add_otlp_file,
             collect_meta,
             finish,
+            guard_connections,
             otlp_app,
             sigterm_as_interrupt,
         )
@@ -96,8 +104,14 @@ def register(app: typer.Typer) -> None:
         for value, flag in ((max_body_bytes, "--max-body-bytes"), (max_inflated_bytes, "--max-inflated-bytes")):
             if value <= 0:
                 raise typer.BadParameter("must be > 0", param_hint=flag)
-        if not body_timeout > 0:
-            raise typer.BadParameter("must be > 0", param_hint="--body-timeout")
+        for value, flag in (
+            (body_timeout, "--body-timeout"),
+            (header_timeout, "--header-timeout"),
+            (max_header_bytes, "--max-header-bytes"),
+            (max_connections, "--max-connections"),
+        ):
+            if not value > 0:
+                raise typer.BadParameter("must be > 0", param_hint=flag)
         if not receive and not prometheus and not otlp_file and not scrape:
             raise typer.BadParameter(
                 "--no-receive needs --prometheus, --scrape or --otlp-file", param_hint="--no-receive"
@@ -165,6 +179,13 @@ def register(app: typer.Typer) -> None:
                     body_timeout_s=body_timeout,
                 )
                 server = UvicornServer(receiver, host, port)
+                guard_connections(
+                    server,
+                    header_timeout_s=header_timeout,
+                    body_timeout_s=body_timeout,
+                    max_header_bytes=max_header_bytes,
+                    max_connections=max_connections,
+                )
             except OSError as exc:
                 for sc in scrapers:
                     sc.stop()

@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from bottleneck_map.bundle import BundleWriter, new_meta, unfit_rows
+from bottleneck_map.ingest.http_server import UvicornServer
 from bottleneck_map.ingest.otlp import (
     INSTANCE_KEYS,
     JSON,
@@ -47,6 +48,9 @@ PRODUCER = "bottleneck-map collect"
 MAX_BODY_BYTES = 16 * 1024 * 1024  # an OTLP export request as sent (compressed or not)
 MAX_INFLATED_BYTES = 32 * 1024 * 1024  # the same once decompressed
 BODY_TIMEOUT_S = 30.0  # to receive a whole body
+HEADER_TIMEOUT_S = 10.0  # to receive the request line and headers
+MAX_HEADER_BYTES = 16 * 1024
+MAX_CONNECTIONS = 1024  # lowered to what the open-file limit allows
 MAX_PENDING_CHILDREN = 100_000  # stage spans kept while waiting for their llm_request parent
 
 
@@ -262,6 +266,39 @@ def otlp_app(
         return JSONResponse({"status": "ok", **sink.stats()})
 
     return Starlette(routes=[Route("/v1/traces", traces, methods=["POST"]), Route("/health", health)])
+
+
+def guard_connections(
+    server: UvicornServer,
+    *,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+    max_header_bytes: int = MAX_HEADER_BYTES,
+    max_connections: int = MAX_CONNECTIONS,
+) -> int:
+    """Bound what one client can hold of the receiver, with the connection guard ``serve`` uses:
+    headers must arrive within ``header_timeout_s`` and a body within ``body_timeout_s`` (else
+    408 and the connection is closed), headers are at most ``max_header_bytes``, and a
+    connection beyond ``max_connections`` (fitted to the open-file limit) gets 503 and is closed
+    at once. Returns the connection cap in force."""
+    from bottleneck_map.embedded_engine.serving.limits import (
+        GuardedH11Protocol,
+        ServeLimits,
+        fit_connections_to_fd_limit,
+        quiet_accept_errors,
+    )
+
+    cap = fit_connections_to_fd_limit(max_connections)
+    limits = ServeLimits(
+        max_header_bytes=max_header_bytes,
+        header_timeout_s=header_timeout_s,
+        body_timeout_s=body_timeout_s,
+        max_connections=cap,
+    )
+    server.server.config.http = GuardedH11Protocol.with_limits(limits)
+    server.server.config.h11_max_incomplete_event_size = max_header_bytes
+    quiet_accept_errors()
+    return cap
 
 
 @contextlib.contextmanager

@@ -282,3 +282,35 @@ def test_hostile_clients_leave_collect_alive_bounded_and_its_bundle_complete(col
     assert peak - base < RSS_BOUND, f"peak RSS {peak >> 20} MiB, idle {base >> 20} MiB"
     assert c.stop() == 0, "".join(c.stderr)
     assert_complete(c)
+
+
+def test_half_open_and_surplus_connections_are_closed_not_held(collect):
+    c = collect("--header-timeout", "1", "--max-connections", "20")
+    host, port = c.url.removeprefix("http://").split(":")
+    conns = []
+    try:
+        for _ in range(30):  # a request line and no more: each would hold a file descriptor for good
+            s = socket.create_connection((host, int(port)), timeout=30)
+            s.sendall(b"POST /v1/traces HTTP/1.1\r\n")
+            conns.append(s)
+        answers = []
+        for s in conns:
+            answer = b""
+            try:
+                while piece := s.recv(4096):
+                    answer += piece
+            except ConnectionResetError:  # closed at once with our request line unread
+                answer = answer or b"reset"
+            answers.append(answer.split(b"\r\n", 1)[0])
+    finally:
+        for s in conns:
+            s.close()
+    refused = {b"HTTP/1.1 503 Service Unavailable", b"reset"}  # over the cap: closed at once
+    assert sum(a in refused for a in answers) >= 10, answers
+    assert answers.count(b"HTTP/1.1 408 Request Timeout") >= 1, answers  # the rest: after the header timeout
+    assert set(answers) <= refused | {b"HTTP/1.1 408 Request Timeout"}, answers
+    with httpx.Client(timeout=30) as client:
+        c.post_good(client, first=0)
+    assert c.proc.poll() is None
+    assert c.stop() == 0, "".join(c.stderr)
+    assert_complete(c)
