@@ -17,6 +17,7 @@ from bottleneck_map.analyzer import (
     attribution,
     classify,
     engine_samples,
+    engine_series,
     hardware,
     latency,
     roofline,
@@ -24,7 +25,7 @@ from bottleneck_map.analyzer import (
     steprows,
     windows,
 )
-from bottleneck_map.analyzer.data import NA_NS, Tables, f64, for_instance, load, release, to_np, workload_classes
+from bottleneck_map.analyzer.data import NA_NS, Tables, f64, for_instance, load, ns, release, to_np, workload_classes
 from bottleneck_map.analyzer.devices import device_peaks
 from bottleneck_map.analyzer.result import (
     CLASSES,
@@ -34,6 +35,8 @@ from bottleneck_map.analyzer.result import (
     BottleneckMap,
     CostSummary,
     DevicePeaks,
+    LatencySummary,
+    Percentiles,
     RequestExplanation,
     StageStats,
     Unreachable,
@@ -218,6 +221,8 @@ def _analysis(
     del life, req_sums
     metrics = latency.request_metrics(requests, labels=st)
     lat = latency.latency_summaries(metrics, itl, slo)
+    if not has_steps and lat[0].itl.count == 0 and caps["samples"]:
+        _itl_from_histogram(lat[0], t, warnings)
     ttft = metrics["ttft_s"].to_numpy()
     if not keep_frames:
         metrics = None
@@ -225,6 +230,22 @@ def _analysis(
     # need the instances later; with them the table is dropped (``Analysis.tables`` re-reads it).
     spans = stages.preempted_spans(requests, pd.DataFrame(windows.bounds(st)))
     req_facts = _request_facts(requests)
+    # Without step records, the engine's own counters (a scrape of vLLM's /metrics, or Prometheus)
+    # stand in for them: inferred steps, one per busy stretch between two samples.
+    inferred = None
+    if not has_steps and caps["samples"]:
+        b = windows.bounds(st)
+        inferred = engine_series.infer_steps(
+            t.samples,
+            b["t3"],
+            b["t5"],
+            requests.column("instance").to_pandas().to_numpy(),
+            meta.get("model"),
+            peaks,
+            engine,
+            req_facts["mean_prompt_tokens"],
+            req_facts["mean_output_tokens"],
+        )
     if has_steps:
         requests = None
         t.forget("requests")
@@ -244,6 +265,9 @@ def _analysis(
     mt = roof["model_time_s"].to_numpy() * 1e9 if has_steps and "model_time_s" in roof else None
     dcb = roof["decode_compute_bound"].to_numpy() if has_steps and "decode_compute_bound" in roof else None
     sb = attribution.step_breakdown(steps, engine, throttle_loss, ptf, mt, dcb) if has_steps else None
+    if inferred is not None:
+        steps = inferred.steps
+        sb = attribution.step_breakdown(steps, engine, None, inferred.prefill_time_frac, inferred.model_time_ns)
     if sb is not None:
         sb["tokens_out"] = np.nan_to_num(f64(steps, "num_decode_seqs")) + np.nan_to_num(f64(steps, "num_prefill_seqs"))
 
@@ -259,17 +283,16 @@ def _analysis(
         t.forget("steps")
     # What the map needs of the per-step roofline.
     points = roofline.roofline_points(roof, peaks) if has_steps else []
-    roof_end = int(roof["end_ns"].max()) if has_steps else None
     model_time_s = float(np.nansum(roof["model_time_s"])) if has_steps and "model_time_s" in roof else None
-    busy = (
-        hardware.busy_mask(
-            samples,
-            roof["start_ns"].to_numpy() if has_steps else np.empty(0, np.int64),
-            roof["end_ns"].to_numpy() if has_steps else np.empty(0, np.int64),
-        )
-        if not samples.empty
-        else np.empty(0, bool)
-    )
+    busy_from = busy_to = np.empty(0, np.int64)
+    if has_steps:
+        busy_from, busy_to = roof["start_ns"].to_numpy(), roof["end_ns"].to_numpy()
+    elif inferred is not None:
+        points = roofline.roofline_points(inferred.roofline, peaks)
+        model_time_s = inferred.summary["model_time_s"]
+        busy_from, busy_to = ns(steps, "start_ns"), ns(steps, "end_ns")
+    roof_end = int(roof["end_ns"].max()) if has_steps else None
+    busy = hardware.busy_mask(samples, busy_from, busy_to) if not samples.empty else np.empty(0, bool)
     if not keep_frames:
         roof = None
     attr = attribution.attribute(st, own, sb)
@@ -283,9 +306,10 @@ def _analysis(
         b = windows.bounds(st)
         inst = requests.column("instance").to_pandas().to_numpy()
         frac = engine_samples.kv_blocked_fraction(eng_frame, engine.get("max_num_seqs"), inst, b["t2"], b["t3"])
-        moved = st["queue"].to_numpy().astype(float) * frac
-        attr["kv_cache_capacity"] += moved
-        attr["queueing"] -= moved
+        if inferred is None:  # inferred steps carry the KV-blocked state themselves
+            moved = st["queue"].to_numpy().astype(float) * frac
+            attr["kv_cache_capacity"] += moved
+            attr["queueing"] -= moved
 
     done = st["complete"].to_numpy()
     if not done.any():
@@ -319,7 +343,10 @@ def _analysis(
     sig.values["token_to_byte_s"] = token_to_byte
     if eng_ev is not None:
         _engine_sample_signals(sig, eng_ev)
-    sig.unreachable, unreachable = _unreachable(req_facts, caps, samples)
+    if inferred is not None:
+        engine_series.add_signals(sig.values, inferred)
+    sig.values["frontend_hop"] = bool("frontend_ns" in st and st["frontend_ns"].to_numpy()[done].any())
+    sig.unreachable, unreachable = _unreachable(req_facts, caps, samples, inferred is not None)
     # No finished request: there is no latency to attribute, so no verdict (rather than "balanced").
     verdicts = classify.verdicts(sig) if done.any() else []
     for v in verdicts:
@@ -496,6 +523,22 @@ def _signals(
     return classify.Signals(share={c: share.get(c, 0.0) for c in CLASSES if c != "balanced"}, values=v, engine=engine)
 
 
+def _itl_from_histogram(summary: LatencySummary, t: Tables, warnings: list[str]) -> None:
+    """Without per-token times, ITL comes from the server's inter-token-latency histogram (scraped)."""
+    scrape = ((t.meta.get("ingest") or {}).get("scrape")) or []
+    bounds = next((s.get("itl_bounds_s") for s in scrape if isinstance(s, dict) and s.get("itl_bounds_s")), None)
+    h = engine_series.itl_from_histogram(t.samples, bounds)
+    if h is None:
+        return
+    summary.itl = Percentiles(
+        mean=h["mean"], p50=h["p50"], p90=h["p90"], p95=h["p95"], p99=h["p99"], max=None, count=int(h["count"])
+    )
+    warnings.append(
+        "ITL percentiles come from vllm:inter_token_latency_seconds (bucket-interpolated, as histogram_quantile): "
+        "the spans carry no per-token times"
+    )
+
+
 def _engine_sample_signals(sig: classify.Signals, ev: engine_samples.EngineEvidence) -> None:
     """Step-less bundles: the engine's series in the samples stand in for the step counters."""
     v = sig.values
@@ -530,16 +573,19 @@ def _request_facts(req: pa.Table) -> dict[str, Any]:
     prompt = req.column("prompt_tokens")
     return {
         "mean_prompt_tokens": float(np.nanmean(f64(req, "prompt_tokens"))) if prompt.null_count < len(prompt) else None,
+        "mean_output_tokens": float(np.nanmean(out)) if np.isfinite(out := f64(req, "output_tokens")).any() else None,
         "no_last_byte": req.column("last_byte_ns").null_count == req.num_rows,
         "no_tokenize": req.column("tokenize_start_ns").null_count == req.num_rows,
     }
 
 
 def _unreachable(
-    req: dict[str, Any], caps: dict[str, bool], samples: pd.DataFrame
+    req: dict[str, Any], caps: dict[str, bool], samples: pd.DataFrame, inferred: bool = False
 ) -> tuple[set[str], list[Unreachable]]:
     out: list[Unreachable] = []
-    if not caps["steps"]:
+    if not caps["steps"] and inferred:
+        out.append(Unreachable("pcie_transfer", "no step records: swap time and bytes per step are unknown"))
+    elif not caps["steps"]:
         why = "the bundle has no step records (for example ingested from a deployment), so prefill/decode time cannot be split into compute, waiting and host overhead, and there is no roofline"
         out += [
             Unreachable(c, why)
@@ -562,6 +608,8 @@ def _unreachable(
 
 def _stage_class(stage: str, attr: pd.DataFrame, sig: classify.Signals) -> str | None:
     s = sig.share
+    if stage == "receive" and sig.get("frontend_hop"):
+        return "host_overhead"  # the front end's hand-off to the engine (ingested spans)
     if stage in ("receive", "tokenize"):
         return "tokenization"
     if stage == "queue":

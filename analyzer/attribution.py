@@ -2,7 +2,9 @@
 
 Stage time maps to classes as follows (``docs/bottleneck-map.md`` has the table):
 
-* ``receive`` + ``tokenize`` -> tokenization; ``streaming`` -> streaming;
+* ``receive`` + ``tokenize`` -> tokenization, except an ingested request's ``receive`` when it is
+  the front end's hand-off to the engine (``frontend_ns``: no tokenize stamps, a queued stamp)
+  -> host_overhead; ``streaming`` -> streaming;
 * ``queue`` -> kv_cache_capacity for the part of the wait during which the engine had
   requests waiting with a free batch slot and token budget while KV usage was at or above
   :data:`KV_BLOCKING` (or sequences were preempted/swapped), queueing for the rest;
@@ -231,7 +233,7 @@ def attribute(
             at: slice | np.ndarray = slice(a, a + len(part))
         else:
             at = order[a : a + rows].astype(np.intp)
-            sub = pd.DataFrame({c: stages[c].to_numpy()[at] for c in _STAGE_COLUMNS}, copy=False)
+            sub = pd.DataFrame({c: stages[c].to_numpy()[at] for c in _STAGE_COLUMNS if c in stages}, copy=False)
             part = _attribute(sub, None if own is None else own.iloc[at], sb, tl)
             del sub
         for c in cols:
@@ -241,7 +243,7 @@ def attribute(
 
 
 # The stage columns _attribute reads.
-_STAGE_COLUMNS = (*STAGES, "arrival_ns", "first_token_ns", "end_ns")
+_STAGE_COLUMNS = (*STAGES, "arrival_ns", "first_token_ns", "end_ns", "frontend_ns")
 
 
 def _attribute(  # noqa: C901
@@ -249,9 +251,13 @@ def _attribute(  # noqa: C901
 ) -> pd.DataFrame:
     n = len(stages)
     cols = [c for c in CLASSES if c != "balanced"] + [UNATTRIBUTED]
-    st = {c: stages[c].to_numpy() for c in _STAGE_COLUMNS}
+    st = {c: stages[c].to_numpy() for c in _STAGE_COLUMNS if c in stages}
     out = {c: np.zeros(n) for c in cols}
-    out["tokenization"] = (st["receive"] + st["tokenize"]).astype(float)
+    # An ingested request's receive stage is the front end's hand-off to the engine (IPC, pick-up
+    # between steps): host overhead; otherwise it is the wait for a tokenizer.
+    frontend = st["frontend_ns"].astype(float) if "frontend_ns" in st else np.zeros(n)
+    out["tokenization"] = (st["receive"] + st["tokenize"]).astype(float) - frontend
+    out["host_overhead"] += frontend
     out["streaming"] = st["streaming"].astype(float)
     out["kv_cache_capacity"] = (st["requeue"] + st["recompute"]).astype(float)
     out["pcie_transfer"] = st["swap"].astype(float)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from bottleneck_map.analyzer import engine_series
 from bottleneck_map.analyzer.result import CLASSES, Evidence, Verdict
 from bottleneck_map.analyzer.roofline import ROOF_NEAR
 
@@ -559,6 +560,8 @@ GATES: dict[str, Callable[[Signals], str | None]] = {
     "decode_memory_bandwidth": _decode_near_roof,
     "decode_compute": _decode_compute_gate,
 }
+# Classes whose evidence rests on inferred steps when a bundle has none (a deployment's series).
+INFERRED_CLASSES = ("prefill_compute", "decode_memory_bandwidth", "host_overhead", "queueing", "kv_cache_capacity")
 CONTRADICTED = 0.4  # the most confidence a class gets while a gate contradicts it
 
 
@@ -585,6 +588,9 @@ def verdicts(sig: Signals) -> list[Verdict]:
         if cls in sig.unreachable:
             continue
         corr, ev, rec, knobs = rule(sig)
+        inferred = engine_series.evidence_text(sig.values) if cls in INFERRED_CLASSES else None
+        if inferred:
+            ev.append(Evidence("inferred_steps", None, "", inferred))
         share = float(sig.share.get(cls, 0.0))
         conf = confidence(share, SHARE_THRESHOLD[cls], corr)
         # Latency nobody could attribute may belong to any class: confidence is scaled by the part seen,

@@ -34,7 +34,7 @@ HEAVY_COLUMNS = {
     "samples": (),
 }
 # Columns of the requests table that no analysis reads (left out of ``Tables.lean``).
-UNUSED_COLUMNS = {"requests": ("trace_id", "max_tokens", "recomputed_tokens", "swapped_bytes", "queued_ns")}
+UNUSED_COLUMNS = {"requests": ("trace_id", "max_tokens", "recomputed_tokens", "swapped_bytes")}
 
 
 # Rows of a segment read at once by ``Tables.chunks`` (larger segments are read in batches).

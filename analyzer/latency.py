@@ -361,3 +361,28 @@ def parse_slo(text: str | None) -> dict[str, float]:
             raise ValueError(f"{part!r}: must be a positive number of seconds")
         out[key] = v
     return out
+
+
+def histogram_quantiles(bounds: Iterable[float], counts: Iterable[float], qs: Iterable[float]) -> list[float | None]:
+    """Quantiles of a cumulative histogram, interpolated linearly inside a bucket as Prometheus'
+    ``histogram_quantile`` does. ``counts`` holds the cumulative count at each finite upper bound
+    and then the total (the ``+Inf`` bucket). None when the histogram is empty; a quantile in the
+    open last bucket answers the highest finite bound."""
+    b, c = list(bounds), list(counts)
+    total = c[-1] if c else 0.0
+    c = c[: len(b)]
+    out: list[float | None] = []
+    for q in qs:
+        if total <= 0:
+            out.append(None)
+            continue
+        rank = q * total
+        prev_b, prev_c = 0.0, 0.0
+        value = b[-1]
+        for ub, cc in zip(b, c, strict=True):
+            if cc >= rank:
+                value = ub if cc == prev_c else prev_b + (ub - prev_b) * (rank - prev_c) / (cc - prev_c)
+                break
+            prev_b, prev_c = ub, cc
+        out.append(value)
+    return out

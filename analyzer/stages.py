@@ -46,7 +46,11 @@ def lifecycle(requests: pa.Table) -> pd.DataFrame:
     """Boundary times t0..t6 of each request (monotone, nulls filled from the previous stamp)."""
     t0 = ns(requests, "arrival_ns")
     fin = ns(requests, "finished_ns")
-    t1 = _fill(ns(requests, "tokenize_start_ns"), t0)
+    # Without tokenize stamps, a queued stamp (an ingested vLLM span: the engine core queued the
+    # request) ends "receive": the front end's hand-off to the engine, apart from the engine's queue.
+    queued = ns(requests, "queued_ns") if "queued_ns" in requests.column_names else np.full(len(t0), NA_NS)
+    tok_start = ns(requests, "tokenize_start_ns")
+    t1 = _fill(tok_start, _fill(np.where(tok_start == NA_NS, queued, NA_NS), t0))
     t2 = _fill(ns(requests, "tokenize_end_ns"), t1)
     ft = ns(requests, "first_token_ns")
     t3 = _fill(ns(requests, "first_scheduled_ns"), _fill(ft, _fill(fin, t2)))
@@ -58,6 +62,7 @@ def lifecycle(requests: pa.Table) -> pd.DataFrame:
         np.maximum(m[i], m[i - 1], out=m[i])
     out = pd.DataFrame({f"t{i}": m[i] for i in range(7)}, copy=False)
     out["complete"] = fin != NA_NS
+    out["frontend"] = (tok_start == NA_NS) & (queued != NA_NS)  # receive is the front-end hand-off
     return out
 
 
@@ -312,6 +317,7 @@ def request_stages(
         "end_ns": t["t6"].to_numpy(),
     }
     cols = {name: np.empty(n, np.int64) for name in (*STAGES, "e2e_ns", "preemptions")}
+    hop = t["frontend"].to_numpy() if "frontend" in t else np.zeros(n, bool)
     bounds = {k: t[k].to_numpy() for k in ("t0", "t1", "t2", "t3", "t4", "t5", "t6")}
     # A slice of requests at a time: each is on its own, and the temporaries stay small.
     for a in range(0, n, STAGE_ROWS):
@@ -320,7 +326,8 @@ def request_stages(
         for name, v in part.items():
             cols[name][a:z] = v
         del part
-    return pd.DataFrame({**head, **cols, "steps": sums.steps_in}, copy=False)
+    frontend = np.where(hop, cols["receive"], 0)
+    return pd.DataFrame({**head, **cols, "frontend_ns": frontend, "steps": sums.steps_in}, copy=False)
 
 
 # Requests whose stages are computed at a time.

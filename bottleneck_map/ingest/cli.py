@@ -61,6 +61,9 @@ def register(app: typer.Typer) -> None:
         measure_peaks: bool = typer.Option(
             False, "--measure-peaks", help="Measure this host's CPU copy bandwidth and matmul FLOP/s (a CPU server)."
         ),
+        measure_threads: int | None = typer.Option(
+            None, "--measure-threads", help="Threads for --measure-peaks: the cores the server's engine runs on."
+        ),
         max_body_bytes: int = typer.Option(
             16 * 1024 * 1024, "--max-body-bytes", help="Largest OTLP request body as sent (larger: 413)."
         ),
@@ -124,6 +127,8 @@ def register(app: typer.Typer) -> None:
         for value, flag in ((max_num_seqs, "--max-num-seqs"), (max_num_batched_tokens, "--max-num-batched-tokens")):
             if value is not None and value <= 0:
                 raise typer.BadParameter("must be > 0", param_hint=flag)
+        if measure_threads is not None and measure_threads <= 0:
+            raise typer.BadParameter("must be > 0", param_hint="--measure-threads")
         for value, flag in ((peak_flops, "--peak-flops"), (peak_bandwidth, "--peak-bandwidth")):
             if value is not None and not value > 0:
                 raise typer.BadParameter("must be > 0", param_hint=flag)
@@ -139,6 +144,7 @@ def register(app: typer.Typer) -> None:
                     peak_flops=peak_flops,
                     peak_bandwidth=peak_bandwidth,
                     measure_peaks=measure_peaks,
+                    measure_threads=measure_threads,
                 )
             )
         except ValueError as exc:

@@ -26,6 +26,7 @@ class TargetOptions:
     peak_flops: float | None = None
     peak_bandwidth: float | None = None
     measure_peaks: bool = False
+    measure_threads: int | None = None  # CPU threads the server's engine uses (default: torch's)
 
 
 @dataclass
@@ -63,9 +64,7 @@ def describe_target(opts: TargetOptions) -> Target:
     if opts.max_num_batched_tokens:
         t.engine["max_num_batched_tokens"] = int(opts.max_num_batched_tokens)
     if opts.measure_peaks:
-        from bottleneck_map.embedded_engine.model.peaks import measure_peaks
-
-        measured = measure_peaks("cpu", _torch_float32())
+        measured = _measure(opts.measure_threads)
         t.device = {
             "kind": "cpu",
             "name": opts.device_name or cpu_name(),
@@ -86,7 +85,19 @@ def describe_target(opts: TargetOptions) -> Target:
     return t
 
 
-def _torch_float32() -> Any:
+def _measure(threads: int | None) -> dict[str, Any]:
+    """Copy bandwidth and matmul FLOP/s of this CPU with ``threads`` threads (a CPU server's engine
+    may run on fewer cores than the host has: vLLM's CPU backend keeps one for its front end)."""
     import torch
 
-    return torch.float32
+    from bottleneck_map.embedded_engine.model.peaks import measure_peaks
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        out = measure_peaks("cpu", torch.float32, seconds=1.0)
+    finally:
+        torch.set_num_threads(before)
+    out["threads"] = threads or before
+    return out

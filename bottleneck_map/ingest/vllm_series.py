@@ -10,7 +10,7 @@ of a Prometheus range query (:func:`promql`) and the reduction of one scraped ``
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -133,28 +133,3 @@ def row_from_exposition(text: str) -> Exposition:
 
 def _matches(labels: Mapping[str, str], want: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in want.items())
-
-
-def histogram_quantiles(bounds: Iterable[float], counts: Iterable[float], qs: Iterable[float]) -> list[float | None]:
-    """Quantiles of a cumulative histogram, interpolated linearly inside a bucket as Prometheus'
-    ``histogram_quantile`` does. ``counts`` holds the cumulative count at each finite upper bound
-    and then the total (the ``+Inf`` bucket). None when the histogram is empty; a quantile in the
-    open last bucket answers the highest finite bound."""
-    b, c = list(bounds), list(counts)
-    total = c[-1] if c else 0.0
-    c = c[: len(b)]
-    out: list[float | None] = []
-    for q in qs:
-        if total <= 0:
-            out.append(None)
-            continue
-        rank = q * total
-        prev_b, prev_c = 0.0, 0.0
-        value = b[-1]
-        for ub, cc in zip(b, c, strict=True):
-            if cc >= rank:
-                value = ub if cc == prev_c else prev_b + (ub - prev_b) * (rank - prev_c) / (cc - prev_c)
-                break
-            prev_b, prev_c = ub, cc
-        out.append(value)
-    return out

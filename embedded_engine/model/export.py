@@ -15,18 +15,23 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from bottleneck_map.embedded_engine.model.loader import PRESETS_DIR, CheckpointError, preset_names
+from bottleneck_map.embedded_engine.model.loader import DTYPES, PRESETS_DIR, CheckpointError, preset_names
 from bottleneck_map.embedded_engine.model.model_config import ModelConfig
 from bottleneck_map.embedded_engine.model.weights import random_hf_state
 
-CHECKPOINT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
+def export_preset(
+    preset: str, out: str | Path, *, seed: int = 0, dtype: str = "float32", overwrite: bool = False
+) -> Path:
+    """Write preset ``preset`` (weights from ``seed``, stored as ``dtype``) as an HF checkpoint in
+    ``out``; returns ``out``. ``config.json`` names the dtype, so servers that follow the checkpoint
+    (``--dtype auto``) run in it.
 
-def export_preset(preset: str, out: str | Path, *, seed: int = 0, overwrite: bool = False) -> Path:
-    """Write preset ``preset`` (weights from ``seed``) as an HF checkpoint in ``out``; returns ``out``.
-
-    Raises :class:`CheckpointError` for an unknown preset or a non-empty ``out`` without ``overwrite``.
+    Raises :class:`CheckpointError` for an unknown preset or dtype, or a non-empty ``out`` without
+    ``overwrite``.
     """
+    if dtype not in DTYPES:
+        raise CheckpointError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if preset not in preset_names():
         raise CheckpointError(f"unknown preset {preset!r}; choose one of {', '.join(preset_names())}")
     out = Path(out)
@@ -37,7 +42,8 @@ def export_preset(preset: str, out: str | Path, *, seed: int = 0, overwrite: boo
     out.mkdir(parents=True, exist_ok=True)
     raw = json.loads((PRESETS_DIR / preset / "config.json").read_text())
     cfg = ModelConfig.from_hf_dict(raw, name=preset)
-    state = {k: v.contiguous() for k, v in random_hf_state(cfg, seed).items()}
+    state = {k: v.to(DTYPES[dtype]).contiguous() for k, v in random_hf_state(cfg, seed).items()}
+    raw = {**raw, "torch_dtype": dtype}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
     eos = list(cfg.eos_token_ids)

@@ -88,6 +88,7 @@ def register(app: typer.Typer) -> None:
         preset: str = typer.Argument(..., help="Built-in preset to export (default, small-150m, tiny)."),
         out: Path = typer.Option(..., "--out", help="Directory to write the checkpoint into."),
         seed: int = typer.Option(0, "--seed", help="Seed of the preset's random weights (as `run --seed`)."),
+        dtype: str = typer.Option("float32", "--dtype", help="Weights' dtype: float32, bfloat16 or float16."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace the files of a non-empty --out."),
     ) -> None:
         """Write a built-in preset as a Hugging Face checkpoint (serve it with vLLM, transformers or `serve`)."""
@@ -95,7 +96,7 @@ def register(app: typer.Typer) -> None:
         from bottleneck_map.embedded_engine.model.loader import CheckpointError
 
         try:
-            export_preset(preset, out, seed=seed, overwrite=overwrite)
+            export_preset(preset, out, seed=seed, dtype=dtype, overwrite=overwrite)
         except CheckpointError as exc:
             typer.echo(f"export-hf: {exc}", err=True)
             raise typer.Exit(1) from None
