@@ -163,7 +163,7 @@ def _latency_html(m: BottleneckMap) -> str:
 
 def _worst_html(m: BottleneckMap) -> str:
     rows = "".join(
-        f"<tr><td>{html.escape(w.request_id)}</td><td>{w.e2e_s:.3f}</td><td>{w.cls}</td><td>{html.escape(w.why)}</td></tr>"
+        f"<tr><td>{html.escape(w.request_id)}</td><td>{w.e2e_s:.3f}</td><td>{w.cls or 'unattributed'}</td><td>{html.escape(w.why)}</td></tr>"
         for w in m.worst_requests
     )
     return f"<h3>Slowest requests</h3><table><tr><th>request</th><th>E2E s</th><th>class</th><th>why</th></tr>{rows}</table>"
