@@ -5,6 +5,8 @@ The request-level limits (body size, prompt length) are checked by the API handl
 connection-level ones are enforced by :class:`GuardedH11Protocol`, uvicorn's h11 protocol with:
 
 - a connection cap: a connection beyond ``max_connections`` is answered 503 and closed at once;
+- a header size limit: a request line and headers over ``max_header_bytes`` get 431 (h11's own
+  limit only bounds a header still incomplete in its buffer, not one that arrives whole);
 - a header read timeout: the request line and headers must arrive within ``header_timeout_s``
   of the connection opening (or of the first byte of a request on a kept-alive connection);
 - a body read timeout: the body must arrive within ``body_timeout_s`` after the headers.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import resource
 import time
 from dataclasses import dataclass
@@ -35,6 +38,7 @@ MIB = 1 << 20
 # the bundle's segments, tokenizer threads, logs).
 FD_RESERVE = 128
 LINGER_S = 2.0
+_END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,8 @@ class GuardedH11Protocol(H11Protocol):
     limits: ServeLimits = ServeLimits()
     _read_timer: asyncio.TimerHandle | None = None
     _reading: str | None = None  # "headers" | "body" | "linger" while a timeout runs
+    _header_bytes = 0  # of the request whose headers are being read
+    _header_tail = b""  # its last bytes, to find the end of its headers across reads
 
     @classmethod
     def with_limits(cls, limits: ServeLimits) -> type[GuardedH11Protocol]:
@@ -172,8 +178,31 @@ class GuardedH11Protocol(H11Protocol):
             return  # the rest of a refused body: dropped
         if self._reading is None and self.conn.their_state is h11.IDLE:
             self._arm("headers")  # the first bytes of a request on a kept-alive connection
+        if self.conn.their_state is h11.IDLE and self._headers_too_large(data):
+            self._disarm()
+            limit = self.limits.max_header_bytes
+            self.transport.write(
+                _raw_response(431, "Request Header Fields Too Large", f"the request headers exceed {limit} bytes")
+            )
+            self.transport.close()
+            return
         super().data_received(data)
         self._track()
+
+    def _headers_too_large(self, data: bytes) -> bool:
+        """Count the bytes of the headers being read, up to their end (a blank line) if it is in ``data``."""
+        tail = self._header_tail
+        end = _END_OF_HEADERS.search(tail + data)
+        if end is None:
+            self._header_bytes += len(data)
+            self._header_tail = (tail + data)[-3:]
+        else:
+            self._header_bytes += end.end() - len(tail)
+            self._header_tail = b""
+        too_large = self._header_bytes > self.limits.max_header_bytes
+        if end is not None:
+            self._header_bytes = 0
+        return too_large
 
     def handle_events(self) -> None:
         cycle = self.cycle

@@ -510,3 +510,53 @@ def test_a_request_failing_inside_the_engine_fails_alone(tiny, tmp_path, monkeyp
         http.stop()
         served.close()
     assert validate_bundle(bundle).valid
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--max-body-bytes", "0"), ("--max-prompt-chars", "0"), ("--header-timeout", "0"), ("--body-timeout", "-1"),
+     ("--keep-alive-timeout", "0"), ("--max-connections", "0"), ("--backlog", "0"), ("--max-header-bytes", "0")],
+)  # fmt: skip
+def test_serve_refuses_bad_limits_naming_the_flag(flag, value):
+    from typer.testing import CliRunner
+
+    from bottleneck_map.cli import app
+
+    r = CliRunner().invoke(app, ["serve", "--port", "0", flag, value])
+    assert r.exit_code == 2 and flag in r.output, r.output
+
+
+def test_oversize_headers_and_idle_kept_alive_connections_are_closed(tiny):
+    limits = dataclasses.replace(SMALL, max_header_bytes=4096, keep_alive_timeout_s=0.3)
+    served = build_server(
+        model="tiny", loaded=tiny, engine_config=CONFIG, instance="hdr-0", measure_device=False, limits=limits
+    )
+    http = UvicornServer(served.app)
+    http.server.config.http = ArrivalH11Protocol.with_limits(limits)
+    http.server.config.h11_max_incomplete_event_size = limits.max_header_bytes  # as `serve` sets it
+    http.server.config.timeout_keep_alive = limits.keep_alive_timeout_s
+    http.start()
+    try:
+        big = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * 8192 + b"\r\n\r\n"
+        status, doc = _error_of(_raw(http.url, big))  # in one piece
+        assert status == 431 and "4096 bytes" in doc["error"]["message"]
+        host, port = http.url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as s:  # in pieces
+            for i in range(0, len(big), 1000):
+                s.sendall(big[i : i + 1000])
+                if i >= 5000:
+                    break
+            assert s.recv(65536).startswith(b"HTTP/1.1 431")
+        # a body in the same piece as the headers is not counted with them
+        body = json.dumps({"model": "tiny", "prompt": "x" * 8000, "max_tokens": 1}).encode()
+        assert _error_of(_raw(http.url, _head(len(body)) + body))[0] == 400  # too long a prompt, not 431
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            t0 = time.monotonic()
+            data = b""
+            while chunk := s.recv(65536):  # the answer, then the close of the idle connection
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 200") and time.monotonic() - t0 < 4
+    finally:
+        http.stop()
+        served.close()
