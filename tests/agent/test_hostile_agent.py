@@ -111,3 +111,13 @@ def test_running_out_of_file_descriptors_neither_spins_nor_floods_the_log(tmp_pa
     log = log_path.read_text()
     assert log.count("cannot accept a metrics connection") == 1, log[-2000:]
     assert len(log) < 5_000, log[-2000:]
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--read-timeout", "0"), ("--max-connections", "0"), ("--backlog", "0")])
+def test_agent_refuses_bad_limits_naming_the_flag(flag, value):
+    from typer.testing import CliRunner
+
+    from bottleneck_map.cli import app
+
+    r = CliRunner().invoke(app, ["agent", "--port", "0", flag, value])
+    assert r.exit_code == 2 and flag in r.output, r.output
