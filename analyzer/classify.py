@@ -584,6 +584,7 @@ def verdicts(sig: Signals) -> list[Verdict]:
     out = []
     unknown = float(sig.get("unattributed_share") or 0.0)
     binds: set[str] = set()
+    contradicted: list[Evidence] = []
     for cls, rule in RULES.items():
         if cls in sig.unreachable:
             continue
@@ -609,6 +610,7 @@ def verdicts(sig: Signals) -> list[Verdict]:
         why_not = gate(sig) if gate is not None and share >= SHARE_THRESHOLD[cls] else None
         if why_not:
             ev.append(Evidence(f"{cls}_contradicted", None, "", f"not confident: {why_not}"))
+            contradicted.append(Evidence(f"{cls}_contradicted", None, "", f"{cls} is contradicted: {why_not}"))
             conf = min(conf, CONTRADICTED)
         if cls in ADMISSION_LIMITS and conf >= CONFIDENT and corr >= LIMIT_BINDS:
             binds.add(cls)
@@ -650,6 +652,10 @@ def verdicts(sig: Signals) -> list[Verdict]:
                 )
             )
         conf = round((1 - best) * (1 - unknown), 3)
+        if contradicted:
+            # A class large enough to fire whose own numbers contradict it: nothing can be stated confidently.
+            ev.extend(contradicted)
+            conf = min(conf, CONTRADICTED)
         bal = Verdict(
             cls="balanced",
             score=conf,

@@ -33,7 +33,14 @@ def _headline(m: BottleneckMap) -> Text:
     t = Text()
     if top.cls == "balanced" and top.confidence < 0.5:
         t.append("No confident verdict", style="bold yellow")
-        t.append(f": no class reaches its threshold and the evidence is incomplete (confidence {top.confidence:.2f})")
+        if any(e.metric.endswith("_contradicted") for e in top.evidence):
+            t.append(
+                f": a class large enough to fire is contradicted by its own numbers (confidence {top.confidence:.2f})"
+            )
+        else:
+            t.append(
+                f": no class reaches its threshold and the evidence is incomplete (confidence {top.confidence:.2f})"
+            )
     elif top.cls == "balanced":
         t.append("Balanced", style="bold green")
         t.append(f": no single constraint dominates (confidence {top.confidence:.2f})")

@@ -238,3 +238,18 @@ def test_decode_near_the_compute_roofline_is_decode_compute(sim_bundle):
     assert ev["decode_arithmetic_intensity"].value >= ev["decode_arithmetic_intensity"].threshold
     assert m.verdict("decode_memory_bandwidth").confidence < CONFIDENT
     assert_agrees_with_evidence(m)
+
+
+def test_a_contradicted_class_leaves_no_confident_verdict():
+    from bottleneck_map.analyzer.classify import Signals, verdicts
+
+    # 70% of latency in decode steps, yet the median decode step reaches 30% of peak bandwidth.
+    share = {c: 0.0 for c in CLASSES if c != "balanced"}
+    share.update(decode_memory_bandwidth=0.7, prefill_compute=0.2, tokenization=0.1)
+    values = {"decode_step_bw_util_p50": 0.3, "decode_step_bytes_per_s_p50": 3e9, "peak_bw": 1e10}
+    out = verdicts(Signals(share=share, values=values))
+    top = out[0]
+    assert top.cls == "balanced" and top.confidence < CONFIDENT
+    assert any(e.metric == "decode_memory_bandwidth_contradicted" for e in top.evidence)
+    dec = next(v for v in out if v.cls == "decode_memory_bandwidth")
+    assert dec.confidence < CONFIDENT and "contradicted" in dec.rank_note
