@@ -82,8 +82,8 @@ def window_timeline(
 
     Class columns are named after the class; stage columns are ``"stage:<stage>"``.
     ``preempted`` is :func:`~bottleneck_map.analyzer.stages.preempted_spans` (request row,
-    start, end); with it ``requeue`` is placed span by span, without it at the midpoint of
-    scheduled -> finished. ``engine`` (:func:`~bottleneck_map.analyzer.engine_samples.engine_frame`)
+    start, end); with it ``requeue`` is spread span by span, without it over scheduled ->
+    finished. ``engine`` (:func:`~bottleneck_map.analyzer.engine_samples.engine_frame`)
     gives KV usage, waiting and running for bundles without steps: per window each instance's
     mean, KV usage averaged over instances, waiting and running summed.
     """
