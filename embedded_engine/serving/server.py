@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import threading
 import time
@@ -285,10 +286,18 @@ class ArrivalH11Protocol(GuardedH11Protocol):
             self._arrival_ns = self._read_ns if self.conn.trailing_data[0] else None
 
 
+class _AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: an error message that quotes a client's string stays valid
+    JSON even when that string holds a lone surrogate (which UTF-8 cannot encode)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode()
+
+
 def _error(exc: oai.ApiError) -> JSONResponse:
     # a refused body may still be arriving: close the connection rather than read the rest
     headers = {"Connection": "close"} if exc.status == 413 else None
-    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+    return _AsciiJSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
 @dataclass

@@ -560,3 +560,11 @@ def test_oversize_headers_and_idle_kept_alive_connections_are_closed(tiny):
     finally:
         http.stop()
         served.close()
+
+
+def test_an_error_quoting_a_lone_surrogate_is_still_valid_json(guarded):
+    http, _ = guarded
+    body = b'{"model": "\\ud800", "prompt": "x"}'
+    r = httpx.post(http.url + "/v1/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+    assert "\ud800" in r.json()["error"]["message"]
