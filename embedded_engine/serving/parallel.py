@@ -151,7 +151,9 @@ class Fanout:
         yield self.choices[0], self.first
         self._tasks = [asyncio.ensure_future(forward(c)) for c in self.choices]
         while not all(c.done for c in self.choices):
-            yield await merged.get()
+            c, out = await merged.get()
+            if not c.done:  # a choice ended by a stop string still gets the engine's final output: not news
+                yield c, out
 
 
 async def full_body(fan: Fanout, created: int, disconnected: Any) -> dict[str, Any] | None:

@@ -126,3 +126,20 @@ def test_a_client_that_leaves_mid_stream_aborts_every_sequence(served):
     s.flush()
     rows = read_bundle(bundle).requests.set_index("request_id").loc[[f"{i}_{rid}" for i in range(3)]]
     assert rows["finish_reason"].tolist() == ["abort"] * 3 and (rows["output_tokens"] < 200).all()
+
+
+def test_a_stop_string_ends_its_choice_once(served):
+    url, _, _ = served
+    with httpx.Client(base_url=url, timeout=60) as c:
+        probe = c.post("/v1/completions", json={"model": "tiny", "prompt": "stop here", "max_tokens": 12,
+                                                "ignore_eos": True, "temperature": 0}).json()  # fmt: skip
+        stop = probe["choices"][0]["text"][3:6]
+        assert stop.strip()
+        body = {"model": "tiny", "prompt": "stop here", "max_tokens": 12, "ignore_eos": True, "temperature": 0,
+                "n": 2, "stop": stop, "stream": True}  # fmt: skip
+        with c.stream("POST", "/v1/completions", json=body) as r:
+            chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    ends = [ch["choices"][0]["index"] for ch in chunks if ch["choices"][0]["finish_reason"]]
+    assert sorted(ends) == [0, 1]  # one finishing chunk per choice
+    texts = {i: "".join(ch["choices"][0]["text"] for ch in chunks if ch["choices"][0]["index"] == i) for i in (0, 1)}
+    assert texts[0] == texts[1] == probe["choices"][0]["text"].split(stop)[0]
