@@ -99,18 +99,12 @@ def window_timeline(
     df["requests_arrived"] = np.bincount(win(b["t0"]), minlength=n_windows)[:n_windows]
     done = stages["complete"].to_numpy()
     df["requests_finished"] = np.bincount(win(b["t6"][done]), minlength=n_windows)[:n_windows]
-    spreads: dict[tuple[str, str], _Spread] = {}
-
-    def spread(a: str, z: str, v: np.ndarray) -> np.ndarray:
-        """Values of the completed requests spread over their (a, z) intervals (sorts shared per interval)."""
-        if (a, z) not in spreads:
-            spreads[a, z] = _Spread(b[a][done] - t0, b[z][done] - t0, window_ns, n_windows)
-        return spreads[a, z].windows(v)
-
+    # Every column spread over its interval; the columns sharing an interval share one sort, and
+    # one interval's sorted arrays are held at a time.
+    columns: dict[tuple[str, str], list[tuple[str, np.ndarray]]] = {}
     for cls, (a, z) in _PLACE.items():
-        if cls not in attributed:
-            continue
-        df[cls] = spread(a, z, attributed[cls].to_numpy()[done].astype(np.float64))
+        if cls in attributed:
+            columns.setdefault((a, z), []).append((cls, attributed[cls].to_numpy()))
     for stage, (a, z) in _STAGE_PLACE.items():
         if stage == "requeue" and preempted is not None and len(preempted[0]):
             req, p0, p1 = preempted
@@ -118,7 +112,14 @@ def window_timeline(
             span = _Spread(p0[keep] - t0, p1[keep] - t0, window_ns, n_windows)
             df[STAGE_PREFIX + stage] = span.windows((p1[keep] - p0[keep]).astype(np.float64))
             continue
-        df[STAGE_PREFIX + stage] = spread(a, z, stages[stage].to_numpy()[done].astype(np.float64))
+        columns.setdefault((a, z), []).append((STAGE_PREFIX + stage, stages[stage].to_numpy()))
+    for (a, z), cols in columns.items():
+        spread = _Spread(b[a][done] - t0, b[z][done] - t0, window_ns, n_windows)
+        for name, v in cols:
+            df[name] = spread.windows(v[done].astype(np.float64))
+        del spread
+    order = [c for c in _PLACE if c in attributed] + [STAGE_PREFIX + s for s in _STAGE_PLACE]
+    df = df[[c for c in df.columns if c not in order] + order]
     if steps is not None and not steps.empty:
         ws = win(steps["start_ns"].to_numpy())
         for col in ("kv_usage", "num_waiting", "num_running"):
@@ -157,27 +158,29 @@ class _Spread:
     """
 
     def __init__(self, a: np.ndarray, z: np.ndarray, window_ns: int, n: int) -> None:
-        a = np.clip(np.asarray(a, np.int64), 0, n * window_ns)
-        z = np.clip(np.asarray(z, np.int64), a, n * window_ns)
+        self.a = np.clip(np.asarray(a, np.int64), 0, n * window_ns)
+        self.z = np.clip(np.asarray(z, np.int64), self.a, n * window_ns)
         self.n, self.window_ns = n, window_ns
-        self.point = z <= a
-        self.point_win = np.clip(a[self.point] // window_ns, 0, n - 1)
-        self.span = (z - a).astype(np.float64)
-        self.a, self.z = a.astype(np.float64), z.astype(np.float64)
+        self.point = self.z <= self.a
+        self.point_win = np.clip(self.a[self.point] // window_ns, 0, n - 1)
         self.oa, self.oz = np.argsort(self.a, kind="stable"), np.argsort(self.z, kind="stable")
-        edges = np.arange(1, n + 1, dtype=np.float64) * window_ns
-        self.edges = edges
-        self.ka = np.searchsorted(self.a[self.oa], edges, side="right")
-        self.kz = np.searchsorted(self.z[self.oz], edges, side="right")
-        # Intervals overlapping window i: started before its end, not ended by its start.
-        ramp_a, ramp_z = np.sort(self.a[~self.point]), np.sort(self.z[~self.point])
-        started = np.searchsorted(ramp_a, edges, side="left")
-        ended = np.searchsorted(ramp_z, edges - window_ns, side="right")
-        self.empty = started - ended <= 0
+        edges = np.arange(1, n + 1, dtype=np.int64) * window_ns
+        self.edges = edges.astype(np.float64)
+        a_sorted = self.a[self.oa]
+        self.ka = np.searchsorted(a_sorted, edges, side="right")
+        # Intervals overlapping window i: started before its end, not ended by its start (an empty
+        # interval's value goes to its window separately).
+        started = np.searchsorted(a_sorted, edges, side="left")
+        del a_sorted
+        z_sorted = self.z[self.oz]
+        self.kz = np.searchsorted(z_sorted, edges, side="right")
+        self.empty = started - np.searchsorted(z_sorted, edges - window_ns, side="right") <= 0
 
     def _upto(self, s: np.ndarray, order: np.ndarray, k: np.ndarray, r: np.ndarray) -> np.ndarray:
-        cr = np.concatenate([[0.0], np.cumsum(r[order])])
-        crs = np.concatenate([[0.0], np.cumsum((r * s)[order])])
+        ro = r[order]
+        cr = np.concatenate([[0.0], np.cumsum(ro)])
+        ro *= s[order]
+        crs = np.concatenate([[0.0], np.cumsum(ro)])
         return self.edges * cr[k] - crs[k]
 
     def windows(self, v: np.ndarray) -> np.ndarray:
@@ -185,8 +188,9 @@ class _Spread:
         out = np.zeros(self.n)
         if not len(v):
             return out
-        ramp = ~self.point
-        r = np.where(ramp, v / np.where(ramp, self.span, 1.0), 0.0)
+        span = (self.z - self.a).astype(np.float64)
+        r = np.divide(v, span, out=np.zeros_like(v), where=~self.point)
+        del span
         cum = self._upto(self.a, self.oa, self.ka, r) - self._upto(self.z, self.oz, self.kz, r)
         part = np.diff(np.concatenate([[0.0], cum]))
         # The prefix sums' rounding (a few ulps of their largest term) is not time.
