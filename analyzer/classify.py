@@ -665,6 +665,9 @@ def verdicts(sig: Signals) -> list[Verdict]:
             recommendation=(
                 "collect step records (engine step tracing) to tell compute, bandwidth and host overhead apart"
                 if unknown >= 0.5
+                else "a share large enough to fire is contradicted by its own roofline numbers: check the device peaks "
+                "(meta.device; measured at the run's start on a CPU) and rerun on an idle machine"
+                if contradicted
                 else "no single constraint dominates; scale out for more throughput, or tune for the largest share above"
             ),
             knobs=[],

@@ -251,5 +251,6 @@ def test_a_contradicted_class_leaves_no_confident_verdict():
     top = out[0]
     assert top.cls == "balanced" and top.confidence < CONFIDENT
     assert any(e.metric == "decode_memory_bandwidth_contradicted" for e in top.evidence)
+    assert "contradicted" in top.recommendation and "device peaks" in top.recommendation
     dec = next(v for v in out if v.cls == "decode_memory_bandwidth")
     assert dec.confidence < CONFIDENT and "contradicted" in dec.rank_note
