@@ -103,7 +103,7 @@ def test_dashboard_series_through_a_real_prometheus(tiny, tmp_path, fake_gpus):
                 up = query("up")
                 if len(up) == 3 and all(r["value"][1] == "1" for r in up):
                     break
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError):  # not listening yet, or not ready (a plain-text answer)
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 seen = [(t["scrapeUrl"], t["health"], t["lastError"]) for t in api("targets")["activeTargets"]]
