@@ -506,6 +506,8 @@ def _signals(
                 mixed.flops_utilization,
             )
     v["dram_util"] = hw.get("gpm_dram_bw_util_ratio")
+    v["sm_active"] = hw.get("gpm_sm_util_ratio")
+    v["tensor_active"] = hw.get("gpm_tensor_active_ratio")
     v["proc_cpu"] = hw.get("proc_cpu_ratio")
     v["cpu_max_core"] = hw.get("cpu_util_max_core_ratio")
     pc_tx, pc_rx = (

@@ -164,7 +164,13 @@ def _kv(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
 def _prefill(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
     ev = [_share_ev(sig, "prefill_compute", "prefill compute (own prompt, or other prompts stalling decodes)")]
     own = sig.get("prefill_stage_share")
-    if own is not None:
+    if sig.get("inferred_steps"):
+        total = sig.share.get("prefill_compute", 0.0)
+        ev[0].text = (
+            f"prefill compute: {_pct(total)} of summed end-to-end latency, in prompts' own prefill and in decodes "
+            "waiting on it (the server's series do not tell the two apart)"
+        )
+    elif own is not None:
         total = sig.share.get("prefill_compute", 0.0)
         ev[0].text = (
             f"prefill compute: {_pct(total)} of summed end-to-end latency: {_pct(min(own, total))} in requests' own "
@@ -195,6 +201,18 @@ def _prefill(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
         )
         corr += 0.4 if ridge is not None and ai >= ridge else 0.0
         corr += 0.3 if util is not None and util >= FLOPS_UTIL_HIGH else 0.0
+    sm, tensor = sig.get("sm_active"), sig.get("tensor_active")
+    if sm is not None or tensor is not None:
+        ev.append(
+            Evidence(
+                "sm_active",
+                sm,
+                "ratio",
+                f"GPM SM activity {_pct(sm)}, tensor pipes {_pct(tensor)} while steps ran (agent samples)",
+                FLOPS_UTIL_HIGH,
+            )
+        )
+        corr += 0.2 if max(sm or 0.0, tensor or 0.0) >= FLOPS_UTIL_HIGH else 0.0
     if sig.engine.get("chunked_prefill"):
         rec = "lower --max-num-batched-tokens so long prompts are split into smaller chunks and decodes are not stalled"
         knobs = ["--max-num-batched-tokens"]

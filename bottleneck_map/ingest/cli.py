@@ -41,6 +41,9 @@ def register(app: typer.Typer) -> None:
         scrape: list[str] = typer.Option(
             [], "--scrape", help="Also read this vLLM server's /metrics every --scrape-interval (base URL; repeatable)."
         ),
+        scrape_agent: list[str] = typer.Option(
+            [], "--scrape-agent", help="Also read a node agent's (or dcgm-exporter's) GPU series (repeatable)."
+        ),
         scrape_interval: float = typer.Option(1.0, "--scrape-interval", help="Seconds between scrapes of --scrape."),
         model_config: Path | None = typer.Option(
             None, "--model-config", help="The served model's config.json (default: read via /v1/models when local)."
@@ -115,15 +118,16 @@ def register(app: typer.Typer) -> None:
         ):
             if not value > 0:
                 raise typer.BadParameter("must be > 0", param_hint=flag)
-        if not receive and not prometheus and not otlp_file and not scrape:
+        if not receive and not prometheus and not otlp_file and not scrape and not scrape_agent:
             raise typer.BadParameter(
                 "--no-receive needs --prometheus, --scrape or --otlp-file", param_hint="--no-receive"
             )
         if not scrape_interval > 0:
             raise typer.BadParameter("must be > 0", param_hint="--scrape-interval")
-        for url in scrape:
-            if not url.startswith(("http://", "https://")):
-                raise typer.BadParameter(f"{url!r} is not an http(s) URL", param_hint="--scrape")
+        for urls, flag in ((scrape, "--scrape"), (scrape_agent, "--scrape-agent")):
+            for url in urls:
+                if not url.startswith(("http://", "https://")):
+                    raise typer.BadParameter(f"{url!r} is not an http(s) URL", param_hint=flag)
         for value, flag in ((max_num_seqs, "--max-num-seqs"), (max_num_batched_tokens, "--max-num-batched-tokens")):
             if value is not None and value <= 0:
                 raise typer.BadParameter("must be > 0", param_hint=flag)
@@ -168,7 +172,7 @@ def register(app: typer.Typer) -> None:
 
         scrapers = [
             Scraper(writer, url, scrape_interval, model_config=target.model_config).start() for url in scrape
-        ]
+        ] + [Scraper(writer, url, scrape_interval, kind="agent").start() for url in scrape_agent]
         for sc in scrapers:
             typer.echo(f"collect: scraping {sc.instance} every {scrape_interval:g} s", err=True)
         if not receive and scrapers:

@@ -364,7 +364,12 @@ def finish(
     meta = writer.meta
     engine = {**(meta.get("engine") or {})}
     model = {**(meta.get("model") or {})}
+    device = {**(meta.get("device") or {})}
     for sc in scrapers:
+        if sc.kind == "agent":
+            if not device.get("name"):  # --device-name / --measure-peaks win over the agent
+                device = {**sc.device_meta(), **device}
+            continue
         engine = {**sc.engine_meta(), **engine}  # flags win over what the server states
         scraped = {k: v for k, v in sc.model.items() if v is not None}
         model = {**scraped, **{k: v for k, v in model.items() if v is not None}}
@@ -376,6 +381,7 @@ def finish(
         },
         engine=engine,
         model=model,
+        device=device,
         ingest={
             "otlp": sink.stats(),
             "prometheus": prom,
@@ -413,7 +419,9 @@ def _warnings(sink: TraceSink, scrapers: Sequence[Any]) -> list[str]:
     for sc in scrapers:
         if sc.scrapes == 0:
             out.append(f"no scrape of {sc.instance} succeeded: {sc.last_error}")
-        elif not sc.model.get("hidden_size"):
+        elif sc.kind == "agent" and not sc.gpu_models:
+            out.append(f"{sc.instance} served no GPU series (is it a node agent or dcgm-exporter with GPUs?)")
+        elif sc.kind == "vllm" and not sc.model.get("hidden_size"):
             out.append(
                 f"the model served at {sc.instance} has no readable config.json here; pass --model-config "
                 "for the roofline"

@@ -1,4 +1,5 @@
-"""``collect --scrape URL``: read a vLLM server's own ``/metrics`` every interval into samples.
+"""``collect --scrape URL``: read a vLLM server's own ``/metrics`` every interval into samples
+(and ``--scrape-agent URL``: a node agent's GPU series the same way).
 
 No Prometheus server is needed for one instance. Each scrape becomes one samples row
 (``source`` ``scrape:vllm``, ``instance`` the URL's ``host:port``, as Prometheus labels a
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from bottleneck_map.bundle import BundleWriter
+from bottleneck_map.ingest.agent_series import gpu_rows
 from bottleneck_map.ingest.vllm_series import ITL_BUCKETS_COLUMN, SOURCE, ExpositionError, row_from_exposition
 
 log = logging.getLogger(__name__)
@@ -91,17 +93,21 @@ class Scraper:
     timeout_s: float = 5.0
     model_config: dict[str, Any] | None = None  # given with --model-config; else read via /v1/models
     dtype: str | None = None
+    kind: str = "vllm"  # "vllm" (an engine's /metrics) or "agent" (a node agent's or dcgm-exporter's)
     scrapes: int = 0
     failures: int = 0
     last_error: str | None = None
     itl_bounds_s: tuple[float, ...] = ()
     cache_config: dict[str, str] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
+    gpu_models: dict[str, str] = field(default_factory=dict)  # GPU index -> model name (agent pages)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _client: httpx.Client | None = None
 
     def __post_init__(self) -> None:
+        if self.kind not in ("vllm", "agent"):
+            raise ValueError(f"unknown scrape kind {self.kind!r}")
         if self.interval_s <= 0:
             raise ValueError(f"scrape interval must be > 0 s, got {self.interval_s}")
         self.instance = instance_of(self.url)
@@ -143,13 +149,21 @@ class Scraper:
                 raise ExpositionError(f"HTTP {resp.status_code}")
             if len(resp.content) > MAX_PAGE_BYTES:
                 raise ExpositionError(f"page of {len(resp.content)} bytes exceeds {MAX_PAGE_BYTES}")
-            page = row_from_exposition(resp.text)
+            if self.kind == "agent":
+                self._agent_rows(ts, resp.text)
+            else:
+                self._engine_row(ts, resp.text, client if client is self._client else None)
         except (httpx.HTTPError, ExpositionError) as exc:
             self._failed(f"{metrics_url(self.url)}: {exc}")
             return False
         finally:
             if client is not self._client:
                 client.close()
+        self.scrapes += 1
+        return True
+
+    def _engine_row(self, ts: int, text: str, client: httpx.Client | None) -> None:
+        page = row_from_exposition(text)
         row: dict[str, Any] = {"ts_ns": ts, "source": f"scrape:{SOURCE}", "device": None, "instance": self.instance}
         row.update(page.columns)
         if page.itl_buckets:
@@ -158,10 +172,21 @@ class Scraper:
         if page.cache_config and not self.cache_config:
             self.cache_config = page.cache_config
         self.writer.extend("samples", [row])
-        self.scrapes += 1
         if not self.model:
-            self._read_model(client if client is self._client else None, page.model_names)
-        return True
+            self._read_model(client, page.model_names)
+
+    def _agent_rows(self, ts: int, text: str) -> None:
+        page = gpu_rows(text)
+        rows = []
+        for gpu, cols in sorted(page.rows.items()):
+            row: dict[str, Any] = {"ts_ns": ts, "source": "scrape:agent", "device": gpu, "instance": self.instance}
+            row.update(cols)
+            if "clock_event_reasons" in row:
+                row["clock_event_reasons"] = int(row["clock_event_reasons"])
+            rows.append(row)
+        if rows:
+            self.writer.extend("samples", rows)
+        self.gpu_models.update(page.models)
 
     def _failed(self, why: str) -> None:
         self.failures += 1
@@ -194,6 +219,7 @@ class Scraper:
         """What collect records of this target in ``meta.ingest.scrape``."""
         return {
             "url": metrics_url(self.url),
+            "kind": self.kind,
             "instance": self.instance,
             "interval_s": self.interval_s,
             "scrapes": self.scrapes,
@@ -203,10 +229,22 @@ class Scraper:
             "cache_config": self.cache_config,
         }
 
+    def device_meta(self) -> dict[str, Any]:
+        """``meta["device"]`` from an agent's GPU model names (the first GPU's; the peak table keys on it)."""
+        if not self.gpu_models:
+            return {}
+        names = sorted(set(self.gpu_models.values()))
+        first = self.gpu_models[min(self.gpu_models, key=lambda g: int(g) if g.isdigit() else 0)]
+        out: dict[str, Any] = {"kind": "gpu", "name": first, "count": len(self.gpu_models)}
+        if len(names) > 1:
+            out["names"] = names
+        return out
+
     def engine_meta(self) -> dict[str, Any]:
         """``meta["engine"]`` fields the cache config states (block size, KV blocks, prefix caching)."""
         c = self.cache_config
-        out: dict[str, Any] = {"name": "vllm"}
+        # vLLM's v1 engine always schedules prompts in chunks (its scheduler config is not exported)
+        out: dict[str, Any] = {"name": "vllm", "chunked_prefill": True}
         for key, src in (("block_size", "block_size"), ("num_kv_blocks", "num_gpu_blocks")):
             try:
                 out[key] = int(c[src])
