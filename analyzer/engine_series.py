@@ -13,10 +13,10 @@ stands for all the real steps inside it, with its FLOPs and bytes from the model
 (:func:`~bottleneck_map.analyzer.roofline.step_costs`, the weights read once per real step;
 vLLM's own ``estimated_*`` counters replace the totals when it exports them) and its roofline
 time against the device's peaks. :func:`~bottleneck_map.analyzer.attribution.step_breakdown`
-then splits inferred steps exactly as it splits measured ones: the time the roofline explains
-goes to prefill_compute / decode_memory_bandwidth by the prefill part of the modelled time, the
-rest beyond :data:`~bottleneck_map.analyzer.attribution.ROOF_EFFICIENCY_FLOOR` to
-host_overhead. Every evidence line built on them says that they are inferred, and from which
+then splits inferred steps exactly as it splits measured ones, with the whole step as forward
+time (the series do not separate host work): a step at :data:`~bottleneck_map.analyzer.roofline.ROOF_NEAR`
+of its roofline speed or more goes to prefill_compute / decode_memory_bandwidth (or
+decode_compute) by the prefill part of the modelled time, a slower one to host_overhead. Every evidence line built on them says that they are inferred, and from which
 series.
 """
 

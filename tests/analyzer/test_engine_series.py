@@ -149,7 +149,7 @@ def test_a_long_step_spanning_seconds_without_a_counted_step_joins_the_next(tmp_
 
 def test_waiting_at_one_running_with_an_empty_kv_cache_is_queueing(tmp_path):
     per, reqs = [], []
-    for s in range(6):
+    for _s in range(6):
         per.append({"engine_steps_total": 40, "generation_tokens_total": 40, "prompt_tokens_total": 60,
                     "num_requests_running": 1.0, "num_requests_waiting": 3.0, "kv_cache_usage_ratio": 0.02})  # fmt: skip
     for i in range(4):  # each waits for the one before it, then runs for 1.4 s
@@ -160,7 +160,7 @@ def test_waiting_at_one_running_with_an_empty_kv_cache_is_queueing(tmp_path):
 
 def test_waiting_while_the_kv_cache_is_full_is_kv_cache_capacity(tmp_path):
     per = []
-    for s in range(6):
+    for _s in range(6):
         per.append({"engine_steps_total": 40, "generation_tokens_total": 80, "prompt_tokens_total": 120,
                     "num_requests_running": 2.0, "num_requests_waiting": 3.0, "kv_cache_usage_ratio": 0.97,
                     "num_preemptions_total": 1})  # fmt: skip
