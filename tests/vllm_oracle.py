@@ -56,8 +56,16 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) 
 
 
 @contextmanager
-def vllm_server(checkpoint: Path, *args: str, otlp_port: int, log: Path, start_timeout_s: float = 420.0):
-    """A running vLLM server on a free port; yields its base URL. ``args`` are extra server flags."""
+def vllm_server(
+    checkpoint: Path,
+    *args: str,
+    otlp_port: int | None,
+    log: Path,
+    start_timeout_s: float = 420.0,
+    env: dict | None = None,
+):
+    """A running vLLM server on a free port; yields its base URL. ``args`` are extra server flags;
+    ``otlp_port`` None: no trace export; ``env``: more environment variables."""
     python, why = vllm_python()
     if python is None:
         raise RuntimeError(why)
@@ -70,13 +78,14 @@ def vllm_server(checkpoint: Path, *args: str, otlp_port: int, log: Path, start_t
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
         "OTEL_RESOURCE_ATTRIBUTES": f"service.instance.id=127.0.0.1:{port}",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
+        **(env or {}),
     }
     cmd = [
         str(python), "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(checkpoint), "--served-model-name", "default",
         "--enforce-eager", "--block-size", "32", "--dtype", "float32", "--max-model-len", "4096",
         "--host", "127.0.0.1", "--port", str(port),
-        "--otlp-traces-endpoint", f"http://127.0.0.1:{otlp_port}/v1/traces",
+        *(["--otlp-traces-endpoint", f"http://127.0.0.1:{otlp_port}/v1/traces"] if otlp_port else []),
         *args,
     ]  # fmt: skip
     with open(log, "w") as out:

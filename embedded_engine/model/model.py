@@ -20,6 +20,7 @@ from bottleneck_map.embedded_engine.model.attention import (
     plan_attention,
 )
 from bottleneck_map.embedded_engine.model.kv_cache import KVCache
+from bottleneck_map.embedded_engine.model.linear import Linear, PackedWeight
 from bottleneck_map.embedded_engine.model.model_config import ModelConfig
 
 
@@ -73,8 +74,8 @@ class Attention(nn.Module):
         self.q_size, self.kv_size = cfg.q_size, cfg.kv_size
         self.scale = cfg.head_dim**-0.5
         kw = {"dtype": dtype, "device": device}
-        self.qkv_proj = nn.Linear(cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size, bias=cfg.attention_bias, **kw)
-        self.o_proj = nn.Linear(cfg.q_size, cfg.hidden_size, bias=cfg.o_proj_bias, **kw)
+        self.qkv_proj = Linear(cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size, bias=cfg.attention_bias, **kw)
+        self.o_proj = Linear(cfg.q_size, cfg.hidden_size, bias=cfg.o_proj_bias, **kw)
 
     def forward(self, x, cos, sin, plan, kv: KVCache) -> torch.Tensor:
         t = x.shape[0]
@@ -90,8 +91,8 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
         super().__init__()
         kw = {"bias": False, "dtype": dtype, "device": device}
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, **kw)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, **kw)
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, **kw)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -135,10 +136,12 @@ class CausalLM(nn.Module):
         else:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype, device=meta)
         self.to_empty(device=device)
-        for name, p in self.named_parameters():
-            p.data.fill_(1.0 if name.endswith("norm.weight") else 0.0)
+        with torch.no_grad():  # in place on the parameter, so its version counter moves
+            for name, p in self.named_parameters():
+                p.fill_(1.0 if name.endswith("norm.weight") else 0.0)
         self.register_buffer("inv_freq", rope_inv_freq(cfg).to(device), persistent=False)
         self._workspace: list[torch.Tensor] = []  # attention gather buffers, kept across steps
+        self._output_pack = PackedWeight()  # the output projection (lm_head or the tied embedding)
         self.requires_grad_(False)
         self.eval()
 
@@ -162,4 +165,4 @@ class CausalLM(nn.Module):
         for layer in self.model.layers:
             x = layer(x, cos, sin, plan, kv)
         x = self.model.norm(x[plan.last_rows])
-        return F.linear(x, self.output_weight).float()
+        return self._output_pack.linear(x, self.output_weight).float()

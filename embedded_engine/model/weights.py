@@ -72,7 +72,8 @@ def load_hf_state(model: CausalLM, tensors: Mapping[str, torch.Tensor]) -> None:
             raise ValueError(
                 f"tensor {name}: checkpoint shape {tuple(value.shape)}, config expects {tuple(param.shape)}"
             )
-        param.data.copy_(value.to(dtype=param.dtype))
+        with torch.no_grad():  # in place on the parameter (not .data), so its version counter moves
+            param.copy_(value.to(dtype=param.dtype))
 
 
 def random_hf_state(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
