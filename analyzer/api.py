@@ -170,159 +170,295 @@ def _analysis(
     *,
     keep_frames: bool,
 ) -> Analysis:
-    """The analysis; without ``keep_frames`` only ``result`` (and ``tables``) is filled in, and
-    the per-request and per-step frames are dropped as soon as what the map needs of them is taken."""
+    """The analysis, as a pipeline of named steps (each drops what the next ones no longer need).
+
+    Without ``keep_frames`` only ``result`` (and ``tables``) is filled in, and the per-request and
+    per-step frames are dropped as soon as what the map needs of them is taken.
+    """
+    _check_arguments(window_s, gpu_hour_cost, chunk_rows)
+    run = _open(bundle_or_path, instance, chunk_rows, keep_frames)
+    itl, token_to_byte = _token_gaps(run)  # pass 1: the requests' token lists
+    req = _per_request(run, itl, dict(slo or {}))  # pass 2: the steps' lists, stages, latency
+    stp = _per_step(run, req)  # roofline, step breakdown, own-step make-up
+    attr, eng = _attributed(run, req, stp)  # every request's time by class
+    win = _windows(run, req, stp, attr, eng, window_s)  # time bounds, windows and their verdicts
+    judged = _verdicts(run, req, stp, attr, eng, win, token_to_byte)  # signals and rules
+    result = _bottleneck_map(run, req, stp, attr, eng, win, judged, window_s, slo, gpu_hour_cost, instance)
+    if not keep_frames:
+        return Analysis(run.t, None, None, None, None, None, None, None, result)
+    sb = stp.sb if stp.sb is not None else pd.DataFrame()
+    return Analysis(run.t, req.st, req.metrics, stp.roof, sb, attr, win.timeline, stp.samples, result)
+
+
+def _check_arguments(window_s: float, gpu_hour_cost: float | None, chunk_rows: int | None) -> None:
     if not window_s or window_s <= 0 or not np.isfinite(window_s):
         raise ValueError(f"window_s must be a positive number of seconds, got {window_s!r}")
     if gpu_hour_cost is not None and (gpu_hour_cost < 0 or not np.isfinite(gpu_hour_cost)):
         raise ValueError(f"gpu_hour_cost must be a non-negative number, got {gpu_hour_cost!r}")
     if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive number of rows, got {chunk_rows!r}")
-    slo = dict(slo or {})
+
+
+@dataclass
+class _Run:
+    """The bundle being analysed and what every step reads of it."""
+
+    t: Tables
+    requests: pa.Table | None  # dropped once the per-request tables are built (bundles with steps)
+    steps: pa.Table
+    caps: dict[str, bool]  # taken once: Tables.capabilities reads the tables again
+    has_steps: bool
+    engine: dict[str, Any]
+    peaks: DevicePeaks
+    warnings: list[str]
+    chunk_rows: int | None
+    keep_frames: bool
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.t.meta
+
+
+def _open(bundle_or_path, instance: str | None, chunk_rows: int | None, keep_frames: bool) -> _Run:
     t = load(bundle_or_path)
     if instance is not None:
         t = for_instance(t, instance)
-    meta = t.meta
     requests, steps = t.lean("requests"), t.lean("steps")
     if requests.num_rows == 0:
         raise BundleError(f"{t.path}: bundle has no requests; nothing to analyse")
-    caps = t.capabilities
-    engine = dict(meta.get("engine") or {})
-    peaks = device_peaks(meta.get("device"))
-    warnings = t.warnings
+    meta, caps = t.meta, t.capabilities
+    return _Run(
+        t,
+        requests,
+        steps,
+        caps,
+        caps["steps"],
+        dict(meta.get("engine") or {}),
+        device_peaks(meta.get("device")),
+        t.warnings,
+        chunk_rows,
+        keep_frames,
+    )
 
-    # One pass over the requests' token lists first, while little else is held: the pooled ITL
-    # gaps are the largest thing it builds, and only their percentiles are kept.
-    codes, classes = latency.class_codes(workload_classes(requests))
-    itl, token_to_byte = _token_pass(t, codes, len(classes), chunk_rows or CHUNK_REQUESTS)
+
+def _token_gaps(run: _Run) -> tuple[latency.GapPool, float | None]:
+    """One pass over the requests' token lists first, while little else is held: the pooled ITL
+    gaps are the largest thing it builds, and only their percentiles are kept."""
+    codes, classes = latency.class_codes(workload_classes(run.requests))
+    itl, token_to_byte = _token_pass(run.t, codes, len(classes), run.chunk_rows or CHUNK_REQUESTS)
     itl = itl.taken()
     del codes
     release()
+    return itl, token_to_byte
 
-    # One pass over the steps' per-sequence lists, a chunk of steps at a time: per-step sums for
-    # the roofline, per-request own step time for the stages.
-    has_steps = caps["steps"]
-    step_chunk = chunk_rows or steprows.CHUNK_STEPS
+
+@dataclass
+class _Requests:
+    """Per-request tables and what the later steps need of the requests table."""
+
+    st: pd.DataFrame
+    metrics: pd.DataFrame | None  # kept only for drill-down
+    lat: list
+    ttft: np.ndarray
+    spans: tuple
+    facts: dict[str, Any]
+    step_sums: Any  # per-step sums of the steps' lists (bundles with steps)
+    lookup: Any  # requests by id for the exact own-step pass, None when it is not exact
+    inferred: engine_series.InferredSteps | None  # steps inferred from a server's counters
+    done: np.ndarray
+
+
+def _per_request(run: _Run, itl, slo: dict[str, float]) -> _Requests:
+    """One pass over the steps' per-sequence lists, a chunk of steps at a time (per-step sums for
+    the roofline, per-request own step time for the stages), then the per-request tables."""
+    t, requests = run.t, run.requests
+    step_chunk = run.chunk_rows or steprows.CHUNK_STEPS
     life = stages.lifecycle(requests)
-    lookup = _lookup(requests, life) if has_steps else None
+    lookup = _lookup(requests, life) if run.has_steps else None
     step_sums = req_sums = None
-    if has_steps:
+    if run.has_steps:
         step_sums, req_sums = steprows.reduce_steps(
-            t, steps, lookup, life["t4"].to_numpy(), list_sums=not _counters_complete(steps), chunk_rows=step_chunk
-        )
+            t, run.steps, lookup, life["t4"].to_numpy(), list_sums=not _counters_complete(run.steps),
+            chunk_rows=step_chunk,
+        )  # fmt: skip
         release()
     # Exact own-step make-up when the exploded steps are small (a second pass over them, after
     # the step breakdown); the interval make-up otherwise.
-    exact = has_steps and int(step_sums.seqs.sum()) <= EXACT_OWN_ROWS
-    if not exact:
+    if not (run.has_steps and int(step_sums.seqs.sum()) <= EXACT_OWN_ROWS):
         lookup = None
-    # Per-request tables.
     st = stages.request_stages(requests, sums=req_sums, life=life)
     del life, req_sums
     metrics = latency.request_metrics(requests, labels=st)
     lat = latency.latency_summaries(metrics, itl, slo)
-    if not has_steps and lat[0].itl.count == 0 and caps["samples"]:
-        _itl_from_histogram(lat[0], t, warnings)
+    if not run.has_steps and lat[0].itl.count == 0 and run.caps["samples"]:
+        _itl_from_histogram(lat[0], t, run.warnings)
     ttft = metrics["ttft_s"].to_numpy()
-    if not keep_frames:
-        metrics = None
+    kept = metrics if run.keep_frames else None
+    del metrics
     # What the rest needs of the requests table, taken now: without steps the engine samples
     # need the instances later; with them the table is dropped (``Analysis.tables`` re-reads it).
     spans = stages.preempted_spans(requests, pd.DataFrame(windows.bounds(st)))
-    req_facts = _request_facts(requests)
-    # Without step records, the engine's own counters (a scrape of vLLM's /metrics, or Prometheus)
-    # stand in for them: inferred steps, one per busy stretch between two samples.
-    inferred = None
-    if not has_steps and caps["samples"]:
-        b = windows.bounds(st)
-        inferred = engine_series.infer_steps(
-            t.samples,
-            b["t3"],
-            b["t5"],
-            requests.column("instance").to_pandas().to_numpy(),
-            meta.get("model"),
-            peaks,
-            engine,
-            req_facts["mean_prompt_tokens"],
-            req_facts["mean_output_tokens"],
-        )
-    if has_steps:
-        requests = None
+    facts = _request_facts(requests)
+    inferred = _inferred_steps(run, st, facts) if not run.has_steps and run.caps["samples"] else None
+    del requests  # no reference may outlive the forget, or release() cannot hand its pages back
+    if run.has_steps:
+        run.requests = None
         t.forget("requests")
     release()
-    # Per-step tables, once the requests table is dropped.
-    samples = hardware.sample_frame(t.samples) if caps["samples"] else hardware.sample_frame(t.samples.slice(0, 0))
-    roof = roofline.step_roofline(steps, meta.get("model"), peaks, sums=step_sums) if has_steps else pd.DataFrame()
-    throttle_loss = None
-    if has_steps and not samples.empty:
-        clocked = samples[samples["has_reasons"] | samples["sm_clock_ratio"].notna()]
-        if not clocked.empty:
-            sj = hardware.step_samples(clocked, roof[["start_ns", "end_ns"]])
-            ratio = sj["sm_clock_ratio"].to_numpy(dtype=float)
-            throttled = sj["throttled"].fillna(False).to_numpy(dtype=bool)
-            throttle_loss = np.where(throttled & np.isfinite(ratio), 1 - np.clip(ratio, 0, 1), 0.0)
-    ptf = roof["prefill_time_frac"].to_numpy() if has_steps and "prefill_time_frac" in roof else None
-    mt = roof["model_time_s"].to_numpy() * 1e9 if has_steps and "model_time_s" in roof else None
-    dcb = roof["decode_compute_bound"].to_numpy() if has_steps and "decode_compute_bound" in roof else None
-    sb = attribution.step_breakdown(steps, engine, throttle_loss, ptf, mt, dcb) if has_steps else None
-    if inferred is not None:
-        steps = inferred.steps
-        sb = attribution.step_breakdown(steps, engine, None, inferred.prefill_time_frac, inferred.model_time_ns)
-    if sb is not None:
-        sb["tokens_out"] = np.nan_to_num(f64(steps, "num_decode_seqs")) + np.nan_to_num(f64(steps, "num_prefill_seqs"))
-
-    del step_sums
-    own = (
-        steprows.own_step_sums(t, steps, lookup, sb, st["first_token_ns"].to_numpy(), chunk_rows=step_chunk)
-        if exact
-        else None
-    )
-    del lookup
-    if has_steps:  # what the signals need of the steps table; the rest is dropped (re-read on demand)
-        steps = steps.select(["swap_out_bytes", "swap_in_bytes", "num_decode_seqs"])
-        t.forget("steps")
-    # What the map needs of the per-step roofline.
-    points = roofline.roofline_points(roof, peaks) if has_steps else []
-    model_time_s = float(np.nansum(roof["model_time_s"])) if has_steps and "model_time_s" in roof else None
-    busy_from = busy_to = np.empty(0, np.int64)
-    if has_steps:
-        busy_from, busy_to = roof["start_ns"].to_numpy(), roof["end_ns"].to_numpy()
-    elif inferred is not None:
-        points = roofline.roofline_points(inferred.roofline, peaks)
-        model_time_s = inferred.summary["model_time_s"]
-        busy_from, busy_to = ns(steps, "start_ns"), ns(steps, "end_ns")
-    roof_end = int(roof["end_ns"].max()) if has_steps else None
-    busy = hardware.busy_mask(samples, busy_from, busy_to) if not samples.empty else np.empty(0, bool)
-    if not keep_frames:
-        roof = None
-    attr = attribution.attribute(st, own, sb)
-    del own
-    release()
-    # Without steps, the engine's own series in the samples are the evidence for queueing vs KV blocks.
-    eng_frame = engine_samples.engine_frame(t.samples) if not has_steps and caps["samples"] else None
-    eng_ev = None
-    if eng_frame is not None and not eng_frame.empty:
-        eng_ev = engine_samples.evidence(eng_frame, engine.get("max_num_seqs"))
-        b = windows.bounds(st)
-        inst = requests.column("instance").to_pandas().to_numpy()
-        frac = engine_samples.kv_blocked_fraction(eng_frame, engine.get("max_num_seqs"), inst, b["t2"], b["t3"])
-        if inferred is None:  # inferred steps carry the KV-blocked state themselves
-            moved = st["queue"].to_numpy().astype(float) * frac
-            attr["kv_cache_capacity"] += moved
-            attr["queueing"] -= moved
-
     done = st["complete"].to_numpy()
     if not done.any():
-        warnings.append("no request finished; stage shares are empty")
-    e2e_total = float(st.loc[done, "e2e_ns"].sum())
-    share = {c: (float(attr.loc[done, c].sum()) / e2e_total if e2e_total > 0 else 0.0) for c in attr.columns}
+        run.warnings.append("no request finished; stage shares are empty")
+    return _Requests(st, kept, lat, ttft, spans, facts, step_sums, lookup, inferred, done)
 
-    # Time bounds and windows.
+
+def _inferred_steps(run: _Run, st: pd.DataFrame, facts: dict[str, Any]) -> engine_series.InferredSteps | None:
+    """Without step records, the engine's own counters (a scrape of vLLM's /metrics, or Prometheus)
+    stand in for them: inferred steps, one per busy stretch between two samples."""
+    b = windows.bounds(st)
+    return engine_series.infer_steps(
+        run.t.samples,
+        b["t3"],
+        b["t5"],
+        run.requests.column("instance").to_pandas().to_numpy(),
+        run.meta.get("model"),
+        run.peaks,
+        run.engine,
+        facts["mean_prompt_tokens"],
+        facts["mean_output_tokens"],
+    )
+
+
+@dataclass
+class _Steps:
+    """What the map needs of the steps (measured or inferred)."""
+
+    steps: pa.Table | None  # the columns the signals read
+    samples: pd.DataFrame
+    roof: pd.DataFrame | None  # the per-step roofline, kept only for drill-down
+    sb: pd.DataFrame | None  # step breakdown: class time per step
+    own: pd.DataFrame | None  # exact own-step make-up per request
+    points: list
+    model_time_s: float | None
+    roof_end: int | None
+    busy: np.ndarray  # samples taken while a step ran
+
+
+def _per_step(run: _Run, req: _Requests) -> _Steps:
+    """Per-step tables, once the requests table is dropped: roofline, clock-throttling loss, the
+    step breakdown, the exact own-step make-up, and which samples fell inside steps."""
+    t, caps, has_steps, peaks = run.t, run.caps, run.has_steps, run.peaks
+    steps = run.steps
+    samples = hardware.sample_frame(t.samples) if caps["samples"] else hardware.sample_frame(t.samples.slice(0, 0))
+    roof = roofline.step_roofline(steps, run.meta.get("model"), peaks, sums=req.step_sums) if has_steps else None
+    sb = None
+    if has_steps:
+        sb = attribution.step_breakdown(
+            steps,
+            run.engine,
+            _throttle_loss(samples, roof),
+            roof["prefill_time_frac"].to_numpy() if "prefill_time_frac" in roof else None,
+            roof["model_time_s"].to_numpy() * 1e9 if "model_time_s" in roof else None,
+            roof["decode_compute_bound"].to_numpy() if "decode_compute_bound" in roof else None,
+        )
+    elif req.inferred is not None:
+        steps = req.inferred.steps
+        sb = attribution.step_breakdown(
+            steps, run.engine, None, req.inferred.prefill_time_frac, req.inferred.model_time_ns
+        )
+    if sb is not None:
+        sb["tokens_out"] = np.nan_to_num(f64(steps, "num_decode_seqs")) + np.nan_to_num(f64(steps, "num_prefill_seqs"))
+    req.step_sums = None
+    own = None
+    if req.lookup is not None:
+        step_chunk = run.chunk_rows or steprows.CHUNK_STEPS
+        own = steprows.own_step_sums(
+            t, steps, req.lookup, sb, req.st["first_token_ns"].to_numpy(), chunk_rows=step_chunk
+        )
+    req.lookup = None
+    if has_steps:  # what the signals need of the steps table; the rest is dropped (re-read on demand)
+        steps = steps.select(["swap_out_bytes", "swap_in_bytes", "num_decode_seqs"])
+        run.steps = None
+        t.forget("steps")
+    # What the map needs of the per-step roofline.
+    points, model_time_s, roof_end = [], None, None
+    busy_from = busy_to = np.empty(0, np.int64)
+    if has_steps:
+        points = roofline.roofline_points(roof, peaks)
+        model_time_s = float(np.nansum(roof["model_time_s"])) if "model_time_s" in roof else None
+        busy_from, busy_to = roof["start_ns"].to_numpy(), roof["end_ns"].to_numpy()
+        roof_end = int(roof["end_ns"].max())
+    elif req.inferred is not None:
+        points = roofline.roofline_points(req.inferred.roofline, peaks)
+        model_time_s = req.inferred.summary["model_time_s"]
+        busy_from, busy_to = ns(steps, "start_ns"), ns(steps, "end_ns")
+    busy = hardware.busy_mask(samples, busy_from, busy_to) if not samples.empty else np.empty(0, bool)
+    if not run.keep_frames:
+        roof = None
+    elif roof is None:
+        roof = pd.DataFrame()
+    return _Steps(steps, samples, roof, sb, own, points, model_time_s, roof_end, busy)
+
+
+def _throttle_loss(samples: pd.DataFrame, roof: pd.DataFrame) -> np.ndarray | None:
+    """Per step, the fraction of forward time lost to clock throttling (nearest sample's clocks)."""
+    if samples.empty:
+        return None
+    clocked = samples[samples["has_reasons"] | samples["sm_clock_ratio"].notna()]
+    if clocked.empty:
+        return None
+    sj = hardware.step_samples(clocked, roof[["start_ns", "end_ns"]])
+    ratio = sj["sm_clock_ratio"].to_numpy(dtype=float)
+    throttled = sj["throttled"].fillna(False).to_numpy(dtype=bool)
+    return np.where(throttled & np.isfinite(ratio), 1 - np.clip(ratio, 0, 1), 0.0)
+
+
+@dataclass
+class _EngineSamples:
+    """Step-less bundles: the engine's own series in the samples."""
+
+    frame: pd.DataFrame | None
+    evidence: engine_samples.EngineEvidence | None
+
+
+def _attributed(run: _Run, req: _Requests, stp: _Steps) -> tuple[pd.DataFrame, _EngineSamples]:
+    """Every nanosecond of every request by class; without steps, the engine's own series in the
+    samples are the evidence for queueing against waiting for KV blocks."""
+    attr = attribution.attribute(req.st, stp.own, stp.sb)
+    stp.own = None
+    release()
+    caps, engine = run.caps, run.engine
+    frame = engine_samples.engine_frame(run.t.samples) if not run.has_steps and caps["samples"] else None
+    ev = None
+    if frame is not None and not frame.empty:
+        ev = engine_samples.evidence(frame, engine.get("max_num_seqs"))
+        if req.inferred is None:  # inferred steps carry the KV-blocked state themselves
+            b = windows.bounds(req.st)
+            inst = run.requests.column("instance").to_pandas().to_numpy()
+            frac = engine_samples.kv_blocked_fraction(frame, engine.get("max_num_seqs"), inst, b["t2"], b["t3"])
+            moved = req.st["queue"].to_numpy().astype(float) * frac
+            attr["kv_cache_capacity"] += moved
+            attr["queueing"] -= moved
+    return attr, _EngineSamples(frame, ev)
+
+
+@dataclass
+class _Windows:
+    start_ns: int
+    end_ns: int
+    duration_s: float
+    timeline: pd.DataFrame
+    verdicts: list
+
+
+def _windows(
+    run: _Run, req: _Requests, stp: _Steps, attr: pd.DataFrame, eng: _EngineSamples, window_s: float
+) -> _Windows:
+    """The run's time bounds, the per-window timeline and each window's verdict."""
+    st = req.st
     start_ns = int(st["arrival_ns"].min())
-    end_candidates = [int(st["end_ns"].max())]
-    if roof_end is not None:
-        end_candidates.append(roof_end)
-    end_ns = max(end_candidates)
+    end_ns = int(st["end_ns"].max())
+    if stp.roof_end is not None:
+        end_ns = max(end_ns, stp.roof_end)
     duration_s = (end_ns - start_ns) / 1e9
     window_ns = max(int(window_s * 1e9), 1)
     n_windows = max(1, int(np.ceil((end_ns - start_ns + 1) / window_ns)))
@@ -330,65 +466,101 @@ def _analysis(
         raise ValueError(
             f"--window {window_s} s gives {n_windows} windows over {duration_s:.0f} s; use a larger window"
         )
+    samples = stp.samples
     hw_win = hardware.per_window(samples, start_ns, window_ns, n_windows) if not samples.empty else None
-    timeline = windows.window_timeline(st, attr, sb, hw_win, start_ns, window_ns, n_windows, spans, eng_frame)
+    timeline = windows.window_timeline(st, attr, stp.sb, hw_win, start_ns, window_ns, n_windows, req.spans, eng.frame)
     release()
-    win_verdicts = windows.window_verdicts(timeline)
+    return _Windows(start_ns, end_ns, duration_s, timeline, windows.window_verdicts(timeline))
 
-    # Signals for the rules.
-    hw = hardware.summary(samples, busy)
+
+@dataclass
+class _Judgement:
+    sig: classify.Signals
+    verdicts: list
+    unreachable: list[Unreachable]
+    hardware: dict[str, float | None]
+
+
+def _verdicts(
+    run: _Run,
+    req: _Requests,
+    stp: _Steps,
+    attr: pd.DataFrame,
+    eng: _EngineSamples,
+    win: _Windows,
+    token_to_byte: float | None,
+) -> _Judgement:
+    """The signals the rules read, the ranked verdicts, and the windows and requests each affects."""
+    st, done = req.st, req.done
+    e2e_total = float(st.loc[done, "e2e_ns"].sum())
+    share = {c: (float(attr.loc[done, c].sum()) / e2e_total if e2e_total > 0 else 0.0) for c in attr.columns}
+    hw = hardware.summary(stp.samples, stp.busy)
     sig = _signals(
-        req_facts, steps, st, attr, share, sb, model_time_s, points, lat[0], hw, samples, peaks, engine, done
-    )
+        req.facts, stp.steps, st, attr, share, stp.sb, stp.model_time_s, stp.points, req.lat[0], hw, stp.samples,
+        run.peaks, run.engine, done,
+    )  # fmt: skip
     sig.values["token_to_byte_s"] = token_to_byte
-    if eng_ev is not None:
-        _engine_sample_signals(sig, eng_ev)
-    if inferred is not None:
-        engine_series.add_signals(sig.values, inferred)
+    if eng.evidence is not None:
+        _engine_sample_signals(sig, eng.evidence)
+    if req.inferred is not None:
+        engine_series.add_signals(sig.values, req.inferred)
     sig.values["frontend_hop"] = bool("frontend_ns" in st and st["frontend_ns"].to_numpy()[done].any())
-    sig.unreachable, unreachable = _unreachable(req_facts, caps, samples, inferred is not None)
+    sig.unreachable, unreachable = _unreachable(req.facts, run.caps, stp.samples, req.inferred is not None)
     # No finished request: there is no latency to attribute, so no verdict (rather than "balanced").
     verdicts = classify.verdicts(sig) if done.any() else []
     for v in verdicts:
-        v.windows = [w.index for w in win_verdicts if w.cls == v.cls and (w.requests_finished or w.requests_arrived)]
+        v.windows = [w.index for w in win.verdicts if w.cls == v.cls and (w.requests_finished or w.requests_arrived)]
         if v.cls in attr.columns:
             frac = attr[v.cls].to_numpy() / np.maximum(st["e2e_ns"].to_numpy(), 1)
             hit = done & (frac >= 0.2)
             v.requests_affected = int(hit.sum())
             order = np.argsort(-np.where(hit, attr[v.cls].to_numpy(), -1))[: min(5, int(hit.sum()))]
             v.sample_request_ids = [str(x) for x in st["request_id"].iloc[order]]
+    return _Judgement(sig, verdicts, unreachable, hw)
 
-    result = BottleneckMap(
+
+def _bottleneck_map(
+    run: _Run,
+    req: _Requests,
+    stp: _Steps,
+    attr: pd.DataFrame,
+    eng: _EngineSamples,
+    win: _Windows,
+    judged: _Judgement,
+    window_s: float,
+    slo: Mapping[str, float] | None,
+    gpu_hour_cost: float | None,
+    instance: str | None,
+) -> BottleneckMap:
+    meta, hw, verdicts = run.meta, judged.hardware, judged.verdicts
+    return BottleneckMap(
         schema_version=MAP_SCHEMA_VERSION,
         run_id=meta.get("run_id"),
-        bundle=t.path,
+        bundle=run.t.path,
         instance=instance,
         workload=dict(meta.get("workload") or {}),
         producer=meta.get("producer"),
         model=(meta.get("model") or {}).get("name"),
-        device=peaks,
-        start_ns=start_ns,
-        end_ns=end_ns,
-        duration_s=duration_s,
+        device=run.peaks,
+        start_ns=win.start_ns,
+        end_ns=win.end_ns,
+        duration_s=win.duration_s,
         window_s=float(window_s),
-        slo=slo,
-        capabilities=caps,
+        slo=dict(slo or {}),
+        capabilities=run.caps,
         top=verdicts[0] if verdicts else None,
         verdicts=verdicts,
-        unreachable=unreachable,
-        stages=_stage_stats(st, attr, sig, done),
-        latency=lat,
-        roofline=points,
-        windows=win_verdicts,
-        worst_requests=_worst(st, attr, ttft, done),
-        kv_usage=_kv_usage(sb) if eng_ev is None else _kv_usage_samples(eng_frame),
+        unreachable=judged.unreachable,
+        stages=_stage_stats(req.st, attr, judged.sig, req.done),
+        latency=req.lat,
+        roofline=stp.points,
+        windows=win.verdicts,
+        worst_requests=_worst(req.st, attr, req.ttft, req.done),
+        kv_usage=_kv_usage(stp.sb) if eng.evidence is None else _kv_usage_samples(eng.frame),
         hardware=hw,
-        cost=_cost(lat[0], gpu_hour_cost, hw, samples, meta),
-        warnings=warnings,
+        cost=_cost(req.lat[0], gpu_hour_cost, hw, stp.samples, meta),
+        warnings=run.warnings,
     )
-    if not keep_frames:
-        return Analysis(t, None, None, None, None, None, None, None, result)
-    return Analysis(t, st, metrics, roof, sb if sb is not None else pd.DataFrame(), attr, timeline, samples, result)
 
 
 def _p(a: np.ndarray, q: float) -> float | None:

@@ -184,8 +184,13 @@ def test_prefill_compute_long_prompts(tmp_path):
     assert ev["prefill_arithmetic_intensity"] > pre.ridge_point  # compute-bound on the measured roofline
     # Quiet, the 700-token prefills run at over half the matmul FLOP/s measured at start. When other
     # processes stretch them under ROOF_NEAR of it, the map rightly calls that time overhead.
-    if pre.near_roof_fraction >= 0.5:
+    # Between the two (some steps near the roof, some stretched), prefill is confident, though the
+    # stretched part and idle gaps may outweigh it as host_overhead.
+    if pre.near_roof_fraction >= 0.9:
         assert m.top.cls == "prefill_compute", shares
+    elif pre.near_roof_fraction >= 0.5:
+        assert m.verdict("prefill_compute").confidence >= 0.5, shares
+        assert m.top.cls in ("prefill_compute", "host_overhead"), shares
     else:
         assert m.top.cls == "host_overhead" and evidence(m)["forward_off_roof_fraction"] > 0.3, shares
 
