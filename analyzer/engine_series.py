@@ -34,20 +34,6 @@ from bottleneck_map.analyzer.data import f64
 from bottleneck_map.analyzer.result import DevicePeaks
 from bottleneck_map.analyzer.roofline import ModelShape, step_costs
 
-SERIES_COLUMNS = (
-    "engine_steps_total",
-    "generation_tokens_total",
-    "prompt_tokens_total",
-    "prompt_tokens_cached_total",
-    "prefill_computed_tokens_total",
-    "num_preemptions_total",
-    "estimated_flops_total",
-    "estimated_read_bytes_total",
-    "estimated_write_bytes_total",
-    "num_requests_running",
-    "num_requests_waiting",
-    "kv_cache_usage_ratio",
-)
 COUNTERS = (
     "engine_steps_total",
     "generation_tokens_total",
@@ -59,6 +45,8 @@ COUNTERS = (
     "estimated_read_bytes_total",
     "estimated_write_bytes_total",
 )
+GAUGES = ("num_requests_running", "num_requests_waiting", "kv_cache_usage_ratio")
+SERIES_COLUMNS = (*COUNTERS, *GAUGES)
 # KV blocks assumed when the server states none: only the usage ratio matters then.
 NOMINAL_BLOCKS = 1000.0
 
@@ -141,7 +129,7 @@ def infer_steps(
         seg_lo, seg_hi = _busy_segments(busy_lo[sel].astype(np.int64), busy_hi[sel].astype(np.int64))
         ts = g["ts_ns"].to_numpy()
         inc = {c: _increase(g[c].to_numpy()) for c in COUNTERS}
-        gauges = {c: g[c].to_numpy() for c in ("num_requests_running", "num_requests_waiting", "kv_cache_usage_ratio")}
+        gauges = {c: g[c].to_numpy() for c in GAUGES}
         opened = 0  # the sample since which the engine has been stepping without a counted step
         for i in range(len(ts) - 1):
             k = inc["engine_steps_total"][i]
