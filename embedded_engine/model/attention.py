@@ -182,10 +182,11 @@ def paged_attention(
         kp = _gather(k_cache, p.blocks, plan, 0).view(-1, n_kv, d)[: p.context_len].transpose(0, 1)
         vp = _gather(v_cache, p.blocks, plan, 1).view(-1, n_kv, d)[: p.context_len].transpose(0, 1)
         qp = q[p.start : p.end].transpose(0, 1)
+        # 4-D inputs: on CPU, SDPA takes its flash kernel only for [batch, heads, len, dim] (3-D: math)
         o = F.scaled_dot_product_attention(
-            qp, kp, vp, attn_mask=p.mask, is_causal=p.mask is None, scale=scale, enable_gqa=group > 1
+            qp[None], kp[None], vp[None], attn_mask=p.mask, is_causal=p.mask is None, scale=scale, enable_gqa=group > 1
         )
-        out[p.start : p.end] = o.transpose(0, 1)
+        out[p.start : p.end] = o[0].transpose(0, 1)
     return out
 
 
