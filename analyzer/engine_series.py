@@ -263,6 +263,9 @@ def _build(
         }
     )
     roof = _roofline_frame(r, dur_s, ptf, f_p, b_p, f_d, b_d, p, d, p_seqs)
+    # each piece's roofline time over its time, for both its rows (the step is not split in two)
+    eff = np.where(dur_s > 0, model_t / np.where(dur_s > 0, dur_s, 1), np.nan)
+    roof["roof_efficiency"] = np.concatenate([eff[p > 0], eff[d > 0]])
     total_s = float(dur_s.sum())
     summary = {
         "pieces": n,
