@@ -351,6 +351,9 @@ def _per_step(run: _Run, req: _Requests) -> _Steps:
     samples = hardware.sample_frame(t.samples) if caps["samples"] else hardware.sample_frame(t.samples.slice(0, 0))
     roof = roofline.step_roofline(steps, run.meta.get("model"), peaks, sums=req.step_sums) if has_steps else None
     sb = None
+    kv_cap = attribution.kv_request_capacity(
+        run.engine, req.facts["mean_prompt_tokens"], req.facts["mean_output_tokens"]
+    )
     if has_steps:
         sb = attribution.step_breakdown(
             steps,
@@ -359,11 +362,17 @@ def _per_step(run: _Run, req: _Requests) -> _Steps:
             roof["prefill_time_frac"].to_numpy() if "prefill_time_frac" in roof else None,
             roof["model_time_s"].to_numpy() * 1e9 if "model_time_s" in roof else None,
             roof["decode_compute_bound"].to_numpy() if "decode_compute_bound" in roof else None,
+            kv_request_capacity=kv_cap,
         )
     elif req.inferred is not None:
         steps = req.inferred.steps
         sb = attribution.step_breakdown(
-            steps, run.engine, None, req.inferred.prefill_time_frac, req.inferred.model_time_ns
+            steps,
+            run.engine,
+            None,
+            req.inferred.prefill_time_frac,
+            req.inferred.model_time_ns,
+            kv_request_capacity=kv_cap,
         )
     if sb is not None:
         sb["tokens_out"] = np.nan_to_num(f64(steps, "num_decode_seqs")) + np.nan_to_num(f64(steps, "num_prefill_seqs"))
@@ -641,6 +650,14 @@ def _signals(
         w = np.nan_to_num(waiting) > 0
         if mns and w.any() and np.isfinite(running).any():
             v["slots_full_frac"] = float((np.nan_to_num(running[w]) >= mns).mean())
+        kv_cap = attribution.kv_request_capacity(
+            engine, req_facts["mean_prompt_tokens"], req_facts["mean_output_tokens"]
+        )
+        v["kv_request_capacity"] = kv_cap
+        free = w & ~sb["slots_full"].to_numpy()
+        if kv_cap is not None and free.any() and dur[free].sum() > 0:
+            at_cap = np.nan_to_num(running) >= max(1.0, np.floor(kv_cap))
+            v["kv_capacity_reached_frac"] = float(dur[free & at_cap].sum() / dur[free].sum())
         v["host_frac_of_step"] = (
             float((sb["host_overhead"] - sb["forward_overhead"]).sum() / dur.sum()) if dur.sum() > 0 else None
         )

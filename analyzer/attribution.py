@@ -7,7 +7,8 @@ Stage time maps to classes as follows (``docs/bottleneck-map.md`` has the table)
   -> host_overhead; ``streaming`` -> streaming;
 * ``queue`` -> kv_cache_capacity for the part of the wait during which the engine had
   requests waiting with a free batch slot and token budget while KV usage was at or above
-  :data:`KV_BLOCKING` (or sequences were preempted/swapped), queueing for the rest;
+  :data:`KV_BLOCKING` (or sequences were preempted/swapped, or as many were running as the cache
+  holds at the run's mean request length), queueing for the rest;
 * ``requeue`` and ``recompute`` -> kv_cache_capacity; ``swap`` -> pcie_transfer;
 * time in this request's own steps splits by what the step did: host work
   (schedule/prepare/sample/postprocess) -> host_overhead, forward time lost to clock
@@ -61,11 +62,14 @@ def step_breakdown(
     prefill_time_frac: np.ndarray | None = None,
     model_time_ns: np.ndarray | None = None,
     decode_compute_bound: np.ndarray | None = None,
+    kv_request_capacity: float | None = None,
 ) -> pd.DataFrame:
     """Per step: duration split into class time (ns, floats), plus ``kv_usage`` and flags.
 
     ``decode_compute_bound`` (per step, from the roofline) sends the decode part of a step's
-    forward time to decode_compute instead of decode_memory_bandwidth."""
+    forward time to decode_compute instead of decode_memory_bandwidth. ``kv_request_capacity``
+    (:func:`kv_request_capacity`): how many requests of the run's mean length the KV cache holds;
+    a step running that many with requests waiting is held by KV blocks, whatever its usage."""
     n = steps.num_rows
     start, end = ns(steps, "start_ns"), ns(steps, "end_ns")
     dur = np.clip(end - start, 0, None).astype(np.float64)
@@ -137,10 +141,29 @@ def step_breakdown(
         | (np.nan_to_num(f64(steps, "num_swapped")) > 0)
         | (np.nan_to_num(f64(steps, "num_preempted")) > 0)
     )
+    if kv_request_capacity:
+        # The cache holds this many requests at their full length: with that many running, the next
+        # waits for blocks (or is admitted and preempted later) even while usage is below KV_BLOCKING.
+        pressure |= np.nan_to_num(running) >= max(1.0, np.floor(kv_request_capacity))
     out["slots_full"] = slots_full
     out["budget_full"] = budget_full
     out["kv_blocked"] = (np.nan_to_num(waiting) > 0) & ~slots_full & ~budget_full & pressure
     return out
+
+
+def kv_request_capacity(
+    meta_engine: dict | None, mean_prompt_tokens: float | None, mean_output_tokens: float | None
+) -> float | None:
+    """How many requests of the run's mean length (prompt + output tokens) the KV cache holds:
+    ``num_kv_blocks x block_size / (prompt + output)``; None when the cache size is unknown."""
+    e = meta_engine or {}
+    blocks, size = e.get("num_kv_blocks"), e.get("block_size")
+    ctx = (mean_prompt_tokens or 0.0) + (mean_output_tokens or 0.0)
+    try:
+        cap = float(blocks) * float(size) / ctx if blocks and size and ctx > 0 else None
+    except (TypeError, ValueError):
+        return None
+    return cap if cap is not None and np.isfinite(cap) and cap > 0 else None
 
 
 class Timeline:

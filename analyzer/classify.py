@@ -154,6 +154,21 @@ def _kv(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
         text = f"{pre} preemptions of {sig.get('preempted_requests') or 0} requests; requeue {_s(sig.get('requeue_s'))}, recompute {_s(sig.get('recompute_s'))} summed"
     ev.append(Evidence("preemptions", float(pre), "count", text))
     corr += 0.5 if pre > 0 else 0.0
+    cap, reached = sig.get("kv_request_capacity"), sig.get("kv_capacity_reached_frac")
+    if cap is not None and reached is not None and cap < (sig.engine.get("max_num_seqs") or np.inf):
+        per = "engine sample" if from_samples else "step"
+        ev.append(
+            Evidence(
+                "kv_capacity_reached_fraction",
+                reached,
+                "ratio",
+                f"the KV cache holds about {cap:.1f} requests of the mean length ({sig.engine.get('num_kv_blocks')} "
+                f"blocks of {sig.engine.get('block_size')} tokens); that many were running in {_pct(reached)} "
+                f"of {per} time with requests waiting and a batch slot free",
+                0.5,
+            )
+        )
+        corr += 0.5 if reached >= 0.5 else 0.0
     mode = sig.engine.get("preemption_mode")
     rec = "raise --num-kv-blocks (more GPU memory for KV), or lower --max-num-seqs so admitted requests fit"
     if mode == "recompute" and (sig.get("recompute_s") or 0) > 0:

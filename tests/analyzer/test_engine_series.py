@@ -171,6 +171,25 @@ def test_waiting_while_the_kv_cache_is_full_is_kv_cache_capacity(tmp_path):
     assert m.top.cls == "kv_cache_capacity" and m.top.confidence >= 0.5
 
 
+def test_waiting_while_the_cache_holds_no_second_request_is_kv_cache_capacity(tmp_path):
+    # 12 blocks of 32 tokens hold 384 tokens: about 1.5 requests of 200 + 54 tokens. One runs at 45%
+    # usage (under KV_BLOCKING), the others wait for blocks with 15 batch slots free; no slot cap is
+    # known (vLLM does not export max_num_seqs), so the running count alone cannot say "slots".
+    per = []
+    for _s in range(6):
+        per.append({"engine_steps_total": 40, "generation_tokens_total": 40, "prompt_tokens_total": 200,
+                    "num_requests_running": 1.0, "num_requests_waiting": 3.0, "kv_cache_usage_ratio": 0.45})  # fmt: skip
+    reqs = [_request(i, T0 + 10 * MS, 2 * MS, i * 1400 * MS, 50 * MS, 1350 * MS, 200, 54) for i in range(4)]
+    m = analyze(_bundle(tmp_path, reqs, _samples(per), engine={"name": "vllm", "num_kv_blocks": 12, "block_size": 32}))
+    assert m.top.cls == "kv_cache_capacity" and m.top.confidence >= 0.5, [(v.cls, v.confidence) for v in m.verdicts]
+    ev = {e.metric: e for e in m.top.evidence}
+    assert ev["kv_capacity_reached_fraction"].value == pytest.approx(1.0)
+    assert (
+        "holds about 1.5 requests of the mean length (12 blocks of 32 tokens)"
+        in ev["kv_capacity_reached_fraction"].text
+    )
+
+
 def test_the_front_end_hand_off_is_host_overhead_not_queue(tmp_path):
     reqs, samples = _decode_load(0.010)
     reqs = [_request(0, T0 + 1 * MS, 400 * MS, 1 * MS, 10 * MS, 5 * S, 20, 500)]

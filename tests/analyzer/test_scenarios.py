@@ -321,7 +321,9 @@ README = ["--device", "cpu", "--seed", "1", "--no-agent"]
 
 
 def test_readme_kv_example_headlines_kv_cache_capacity(tmp_path):
-    b, stdout = run_engine(tmp_path, "readme-kv", "--num-kv-blocks", "48", "--num-requests", "24", base=README)
+    b, stdout = run_engine(
+        tmp_path, "readme-kv", "--num-kv-blocks", "48", "--num-requests", "24", "--output-len", "96", base=README
+    )
     m = analyze_checked(b)
     assert m.top.cls == "kv_cache_capacity", [(v.cls, round(v.share_of_latency, 3), v.confidence) for v in m.verdicts]
     assert "Bottleneck: kv cache capacity" in stdout
