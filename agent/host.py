@@ -70,6 +70,10 @@ def _busy_total(t: Any) -> tuple[float, float]:
     return total - idle, total
 
 
+# How long after its baseline the first CPU reading comes (several of the kernel's CPU-time ticks).
+FIRST_READING_AFTER_S = 0.05
+
+
 def busy_ratios(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> list[float]:
     """Per-core busy fraction between two lists of per-core (busy, total) CPU times."""
     out = []
@@ -255,6 +259,9 @@ class HostSource:
         self._net_file = _open_proc_file(f"{PROC}/net/dev")
         self._disk_file = _open_proc_file(f"{PROC}/diskstats")
         self._last_cpu = self._read_cpu()  # the per-core baseline
+        # The first reading must cover some CPU time (the kernel counts it in ticks of 10 ms):
+        # read at once, every core would read 0% busy and every CPU line would start at 0.
+        time.sleep(FIRST_READING_AFTER_S)
         if self.watch_pid is not None:
             try:
                 self._proc = psutil.Process(self.watch_pid)
@@ -322,8 +329,10 @@ class HostSource:
         every field listed in ``stale`` (one object per reading, shared by those ticks)."""
         now = self._clock()
         if self._slow is None or now >= self._slow_due:
-            self._slow_due = now + self.slow_interval_s
             fresh = self._sample_slow()
+            # a reading whose CPU fields are still unknown (within the CPU-time tick of the
+            # baseline) is retried at the next tick rather than held for a slow interval
+            self._slow_due = now + self.slow_interval_s if fresh.cpu_util_ratio is not None else now
             self._slow = replace(fresh, stale=SLOW_HOST_FIELDS)
             return fresh
         return self._slow
@@ -344,13 +353,17 @@ class HostSource:
     def _sample_slow(self) -> HostSample:
         h = HostSample()
         now_cpu = self._read_cpu()
-        if self._last_cpu:
+        elapsed = any(a[1] > b[1] for b, a in zip(self._last_cpu, now_cpu, strict=False))
+        if elapsed:
             per_core = busy_ratios(self._last_cpu, now_cpu)
             if per_core:
                 h.cpu_util_per_core = per_core
                 h.cpu_util_ratio = sum(per_core) / len(per_core)
                 h.cpu_util_max_core_ratio = max(per_core)
-        self._last_cpu = now_cpu
+        if elapsed or not self._last_cpu:
+            # A reading within the kernel's CPU-time tick of the baseline says nothing (not 0% busy):
+            # the CPU fields stay unknown and the baseline is kept for the next reading.
+            self._last_cpu = now_cpu
         try:
             h.load1, h.load5, h.load15 = os.getloadavg()
         except OSError:

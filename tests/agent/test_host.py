@@ -17,7 +17,7 @@ from bottleneck_map.agent.sample import Sample
 def test_host_sample_has_sane_values():
     src = HostSource()
     src.start()
-    h = src.sample_host()
+    h = src.sample_host()  # at once: start() leaves the first reading a measurable interval
     assert len(h.cpu_util_per_core) == psutil.cpu_count()
     assert all(0.0 <= c <= 1.0 for c in h.cpu_util_per_core)
     assert 0.0 <= h.cpu_util_ratio <= h.cpu_util_max_core_ratio <= 1.0
@@ -98,6 +98,27 @@ def test_two_host_sources_do_not_reset_each_other(monkeypatch):
     b.start()  # baseline (0, 0)
     assert b.sample_host().cpu_util_per_core == [0.5]  # (50 busy of 100)
     assert a.sample_host().cpu_util_per_core == [0.25]  # a's own window: 50 busy of 200, not b's last 100
+
+
+def test_a_reading_within_the_cpu_tick_of_its_baseline_is_unknown_not_idle(monkeypatch):
+    """No CPU time counted since the baseline: the CPU fields are unknown (a line would otherwise
+    start at 0% busy), the baseline is kept, and the next tick reads again."""
+    from collections import namedtuple
+
+    import bottleneck_map.agent.host as host_mod
+
+    T = namedtuple("T", "user idle")
+    readings = iter([[T(10, 90)], [T(10, 90)], [T(40, 100)]])
+    monkeypatch.setattr(host_mod.psutil, "cpu_times", lambda percpu: next(readings))
+    monkeypatch.setattr(host_mod, "PROC", "/nonexistent")  # no /proc: the psutil path
+    src = HostSource(slow_interval_s=60.0)
+    src.start()
+    first = src.sample_host()
+    assert first.cpu_util_ratio is None and not first.cpu_util_per_core
+    assert first.host_mem_total_bytes  # the other fields are read
+    second = src.sample_host()  # retried at the next tick, not held for the slow interval
+    assert second.cpu_util_per_core == [0.75]  # (30 busy of 40) since the kept baseline
+    assert "cpu_util_ratio" not in second.stale
 
 
 PROC_STAT = b"""cpu  50 0 15 235 10 0 0 0 5 0
