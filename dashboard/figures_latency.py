@@ -29,6 +29,21 @@ def cdf_points(values: np.ndarray, n: int = CDF_POINTS) -> tuple[np.ndarray, np.
     return x[np.rint(p * (len(x) - 1)).astype(np.int64)], p
 
 
+def axis_range_ms(values: np.ndarray, slo_s: float | None = None) -> list[float] | None:
+    """A log x range (log10 of ms) from the smallest value to twice the p99 (or the SLO line, or the
+    maximum, when nearer): a few seconds-long gaps (a preemption, a stalled step) would otherwise
+    stretch the axis over decades and squash the body of the CDF against its left edge."""
+    v = np.asarray(values, dtype=np.float64) * 1e3
+    v = v[np.isfinite(v) & (v > 0)]
+    if not len(v):
+        return None
+    lo, hi = float(v.min()), float(min(v.max(), 2 * np.percentile(v, 99)))
+    if slo_s:
+        hi = max(hi, slo_s * 1e3 * 1.3)
+    hi = max(hi, lo * 1.5)
+    return [np.log10(lo / 1.15), np.log10(hi * 1.15)]
+
+
 def latency_figure(
     requests: pd.DataFrame,
     itl: pd.DataFrame,
@@ -44,12 +59,17 @@ def latency_figure(
     by_class = {s.workload_class: s for s in summaries}
     titles = []
     overall = by_class.get("all")
+    ok = requests[requests["ok"]] if "ok" in requests else requests
+    every = {key: itl["itl_s"].to_numpy() if key == "itl" else ok[f"{key}_s"].to_numpy() for key, _ in METRICS}
+    ranges = {key: axis_range_ms(v, slo.get(key)) for key, v in every.items()}
     for key, label in METRICS:
         p = getattr(overall, key, None) if overall else None
         extra = f": p50 {fmt_s(p.p50)} · p99 {fmt_s(p.p99)}" if p is not None and p.p50 is not None else ""
+        v = every[key][np.isfinite(every[key])]
+        if ranges[key] is not None and len(v) and np.log10(v.max() * 1e3) > ranges[key][1]:
+            extra += f" · max {fmt_s(float(v.max()))} (off the axis)"
         titles.append(f"{label}{extra}")
     fig = make_subplots(rows=2, cols=2, subplot_titles=titles, horizontal_spacing=0.08, vertical_spacing=0.16)
-    ok = requests[requests["ok"]] if "ok" in requests else requests
     classes = sorted(c for c in ok["workload_class"].dropna().unique()) if len(ok) else []
     groups = [("all", None)] + [(c, c) for c in classes] if len(classes) > 1 else [("all", None)]
     for i, (name, cls) in enumerate(groups):
@@ -102,7 +122,7 @@ def latency_figure(
                 row=r,
                 col=c,
             )
-        fig.update_xaxes(type="log", title_text=f"{label} (ms, log)", row=r, col=c)
+        fig.update_xaxes(type="log", title_text=f"{label} (ms, log)", range=ranges[key], row=r, col=c)
         fig.update_yaxes(range=[0, 1.02], tickformat=".0%", title_text="requests ≤ x" if c == 1 else None, row=r, col=c)
     base_layout(fig, height=640)
     fig.update_layout(

@@ -9,7 +9,7 @@ import pytest
 
 from bottleneck_map.dashboard import drilldown, layout
 from bottleneck_map.dashboard.bundles import BundleRegistry
-from bottleneck_map.dashboard.figures_latency import cdf_points
+from bottleneck_map.dashboard.figures_latency import cdf_points, latency_figure
 from bottleneck_map.dashboard.figures_map import map_figure, map_icicle, map_nodes
 from bottleneck_map.dashboard.figures_requests import waterfall_figure
 from bottleneck_map.dashboard.store import Loaded, Store
@@ -155,6 +155,24 @@ def test_cdf_points_are_bounded_and_monotone() -> None:
     assert len(x) == 300 and np.all(np.diff(x) >= 0) and p[0] == 0 and p[-1] == 1
     x, p = cdf_points(np.array([3.0, np.nan, 1.0, 2.0]))
     assert x.tolist() == [1.0, 2.0, 3.0] and p.tolist() == pytest.approx([1 / 3, 2 / 3, 1.0])
+
+
+def test_a_long_tail_does_not_squash_the_cdf_against_its_left_edge() -> None:
+    """995 gaps of 10-30 ms and five of 3 s (preemptions): the ITL axis spans the body, up to twice
+    the p99, and the title says the maximum lies off the axis."""
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    gaps = np.concatenate([rng.uniform(0.010, 0.030, 995), np.full(5, 3.0)])
+    itl = pd.DataFrame({"workload_class": "default", "itl_s": gaps})
+    reqs = pd.DataFrame({"workload_class": "default", "ok": True, "ttft_s": [0.1, 0.2], "tpot_s": 0.02, "e2e_s": 1.0})
+    fig = latency_figure(reqs, itl, {"ttft": 0.5}, [])
+    lo, hi = fig.layout.xaxis3.range  # ITL: row 2, col 1
+    assert 10**lo <= 10.0 and 10**hi == pytest.approx(2 * np.percentile(gaps * 1e3, 99) * 1.15, rel=1e-6)
+    assert 10**hi < 100  # not stretched to 3,000 ms
+    assert "max 3.00 s (off the axis)" in fig.layout.annotations[2].text
+    # an SLO line beyond the body stays on the axis
+    assert 10 ** fig.layout.xaxis.range[1] >= 500
 
 
 @pytest.mark.parametrize("tab", [t for t, _ in layout.TABS])
