@@ -55,6 +55,7 @@ def register(app: typer.Typer) -> None:
             if not value > 0:
                 raise typer.BadParameter(f"{value} must be > 0", param_hint=flag)
         console = Console(stderr=True, soft_wrap=True)
+        _check_port_free(host, port)  # before analysing: a busy port is the flag's error, not the run's
         from bottleneck_map.dashboard.app import create_app
         from bottleneck_map.dashboard.bundles import resolve_default
 
@@ -88,12 +89,29 @@ def register(app: typer.Typer) -> None:
                 cleanup_interval=max(1, min(30, read_timeout // 2)),  # how often silent connections are found
             )
         except OSError as exc:
-            console.print(f"[red]error[/red]: cannot listen on {host}:{port}: {exc.strerror or exc}", highlight=False)
-            raise typer.Exit(1) from None
+            raise typer.BadParameter(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}", param_hint="--port"
+            ) from None
         console.print(
             f"dashboard on http://{_url_host(host)}:{port}/  ({len(registry.entries())} bundle(s); Ctrl-C stops)"
         )
         server.run()  # returns on Ctrl-C, after closing the listening sockets
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` once and let it go, as the server will (exit 2 naming --port when it cannot)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, addr = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as waitress binds
+            s.bind(addr)
+    except OSError as exc:
+        raise typer.BadParameter(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}", param_hint="--port"
+        ) from None
 
 
 def _parse_slo(text: str | None) -> dict[str, float]:

@@ -161,7 +161,7 @@ def test_cli_serves_with_waitress_on_loopback_by_default(
     assert isinstance(seen["application"], flask.Flask) and not seen["application"].debug
 
 
-def test_cli_port_in_use_exits_1_with_a_message(bundles: dict[str, Path]) -> None:
+def test_cli_port_in_use_exits_2_naming_the_flag_before_analysing(bundles: dict[str, Path]) -> None:
     import socket
 
     from bottleneck_map.cli import app as cli
@@ -171,8 +171,9 @@ def test_cli_port_in_use_exits_1_with_a_message(bundles: dict[str, Path]) -> Non
         taken.listen()
         port = taken.getsockname()[1]
         result = CliRunner().invoke(cli, ["dashboard", str(bundles["light"]), "--port", str(port)])
-    assert result.exit_code == 1, result.output
-    assert f"cannot listen on 127.0.0.1:{port}" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2, result.output  # a usage error, as the agent's busy port
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output and "--port" in result.output
+    assert "analysing" not in result.output and "Traceback" not in result.output
 
 
 def test_cli_usage_errors_name_the_flag(monkeypatch: pytest.MonkeyPatch, bundles: dict[str, Path]) -> None:
