@@ -1,4 +1,4 @@
-"""``bottleneck-map analyze`` and ``bottleneck-map diff``."""
+"""``bottleneck-map analyze``, ``bottleneck-map diff`` and ``bottleneck-map fleet``."""
 
 from __future__ import annotations
 
@@ -202,3 +202,34 @@ def register(app: typer.Typer) -> None:
             from rich.console import Console
 
             Console(highlight=False).print(diff_view(d))
+
+    @app.command()
+    def fleet(
+        bundle: Path = typer.Argument(..., help="Bundle whose rows carry several instances (from collect)."),
+        fmt: DiffFormat = typer.Option(
+            DiffFormat.text, "--format", help="text (a table) or json (one object per instance)."
+        ),
+        as_json: bool = typer.Option(False, "--json", hidden=True, help="Same as --format json."),
+        force: bool = typer.Option(
+            False, "--force", help="Analyse even a bundle that `validate` rejects (with a warning listing why)."
+        ),
+    ) -> None:
+        """The bottleneck map per serving instance and fleet-wide: top verdict and latency per instance."""
+        import json
+
+        from rich.console import Console
+
+        from bottleneck_map.analyzer.fleet import fleet_maps, fleet_table, summary_rows
+        from bottleneck_map.bundle import BundleError
+
+        if not bundle.exists():
+            raise _fail(f"{bundle}: no such bundle directory")
+        _check_valid(bundle, force)
+        try:
+            rows = summary_rows(fleet_maps(bundle))
+        except BundleError as exc:
+            raise _fail(str(exc)) from None
+        if as_json or fmt is DiffFormat.json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        Console().print(fleet_table(rows))

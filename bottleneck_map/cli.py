@@ -87,12 +87,12 @@ def _register_components() -> None:
     from bottleneck_map.ingest import cli as collect_cli
 
     engine_cli.register(app)  # run
-    analyzer_cli.register(app)  # analyze, diff
+    analyzer_cli.register(app)  # analyze, diff, fleet
     dashboard_cli.register(app)  # dashboard
     app.command()(validate)
     agent_cli.register(app)  # agent
     server_cli.register(app)  # serve
-    collect_cli.register(app)  # collect, fleet
+    collect_cli.register(app)  # collect
     use_plain_help(app)
 
 

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
-from enum import Enum
 from pathlib import Path
 
 import typer
-
-
-class FleetFormat(str, Enum):
-    text = "text"
-    json = "json"
 
 
 def register(app: typer.Typer) -> None:
@@ -233,32 +227,3 @@ def register(app: typer.Typer) -> None:
         )
         for warning in summary["warnings"]:
             typer.echo(f"collect: warning: {warning}", err=True)
-
-    @app.command()
-    def fleet(
-        bundle: Path = typer.Argument(..., help="Bundle whose rows carry several instances (from collect)."),
-        fmt: FleetFormat = typer.Option(
-            FleetFormat.text, "--format", help="text (a table) or json (one object per instance)."
-        ),
-        as_json: bool = typer.Option(False, "--json", hidden=True, help="Same as --format json."),
-    ) -> None:
-        """The bottleneck map per serving instance and fleet-wide: top verdict and latency per instance."""
-        import json
-
-        from rich.console import Console
-
-        from bottleneck_map.analyzer.fleet import fleet_maps, fleet_table, summary_rows
-        from bottleneck_map.bundle import BundleError
-
-        if not bundle.exists():
-            typer.echo(f"error: {bundle}: no such bundle directory", err=True)
-            raise typer.Exit(1)
-        try:
-            rows = summary_rows(fleet_maps(bundle))
-        except BundleError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
-        if as_json or fmt is FleetFormat.json:
-            typer.echo(json.dumps(rows, indent=2))
-            return
-        Console().print(fleet_table(rows))

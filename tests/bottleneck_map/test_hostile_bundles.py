@@ -100,6 +100,16 @@ def test_validate_rejects_impossible_values_and_analyze_refuses_them(tmp_path, r
     assert r.exit_code == 0 and "warning" in r.stderr and reason in r.stderr
 
 
+def test_fleet_refuses_what_validate_rejects_unless_forced(tmp_path):
+    reason = "requests: max_tokens has negative values"
+    path = write_bundle(tmp_path / "b", [request_row(0, max_tokens=-1)])
+    r = CliRunner().invoke(app, ["fleet", str(path)])
+    assert r.exit_code == 1 and reason in r.output and "--force" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(app, ["fleet", str(path), "--force", "--format", "json"])
+    assert r.exit_code == 0 and "warning" in r.stderr and reason in r.stderr
+    assert json.loads(r.stdout)[0]["instance"] == "fleet"
+
+
 def test_a_valid_bundle_is_analysed_without_a_warning(make_bundle):
     r = CliRunner().invoke(app, ["analyze", str(make_bundle()), "--format", "json"])
     assert r.exit_code == 0 and "warning" not in r.stderr
