@@ -3,8 +3,8 @@ WSGI server, bound to 127.0.0.1 by default, with optional TLS (certificate and
 key files) and optional HTTP basic auth (one user).
 
 Each connection has a thread; a connection beyond ``max_connections`` is closed at
-once, a client that sends nothing for ``read_timeout_s`` (the TLS handshake included)
-is dropped, and ``accept`` failing for want of file descriptors pauses the accept loop
+once, a client that sends nothing for ``read_timeout_s``, or has not sent its whole
+request head within it (the TLS handshake included), is dropped, and ``accept`` failing for want of file descriptors pauses the accept loop
 briefly instead of spinning (logged once a minute)."""
 
 from __future__ import annotations
@@ -99,14 +99,38 @@ def with_head(app: WsgiApp) -> WsgiApp:
 
 class _QuietHandler(WSGIRequestHandler):
     """No access log; the TLS handshake happens here, in the request's own thread,
-    so a client that stalls mid-handshake cannot block the accept loop."""
+    so a client that stalls mid-handshake cannot block the accept loop.
+
+    ``read_timeout_s`` bounds each read and also the whole request head: a client that sends a
+    byte now and then, each within the per-read timeout, is cut off once the handshake, request
+    line and headers have taken ``read_timeout_s`` in all (a GET has no body to wait for)."""
+
+    _deadline: threading.Timer | None = None
 
     def setup(self) -> None:
         self.timeout = self.server.read_timeout_s  # StreamRequestHandler sets it on the socket
+        self._deadline = threading.Timer(self.timeout, self._cut_off)
+        self._deadline.daemon = True
+        self._deadline.start()
         if isinstance(self.request, ssl.SSLSocket):
             self.request.settimeout(self.timeout)
             self.request.do_handshake()
         super().setup()
+
+    def _cut_off(self) -> None:
+        with contextlib.suppress(OSError):
+            self.request.shutdown(socket.SHUT_RDWR)  # the blocked read returns; the handler ends
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        if self._deadline is not None:  # the head is in: the deadline no longer applies
+            self._deadline.cancel()
+        return ok
+
+    def finish(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().finish()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass

@@ -64,6 +64,42 @@ def test_half_open_and_slow_connections_are_capped_and_timed_out(registry):
         server.stop()
 
 
+def test_a_client_trickling_its_headers_is_cut_off_at_the_read_timeout(registry):
+    """Each byte arrives well within the per-read timeout; the request head as a whole does not."""
+    server = MetricsServer(registry, port=0, read_timeout_s=1.0).start()
+    head = b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 200
+    try:
+        with socket.create_connection((server.host, server.port), timeout=10) as s:
+            t0 = time.monotonic()
+            closed_after = None
+            for byte in head:
+                try:
+                    s.sendall(bytes([byte]))
+                except OSError:  # reset: the server closed the connection
+                    closed_after = time.monotonic() - t0
+                    break
+                time.sleep(0.25)
+                if _peer_closed(s):
+                    closed_after = time.monotonic() - t0
+                    break
+            assert closed_after is not None and closed_after < 3.0, closed_after
+        assert "bmap_test_value 1.0" in scrape(server.url)  # and it still serves
+    finally:
+        server.stop()
+
+
+def _peer_closed(s: socket.socket) -> bool:
+    s.setblocking(False)
+    try:
+        return s.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        s.setblocking(True)
+
+
 def test_bad_limits_are_refused(registry):
     for kw in ({"read_timeout_s": 0}, {"max_connections": 0}, {"backlog": 0}):
         with pytest.raises(ValueError):
