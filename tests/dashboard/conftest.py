@@ -55,9 +55,20 @@ def chrome(download_dir: Path | None = None):  # noqa: ANN201
     opts.binary_location = CHROMIUM
     for flag in CHROMIUM_FLAGS:
         opts.add_argument(flag)
-    opts.add_argument(f"--user-data-dir={tempfile.mkdtemp(prefix='bmap-chromium-')}")
+    profile = tempfile.mkdtemp(prefix="bmap-chromium-")
+    opts.add_argument(f"--user-data-dir={profile}")
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    d = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    quit_browser = d.quit
+
+    def quit_and_clean() -> None:  # the profile (about 10 MB) goes with the browser
+        try:
+            quit_browser()
+        finally:
+            shutil.rmtree(profile, ignore_errors=True)
+
+    d.quit = quit_and_clean
+    return d
 
 
 @pytest.fixture(scope="module")
