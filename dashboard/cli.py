@@ -35,6 +35,9 @@ def register(app: typer.Typer) -> None:
         read_timeout: int = typer.Option(
             30, "--read-timeout", help="Seconds a connection may stay silent before it is closed."
         ),
+        force: bool = typer.Option(
+            False, "--force", help="Open even a bundle that `validate` rejects (the page says why)."
+        ),
     ) -> None:
         """Open the bottleneck map in the browser: the map, timeline, latency, requests, roofline, compare."""
         from rich.console import Console
@@ -64,9 +67,23 @@ def register(app: typer.Typer) -> None:
             default = registry.default
             console.print(f"analysing {default.path} ...", highlight=False)
             app = create_app(registry, live=live, window_s=window, slo=slos, max_request_bytes=max_request_bytes)
-            why = app.server.config["BMAP_STORE"].error(default.id)
+            store = app.server.config["BMAP_STORE"]
+            why = store.error(default.id)
             if why is not None and not live:
                 raise BundleError(why)
+            loaded = store.get(default.id) if why is None else None
+            if loaded is not None and loaded.invalid:
+                reasons = "".join(f"\n  {e}" for e in loaded.invalid)
+                if not force:
+                    raise BundleError(
+                        f"{default.path}: `bottleneck-map validate` rejects this bundle:{reasons}\n"
+                        "Fix the producer, or pass --force to open it anyway (its verdicts may be wrong)."
+                    )
+                console.print(
+                    f"[yellow]warning[/yellow]: {default.path}: `bottleneck-map validate` rejects this bundle; "
+                    f"opening it anyway (--force), so the verdicts may be wrong:{reasons}",
+                    highlight=False,
+                )
             if why is not None:
                 console.print(f"[yellow]waiting[/yellow]: {why}; the page refreshes when the run writes more")
         except BundleError as exc:

@@ -49,6 +49,7 @@ class Loaded:
     memo: dict[str, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     key_locks: dict[str, threading.Lock] = field(default_factory=dict)
+    invalid: list[str] = field(default_factory=list)  # why ``validate`` rejects the bundle (empty: valid)
 
     @property
     def bmap(self) -> Any:
@@ -111,6 +112,15 @@ class Store:
             self._analyze = analyze_full
         return self._analyze(bundle, window_s=self.window_s, slo=self.slo or None)
 
+    @staticmethod
+    def validate(path: Path) -> list[str]:
+        """What ``bottleneck-map validate`` finds wrong with the bundle at ``path`` (empty when valid):
+        the page shows it above the map, whose verdicts may then be wrong."""
+        from bottleneck_map.validate import validate_bundle
+
+        report = validate_bundle(path)
+        return [] if report.valid else list(report.errors)
+
     def get(self, bid: object) -> Loaded | None:
         """The loaded bundle for an id from the browser; None when the id is unknown or the bundle
         cannot be analysed (``error(bid)`` says why; a live bundle is retried once it changes)."""
@@ -133,6 +143,8 @@ class Store:
             try:
                 bundle = read_bundle(entry.path)
                 t0 = time.perf_counter()
+                # a bundle still being written (live) may hold steps of requests not yet finished
+                invalid = [] if self.live else self.validate(entry.path)
                 analysis = self.analyze(bundle)
             except (BundleError, ValueError) as exc:
                 self._failed[entry.id] = (sig, str(exc))
@@ -141,7 +153,7 @@ class Store:
                 self._failed[entry.id] = (sig, f"{entry.path}: cannot be analysed ({type(exc).__name__}: {exc})")
                 return None
             self._failed.pop(entry.id, None)
-            loaded = Loaded(entry, bundle, analysis, sig, time.perf_counter() - t0)
+            loaded = Loaded(entry, bundle, analysis, sig, time.perf_counter() - t0, invalid=invalid)
             with self._lock:
                 self._cache[entry.id] = loaded
                 self._cache.move_to_end(entry.id)

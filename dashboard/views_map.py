@@ -21,6 +21,7 @@ def map_view(loaded: Loaded) -> html.Div:
             html.Div(
                 className="bm-map-main",
                 children=[
+                    *_invalid_banner(loaded.invalid),
                     html.H3(
                         "Where a request's latency goes: query → tokenize → queue → prefill → decode → streaming → response"
                     ),
@@ -38,6 +39,23 @@ def map_view(loaded: Loaded) -> html.Div:
             html.Aside(className="bm-verdict", children=verdict_panel(m)),
         ],
     )
+
+
+def _invalid_banner(errors: list[str]) -> list[html.Div]:
+    """What ``validate`` rejects in this bundle, above the map: its verdicts may rest on broken data."""
+    if not errors:
+        return []
+    return [
+        html.Div(
+            [
+                html.B("`bottleneck-map validate` rejects this bundle, so the map below may be wrong: "),
+                html.Ul([html.Li(e) for e in errors[:10]]),
+                html.Span(f"... and {len(errors) - 10} more" if len(errors) > 10 else ""),
+            ],
+            className="bm-invalid",
+            id="bundle-invalid",
+        )
+    ]
 
 
 def _stage_table(m: Any) -> html.Table:

@@ -176,6 +176,18 @@ def test_cli_port_in_use_exits_2_naming_the_flag_before_analysing(bundles: dict[
     assert "analysing" not in result.output and "Traceback" not in result.output
 
 
+def test_cli_refuses_a_bundle_validate_rejects_unless_forced(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from test_hostile_dashboard import invalid_bundle
+
+    bad = invalid_bundle(tmp_path / "invalid")
+    result, seen = _run_cli(monkeypatch, [str(bad)])
+    assert result.exit_code == 1 and "ran" not in seen
+    assert "max_tokens has negative values" in result.output and "--force" in result.output
+    result, seen = _run_cli(monkeypatch, [str(bad), "--force"])
+    assert result.exit_code == 0 and seen["ran"], result.output
+    assert "warning" in result.output and "max_tokens has negative values" in result.output
+
+
 def test_cli_usage_errors_name_the_flag(monkeypatch: pytest.MonkeyPatch, bundles: dict[str, Path]) -> None:
     for args, flag in (
         (["--port", "70000"], "--port"),

@@ -101,6 +101,29 @@ def test_a_link_out_of_a_bundle_or_a_wrong_meta_shows_an_error_not_the_data(host
     assert "cannot be analysed" not in text
 
 
+def invalid_bundle(path: Path) -> Path:
+    """Requests the analyzer can read, one of which `validate` rejects (a negative max_tokens)."""
+    from factories import request_row
+
+    from bottleneck_map.bundle import BundleWriter, new_meta
+
+    with BundleWriter(path, new_meta("test")) as w:
+        w.extend("requests", [request_row(i, t0=10**9 + i * 10**7, max_tokens=-1 if i == 0 else 16) for i in range(4)])
+    return path
+
+
+def test_a_bundle_validate_rejects_opens_with_the_reasons_above_the_map(hostile: dict[str, Path], tmp_path) -> None:
+    bad = invalid_bundle(tmp_path / "invalid")
+    app = create_app([bad, hostile["good"]], warm=False)
+    store: Store = app.server.config["BMAP_STORE"]
+    client = app.server.test_client()
+    ids = {e.path.name: e.id for e in store.registry.entries()}
+    text = no_traceback(render_tab(client, "map", ids["invalid"]))
+    assert "rejects this bundle, so the map below may be wrong" in text
+    assert "requests: max_tokens has negative values" in text
+    assert "rejects this bundle" not in no_traceback(render_tab(client, "map", ids["good"]))
+
+
 CRAFTED_IDS = [
     "../outside",
     "/etc/passwd",
