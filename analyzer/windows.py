@@ -163,6 +163,10 @@ class _Spread:
         self.n, self.window_ns = n, window_ns
         self.point = self.z <= self.a
         self.point_win = np.clip(self.a[self.point] // window_ns, 0, n - 1)
+        span = (self.z - self.a).astype(np.float64)
+        # 1 / length of each interval (0 for an empty one, whose value goes to its window as a point)
+        self.inv_span = np.divide(1.0, span, out=np.zeros_like(span), where=~self.point)
+        del span
         self.oa, self.oz = np.argsort(self.a, kind="stable"), np.argsort(self.z, kind="stable")
         edges = np.arange(1, n + 1, dtype=np.int64) * window_ns
         self.edges = edges.astype(np.float64)
@@ -186,11 +190,9 @@ class _Spread:
     def windows(self, v: np.ndarray) -> np.ndarray:
         v = np.nan_to_num(np.asarray(v, np.float64))
         out = np.zeros(self.n)
-        if not len(v):
+        if not len(v) or not v.any():  # a class or stage no request spent time in
             return out
-        span = (self.z - self.a).astype(np.float64)
-        r = np.divide(v, span, out=np.zeros_like(v), where=~self.point)
-        del span
+        r = v * self.inv_span
         cum = self._upto(self.a, self.oa, self.ka, r) - self._upto(self.z, self.oz, self.kz, r)
         part = np.diff(np.concatenate([[0.0], cum]))
         # The prefix sums' rounding (a few ulps of their largest term) is not time.
