@@ -299,6 +299,9 @@ def _per_request(run: _Run, itl, slo: dict[str, float]) -> _Requests:
     # need the instances later; with them the table is dropped (``Analysis.tables`` re-reads it).
     spans = stages.preempted_spans(requests, pd.DataFrame(windows.bounds(st)))
     facts = _request_facts(requests)
+    facts["kv_request_capacity"] = attribution.kv_request_capacity(
+        run.engine, facts["mean_prompt_tokens"], facts["mean_output_tokens"]
+    )
     inferred = _inferred_steps(run, st, facts) if not run.has_steps and run.caps["samples"] else None
     del requests  # no reference may outlive the forget, or release() cannot hand its pages back
     if run.has_steps:
@@ -351,9 +354,7 @@ def _per_step(run: _Run, req: _Requests) -> _Steps:
     samples = hardware.sample_frame(t.samples) if caps["samples"] else hardware.sample_frame(t.samples.slice(0, 0))
     roof = roofline.step_roofline(steps, run.meta.get("model"), peaks, sums=req.step_sums) if has_steps else None
     sb = None
-    kv_cap = attribution.kv_request_capacity(
-        run.engine, req.facts["mean_prompt_tokens"], req.facts["mean_output_tokens"]
-    )
+    kv_cap = req.facts["kv_request_capacity"]
     if has_steps:
         sb = attribution.step_breakdown(
             steps,
@@ -650,14 +651,10 @@ def _signals(
         w = np.nan_to_num(waiting) > 0
         if mns and w.any() and np.isfinite(running).any():
             v["slots_full_frac"] = float((np.nan_to_num(running[w]) >= mns).mean())
-        kv_cap = attribution.kv_request_capacity(
-            engine, req_facts["mean_prompt_tokens"], req_facts["mean_output_tokens"]
-        )
-        v["kv_request_capacity"] = kv_cap
+        v["kv_request_capacity"] = req_facts["kv_request_capacity"]
         free = w & ~sb["slots_full"].to_numpy()
-        if kv_cap is not None and free.any() and dur[free].sum() > 0:
-            at_cap = np.nan_to_num(running) >= max(1.0, np.floor(kv_cap))
-            v["kv_capacity_reached_frac"] = float(dur[free & at_cap].sum() / dur[free].sum())
+        if v["kv_request_capacity"] is not None and free.any() and dur[free].sum() > 0:
+            v["kv_capacity_reached_frac"] = float(dur[free & sb["kv_at_capacity"].to_numpy()].sum() / dur[free].sum())
         v["host_frac_of_step"] = (
             float((sb["host_overhead"] - sb["forward_overhead"]).sum() / dur.sum()) if dur.sum() > 0 else None
         )

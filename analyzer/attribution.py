@@ -141,10 +141,13 @@ def step_breakdown(
         | (np.nan_to_num(f64(steps, "num_swapped")) > 0)
         | (np.nan_to_num(f64(steps, "num_preempted")) > 0)
     )
+    # The cache holds this many requests at their full length: with that many running, the next
+    # waits for blocks (or is admitted and preempted later) even while usage is below KV_BLOCKING.
+    at_capacity = np.zeros(n, bool)
     if kv_request_capacity:
-        # The cache holds this many requests at their full length: with that many running, the next
-        # waits for blocks (or is admitted and preempted later) even while usage is below KV_BLOCKING.
-        pressure |= np.nan_to_num(running) >= max(1.0, np.floor(kv_request_capacity))
+        at_capacity = np.nan_to_num(running) >= max(1.0, np.floor(kv_request_capacity))
+    pressure |= at_capacity
+    out["kv_at_capacity"] = at_capacity
     out["slots_full"] = slots_full
     out["budget_full"] = budget_full
     out["kv_blocked"] = (np.nan_to_num(waiting) > 0) & ~slots_full & ~budget_full & pressure

@@ -15,7 +15,7 @@ class Format(str, Enum):
     html = "html"
 
 
-class DiffFormat(str, Enum):
+class TextOrJson(str, Enum):
     text = "text"
     json = "json"
 
@@ -67,23 +67,16 @@ def _check_valid(path: Path, force: bool) -> None:
     with ``force``, say why it is invalid and go on."""
     from rich.console import Console
 
-    from bottleneck_map.validate import validate_bundle
+    from bottleneck_map.bundle import BundleError
+    from bottleneck_map.validate import refuse_unless_forced, validate_bundle
 
     report = validate_bundle(path)
-    if report.valid:
-        return
-    reasons = "".join(f"\n  {e}" for e in report.errors)
-    if not force:
-        raise _fail(
-            f"{path}: `bottleneck-map validate` rejects this bundle:{reasons}\n"
-            "Fix the producer, or pass --force to analyse it anyway (its verdicts may be wrong)."
-        )
-    Console(stderr=True).print(
-        f"[yellow]warning[/yellow]: {path}: `bottleneck-map validate` rejects this bundle; "
-        f"analysing it anyway (--force), so the verdicts may be wrong:{reasons}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    try:
+        warning = refuse_unless_forced(path, [] if report.valid else report.errors, force, ("analyse", "analysing"))
+    except BundleError as exc:
+        raise _fail(str(exc)) from None
+    if warning:
+        Console(stderr=True).print(f"[yellow]warning[/yellow]: {warning}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -165,7 +158,7 @@ def register(app: typer.Typer) -> None:
         after: Path | None = typer.Argument(
             None, help="Bundle (or map JSON) after the change (default: the newest run).", show_default=False
         ),
-        fmt: DiffFormat = typer.Option(DiffFormat.text, "--format", help="text or json."),
+        fmt: TextOrJson = typer.Option(TextOrJson.text, "--format", help="text or json."),
         window: float = typer.Option(1.0, "--window", help="Seconds per timeline window."),
         force: bool = typer.Option(
             False, "--force", help="Compare even bundles that `validate` rejects (with a warning listing why)."
@@ -196,7 +189,7 @@ def register(app: typer.Typer) -> None:
                 _check_valid(p, force)
                 maps.append(_analyze(p, window, {}, None))
         d = diff_maps(*maps)
-        if fmt is DiffFormat.json:
+        if fmt is TextOrJson.json:
             typer.echo(json.dumps(d.to_dict(), indent=2))
         else:
             from rich.console import Console
@@ -206,8 +199,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def fleet(
         bundle: Path = typer.Argument(..., help="Bundle whose rows carry several instances (from collect)."),
-        fmt: DiffFormat = typer.Option(
-            DiffFormat.text, "--format", help="text (a table) or json (one object per instance)."
+        fmt: TextOrJson = typer.Option(
+            TextOrJson.text, "--format", help="text (a table) or json (one object per instance)."
         ),
         as_json: bool = typer.Option(False, "--json", hidden=True, help="Same as --format json."),
         force: bool = typer.Option(
@@ -229,7 +222,7 @@ def register(app: typer.Typer) -> None:
             rows = summary_rows(fleet_maps(bundle))
         except BundleError as exc:
             raise _fail(str(exc)) from None
-        if as_json or fmt is DiffFormat.json:
+        if as_json or fmt is TextOrJson.json:
             typer.echo(json.dumps(rows, indent=2))
             return
         Console().print(fleet_table(rows))

@@ -209,3 +209,24 @@ def validate_bundle(path: str | os.PathLike[str]) -> ValidationReport:
     report.end_ns = max(ends) if ends else None
     report.valid = not report.errors
     return report
+
+
+def refuse_unless_forced(
+    path: str | os.PathLike[str], errors: list[str], force: bool, verb: tuple[str, str]
+) -> str | None:
+    """The commands' one policy for a bundle that :func:`validate_bundle` rejects (``errors``):
+    without ``force``, a :class:`BundleError` listing why; with it, the warning to print before
+    going on. ``verb`` names what the command does, as (``"analyse"``, ``"analysing"``).
+    None when ``errors`` is empty."""
+    if not errors:
+        return None
+    reasons = "".join(f"\n  {e}" for e in errors)
+    if not force:
+        raise BundleError(
+            f"{path}: `bottleneck-map validate` rejects this bundle:{reasons}\n"
+            f"Fix the producer, or pass --force to {verb[0]} it anyway (its verdicts may be wrong)."
+        )
+    return (
+        f"{path}: `bottleneck-map validate` rejects this bundle; "
+        f"{verb[1]} it anyway (--force), so the verdicts may be wrong:{reasons}"
+    )

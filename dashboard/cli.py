@@ -61,6 +61,7 @@ def register(app: typer.Typer) -> None:
         _check_port_free(host, port)  # before analysing: a busy port is the flag's error, not the run's
         from bottleneck_map.dashboard.app import create_app
         from bottleneck_map.dashboard.bundles import resolve_default
+        from bottleneck_map.validate import refuse_unless_forced
 
         try:
             registry = resolve_default(bundles or [])
@@ -71,19 +72,10 @@ def register(app: typer.Typer) -> None:
             why = store.error(default.id)
             if why is not None and not live:
                 raise BundleError(why)
-            loaded = store.get(default.id) if why is None else None
-            if loaded is not None and loaded.invalid:
-                reasons = "".join(f"\n  {e}" for e in loaded.invalid)
-                if not force:
-                    raise BundleError(
-                        f"{default.path}: `bottleneck-map validate` rejects this bundle:{reasons}\n"
-                        "Fix the producer, or pass --force to open it anyway (its verdicts may be wrong)."
-                    )
-                console.print(
-                    f"[yellow]warning[/yellow]: {default.path}: `bottleneck-map validate` rejects this bundle; "
-                    f"opening it anyway (--force), so the verdicts may be wrong:{reasons}",
-                    highlight=False,
-                )
+            loaded = store.get(default.id) if why is None else None  # analysed (and validated) by create_app
+            warning = refuse_unless_forced(default.path, loaded.invalid if loaded else [], force, ("open", "opening"))
+            if warning:
+                console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
             if why is not None:
                 console.print(f"[yellow]waiting[/yellow]: {why}; the page refreshes when the run writes more")
         except BundleError as exc:
@@ -106,9 +98,7 @@ def register(app: typer.Typer) -> None:
                 cleanup_interval=max(1, min(30, read_timeout // 2)),  # how often silent connections are found
             )
         except OSError as exc:
-            raise typer.BadParameter(
-                f"cannot listen on {host}:{port}: {exc.strerror or exc}", param_hint="--port"
-            ) from None
+            raise _cannot_listen(host, port, exc) from None
         console.print(
             f"dashboard on http://{_url_host(host)}:{port}/  ({len(registry.entries())} bundle(s); Ctrl-C stops)"
         )
@@ -126,9 +116,11 @@ def _check_port_free(host: str, port: int) -> None:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as waitress binds
             s.bind(addr)
     except OSError as exc:
-        raise typer.BadParameter(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}", param_hint="--port"
-        ) from None
+        raise _cannot_listen(host, port, exc) from None
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> typer.BadParameter:
+    return typer.BadParameter(f"cannot listen on {host}:{port}: {exc.strerror or exc}", param_hint="--port")
 
 
 def _parse_slo(text: str | None) -> dict[str, float]:
