@@ -328,6 +328,7 @@ def _inferred_steps(run: _Run, st: pd.DataFrame, facts: dict[str, Any]) -> engin
         run.engine,
         facts["mean_prompt_tokens"],
         facts["mean_output_tokens"],
+        queued_from=b["t2"],
     )
 
 

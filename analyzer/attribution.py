@@ -5,8 +5,8 @@ Stage time maps to classes as follows (``docs/bottleneck-map.md`` has the table)
 * ``receive`` + ``tokenize`` -> tokenization, except an ingested request's ``receive`` when it is
   the front end's hand-off to the engine (``frontend_ns``: no tokenize stamps, a queued stamp)
   -> host_overhead; ``streaming`` -> streaming;
-* ``queue`` -> kv_cache_capacity for the part of the wait during which the engine had
-  requests waiting with a free batch slot and token budget while KV usage was at or above
+* ``queue`` -> kv_cache_capacity for the part of the wait during which the engine had a free
+  batch slot and token budget while KV usage was at or above
   :data:`KV_BLOCKING` (or sequences were preempted/swapped, or as many were running as the cache
   holds at the run's mean request length), queueing for the rest;
 * ``requeue`` and ``recompute`` -> kv_cache_capacity; ``swap`` -> pcie_transfer;
@@ -150,7 +150,11 @@ def step_breakdown(
     out["kv_at_capacity"] = at_capacity
     out["slots_full"] = slots_full
     out["budget_full"] = budget_full
-    out["kv_blocked"] = (np.nan_to_num(waiting) > 0) & ~slots_full & ~budget_full & pressure
+    # What a request waiting in this step waits for: KV blocks when neither a batch slot nor the
+    # token budget is what is missing. A request's own queue interval proves that it waits, so the
+    # queue split reads this; ``kv_blocked`` also needs the step's own count of waiting requests.
+    out["kv_bound"] = ~slots_full & ~budget_full & pressure
+    out["kv_blocked"] = (np.nan_to_num(waiting) > 0) & out["kv_bound"].to_numpy()
     return out
 
 
@@ -183,7 +187,7 @@ class Timeline:
         self.cum: dict[str, np.ndarray] = {}
         for col in ("dur", *_STEP_CLASSES):
             self.cum[col] = self._cum(sb[col].to_numpy()[order])
-        self.cum["kv_blocked"] = self._cum((sb["dur"] * sb["kv_blocked"]).to_numpy()[order])
+        self.cum["kv_bound"] = self._cum((sb["dur"] * sb["kv_bound"]).to_numpy()[order])
 
     def _cum(self, v: np.ndarray) -> np.ndarray:
         y = np.empty(2 * len(v))
@@ -304,14 +308,14 @@ def _attribute(  # noqa: C901
     t5 = st["end_ns"] - st["streaming"]
     # Each bound gets the cumulative columns its intervals need.
     classes = ("dur", *_STEP_CLASSES)
-    at = {"t2": tl.at(t2, ("dur", "kv_blocked")), "t3": tl.at(t3, (*classes, "kv_blocked"))}
+    at = {"t2": tl.at(t2, ("dur", "kv_bound")), "t3": tl.at(t3, (*classes, "kv_bound"))}
     at.update(t4=tl.at(t4, classes), t5=tl.at(t5, classes))
 
     def between(col: str, a: str, b: str) -> np.ndarray:
         return np.clip(at[b][col] - at[a][col], 0, None)
 
     busy_q = between("dur", "t2", "t3")
-    kvb = between("kv_blocked", "t2", "t3")
+    kvb = between("kv_bound", "t2", "t3")
     kv_frac = np.where(busy_q > 0, kvb / np.where(busy_q > 0, busy_q, 1), 0.0)
     out["kv_cache_capacity"] += queue * kv_frac
     out["queueing"] = queue * (1 - kv_frac)

@@ -114,6 +114,13 @@ def _queueing(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
             text = f"num_requests_running at its cap ({cap:.0f}, {whence}) in {_pct(slots)} of engine samples with requests waiting"
         else:
             text = f"running = max_num_seqs ({sig.engine.get('max_num_seqs')}) in {_pct(slots)} of steps with requests waiting"
+        kv_cap = sig.get("kv_request_capacity")
+        if from_samples and sig.get("cap_source") != "max_num_seqs" and kv_cap is not None and cap <= np.ceil(kv_cap):
+            # the most ever running is what the KV cache holds: that is the limit, not a batch slot
+            text += (
+                f", no more than the KV cache holds ({kv_cap:.1f} requests of the mean length): not a batch-slot limit"
+            )
+            slots = 0.0
         ev.append(Evidence("slots_full_fraction", slots, "ratio", text))
         corr += 0.5 * min(slots / 0.5, 1.0)
     kv = sig.get("kv_usage_p95")
@@ -156,7 +163,7 @@ def _kv(sig: Signals) -> tuple[float, list[Evidence], str, list[str]]:
     corr += 0.5 if pre > 0 else 0.0
     cap, reached = sig.get("kv_request_capacity"), sig.get("kv_capacity_reached_frac")
     if cap is not None and reached is not None and cap < (sig.engine.get("max_num_seqs") or np.inf):
-        per = "engine sample" if from_samples else "step"
+        per = "inferred-step" if from_samples else "step"
         ev.append(
             Evidence(
                 "kv_capacity_reached_fraction",

@@ -10,8 +10,8 @@ Each series is read as sample-and-hold per instance (a value holds until the nex
 From it come the evidence for ``queueing`` (requests waiting while running is at its cap)
 and ``kv_cache_capacity`` (KV usage near full, preemptions rising), and the split of each
 request's queue time between the two, by the same rule as with steps
-(:mod:`~bottleneck_map.analyzer.attribution`): waiting with a free batch slot while KV usage
-is at or above ``KV_BLOCKING`` (or preemptions rose) is waiting for KV blocks.
+(:mod:`~bottleneck_map.analyzer.attribution`): a request's wait while a batch slot is free and
+KV usage is at or above ``KV_BLOCKING`` (or preemptions rose) is a wait for KV blocks.
 """
 
 from __future__ import annotations
@@ -118,10 +118,11 @@ def _cap(running: np.ndarray, max_num_seqs: int | None) -> tuple[float | None, s
 def kv_blocked_fraction(
     df: pd.DataFrame, max_num_seqs: int | None, instance: np.ndarray, t_from: np.ndarray, t_to: np.ndarray
 ) -> np.ndarray:
-    """Per request, the fraction of ``t_from`` -> ``t_to`` during which its instance's samples say
-    admission was blocked by KV blocks: requests waiting, running below the cap, and KV usage at
-    or above ``KV_BLOCKING`` or preemptions rising (sample-and-hold; an empty interval takes the
-    state at its start; a request without samples for its instance gets 0)."""
+    """Per request, the fraction of ``t_from`` -> ``t_to`` (its own wait: that it waits, the
+    request itself says) during which its instance's samples say admission was blocked by KV
+    blocks: running below the cap, and KV usage at or above ``KV_BLOCKING`` or preemptions rising
+    (sample-and-hold; an empty interval takes the state at its start; a request without samples
+    for its instance gets 0)."""
     out = np.zeros(len(t_from))
     if df.empty or not len(t_from):
         return out
@@ -132,14 +133,13 @@ def kv_blocked_fraction(
         if not len(sel):
             continue
         ts = g["ts_ns"].to_numpy()
-        wait = np.nan_to_num(g["num_requests_waiting"].to_numpy()) > 0
         run = g["num_requests_running"].to_numpy()
         cap, _ = _cap(run, max_num_seqs)
         free = ~(np.nan_to_num(run) >= cap) if cap is not None else np.zeros(len(g), bool)
         kv = np.nan_to_num(g["kv_cache_usage_ratio"].to_numpy()) >= KV_BLOCKING
         pre = g["num_preemptions_total"].to_numpy()
         rising = np.concatenate([[False], np.nan_to_num(np.diff(pre)) > 0]) if len(pre) else np.zeros(0, bool)
-        blocked = (wait & free & (kv | rising)).astype(float)
+        blocked = (free & (kv | rising)).astype(float)
         # cumulative blocked time at each sample instant, sample-and-hold between them
         cum = np.concatenate([[0.0], np.cumsum(blocked[:-1] * np.diff(ts))])
 

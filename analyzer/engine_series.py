@@ -9,10 +9,14 @@ while any request of the instance was between first scheduled and finished (from
 
 Each such busy piece becomes one *inferred step*: a row shaped like the steps table
 (``num_prefill_tokens``, ``num_decode_seqs``, KV blocks, running, waiting, preemptions) that
-stands for all the real steps inside it, with its FLOPs and bytes from the model config
-(:func:`~bottleneck_map.analyzer.roofline.step_costs`, the weights read once per real step;
-vLLM's own ``estimated_*`` counters replace the totals when it exports them) and its roofline
-time against the device's peaks. :func:`~bottleneck_map.analyzer.attribution.step_breakdown`
+stands for all the real steps inside it. Its running and waiting counts are the time-weighted
+mean number of the instance's requests between first scheduled and finished, and between
+arrival at the engine and first scheduled, over the piece (from the spans: exact at any scrape
+interval, where a gauge read once a second may miss most of the load; a request vLLM preempts
+still counts as running); the running gauge stands in only where no request was in flight. Its FLOPs and bytes come from
+the model config (:func:`~bottleneck_map.analyzer.roofline.step_costs`, the weights read once
+per real step; vLLM's own ``estimated_*`` counters replace the totals when it exports them),
+and its roofline time from the device's peaks. :func:`~bottleneck_map.analyzer.attribution.step_breakdown`
 then splits inferred steps exactly as it splits measured ones, with the whole step as forward
 time (the series do not separate host work): a step at :data:`~bottleneck_map.analyzer.roofline.ROOF_NEAR`
 of its roofline speed or more goes to prefill_compute / decode_memory_bandwidth (or
@@ -105,12 +109,16 @@ def infer_steps(
     engine: Mapping[str, Any] | None,
     mean_prompt: float | None,
     mean_output: float | None,
+    *,
+    queued_from: np.ndarray | None = None,
 ) -> InferredSteps | None:
     """Inferred steps from the samples' engine counters; None when no instance has two samples
     with the step counter (``collect --scrape``, or Prometheus with vLLM's iteration histogram).
 
     ``busy_lo``/``busy_hi``/``busy_instance``: per request, first scheduled and finished (ns) and
     its instance; the engine of an instance is taken as busy while any of its requests is.
+    ``queued_from``: per request, when it reached the engine's queue (its wait lasts until
+    ``busy_lo``); without it, waiting comes from the gauge.
     """
     df = series_frame(samples)
     if df.empty:
@@ -127,6 +135,8 @@ def infer_steps(
             continue
         sel = np.ones(len(inst_req), bool) if single else inst_req == name
         seg_lo, seg_hi = _busy_segments(busy_lo[sel].astype(np.int64), busy_hi[sel].astype(np.int64))
+        in_flight = _Occupancy(busy_lo[sel], busy_hi[sel])
+        queued = _Occupancy(queued_from[sel], busy_lo[sel]) if queued_from is not None else None
         ts = g["ts_ns"].to_numpy()
         inc = {c: _increase(g[c].to_numpy()) for c in COUNTERS}
         gauges = {c: g[c].to_numpy() for c in GAUGES}
@@ -165,8 +175,10 @@ def infer_steps(
                         "decode_tokens": gen * f,
                         "est_flops": est["estimated_flops_total"] * f,
                         "est_bytes": (est["estimated_read_bytes_total"] + np.nan_to_num(est_w)) * f,
-                        "running": _last(gauges["num_requests_running"], i),
-                        "waiting": _last(gauges["num_requests_waiting"], i),
+                        "running": in_flight.mean(s, e, _last(gauges["num_requests_running"], i)),
+                        "waiting": queued.mean(s, e, _last(gauges["num_requests_waiting"], i), empty_is_zero=True)
+                        if queued is not None
+                        else _last(gauges["num_requests_waiting"], i),
                         "kv_usage": np.nanmax(
                             [gauges["kv_cache_usage_ratio"][i], gauges["kv_cache_usage_ratio"][i + 1]]
                         )
@@ -179,6 +191,35 @@ def infer_steps(
         return None
     r = pd.DataFrame(rows)
     return _build(r, shape, peaks, blocks, prompt, ctx_decode)
+
+
+class _Occupancy:
+    """How many of the intervals [lo, hi) are open, integrated over time: the mean count over any
+    span in two binary searches (``I(t) = sum(t - lo, lo < t) - sum(t - hi, hi < t)``)."""
+
+    def __init__(self, lo: np.ndarray, hi: np.ndarray) -> None:
+        lo, hi = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
+        ok = hi > lo
+        self.t0 = int(lo[ok].min()) if ok.any() else 0
+        # relative float seconds: products of counts and times stay exact enough
+        self.lo = np.sort((lo[ok] - self.t0) / 1e9)
+        self.hi = np.sort((hi[ok] - self.t0) / 1e9)
+        self.cum_lo = np.concatenate([[0.0], np.cumsum(self.lo)])
+        self.cum_hi = np.concatenate([[0.0], np.cumsum(self.hi)])
+
+    def _integral(self, t: float) -> float:
+        i, j = np.searchsorted(self.lo, t, side="left"), np.searchsorted(self.hi, t, side="left")
+        return (i * t - self.cum_lo[i]) - (j * t - self.cum_hi[j])
+
+    def mean(self, a: int, b: int, otherwise: float, empty_is_zero: bool = False) -> float:
+        """The mean count over [a, b); ``otherwise`` when no interval overlaps it (with
+        ``empty_is_zero``, only when there are no intervals at all)."""
+        if not len(self.lo) or b <= a:
+            return otherwise
+        x, y = (a - self.t0) / 1e9, (b - self.t0) / 1e9
+        area = max(self._integral(y) - self._integral(x), 0.0)
+        # rounded: a count held through the whole span comes out exact, not a hair under
+        return round(float(area / (y - x)), 9) if area > 0 or empty_is_zero else otherwise
 
 
 def _last(v: np.ndarray, i: int) -> float:

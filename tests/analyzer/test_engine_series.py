@@ -190,6 +190,58 @@ def test_waiting_while_the_cache_holds_no_second_request_is_kv_cache_capacity(tm
     )
 
 
+def test_a_scrape_that_misses_the_load_still_splits_the_queue_by_what_the_spans_say(tmp_path):
+    # A busy server answers /metrics late: one scrape before the load and one after it, both idle.
+    # The counters say 240 steps ran between them; the spans say one request ran at a time while
+    # three waited, in a cache that holds 1.5 requests of the mean length.
+    per = [
+        {"engine_steps_total": 0, "num_requests_running": 0.0, "num_requests_waiting": 0.0, "kv_cache_usage_ratio": 0.0}
+    ]
+    per.append(
+        {
+            "engine_steps_total": 240,
+            "generation_tokens_total": 216,
+            "prompt_tokens_total": 800,
+            "num_requests_running": 0.0,
+            "num_requests_waiting": 0.0,
+            "kv_cache_usage_ratio": 0.0,
+        }
+    )
+    samples = _samples(per)
+    samples[-1]["ts_ns"] = T0 + 7 * S  # the second scrape came six seconds late
+    reqs = [_request(i, T0 + 1200 * MS, 2 * MS, i * 1400 * MS, 50 * MS, 1350 * MS, 200, 54) for i in range(4)]
+    m = analyze(_bundle(tmp_path, reqs, samples, engine={"name": "vllm", "num_kv_blocks": 12, "block_size": 32}))
+    assert m.top.cls == "kv_cache_capacity" and m.top.confidence >= 0.5, [(v.cls, v.confidence) for v in m.verdicts]
+    assert m.verdict("queueing").share_of_latency == pytest.approx(0.0, abs=1e-6)
+
+
+def test_inferred_steps_count_running_and_waiting_from_the_spans():
+    samples = pa.Table.from_pylist(
+        _samples(
+            [
+                {
+                    "engine_steps_total": 100,
+                    "generation_tokens_total": 100,
+                    "num_requests_running": 0.0,
+                    "num_requests_waiting": 0.0,
+                }
+            ]
+            * 2
+        )  # fmt: skip
+    )
+    # two requests: A runs through both seconds; B waits [0, 0.5 s) and runs [0.5 s, 2 s)
+    queued = np.array([T0, T0])
+    lo = np.array([T0, T0 + S // 2])
+    hi = np.array([T0 + 2 * S, T0 + 2 * S])
+    inf = engine_series.infer_steps(
+        samples, lo, hi, np.array([INSTANCE, INSTANCE]), MODEL, DevicePeaks("cpu", "cpu", PEAK_FLOPS, PEAK_BW, "measured"),
+        {}, 20.0, 100.0, queued_from=queued,
+    )  # fmt: skip
+    t = inf.steps.to_pydict()
+    assert t["num_running"] == [pytest.approx(1.5), pytest.approx(2.0)]  # the gauges said 0
+    assert t["num_waiting"] == [pytest.approx(0.5), pytest.approx(0.0)]
+
+
 def test_the_front_end_hand_off_is_host_overhead_not_queue(tmp_path):
     reqs, samples = _decode_load(0.010)
     reqs = [_request(0, T0 + 1 * MS, 400 * MS, 1 * MS, 10 * MS, 5 * S, 20, 500)]
