@@ -47,6 +47,8 @@ class RequestOutput:
     num_output_tokens: int = 0
     num_cached_tokens: int = 0
     logprobs: list | None = None  # per new token, when the request asked: sampler.TokenLogprobs
+    # with the first output of a request that asked: one per prompt token after the first
+    prompt_logprobs: list | None = None
 
 
 @dataclass
@@ -256,6 +258,9 @@ class LLMEngine:
         t_post = now_ns()
         for item in sched.scheduled:
             seq = item.seq
+            scored = res.prompt_logprobs.get(seq.request_id)
+            if scored is not None and scored[0] == len(seq.prompt_logprobs) + 1:
+                seq.prompt_logprobs.extend(scored[1])
             seq.num_computed_tokens += item.num_tokens
             self.block_manager.register_full_blocks(seq)
             error = res.failed.get(seq.request_id)
@@ -303,6 +308,8 @@ class LLMEngine:
     def _emit(self, seq: Sequence, out: RequestOutput, outputs: list[RequestOutput]) -> None:
         out.num_prompt_tokens, out.num_output_tokens = seq.num_prompt_tokens, seq.num_output_tokens
         out.num_cached_tokens = seq.num_cached_tokens
+        if seq.params.prompt_logprobs is not None and seq.num_output_tokens <= len(out.new_token_ids):
+            out.prompt_logprobs = list(seq.prompt_logprobs)  # the request's first output
         outputs.append(out)
         cb = self._callbacks.get(seq.request_id)
         if cb is not None:

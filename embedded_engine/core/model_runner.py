@@ -19,6 +19,8 @@ class StepResult:
     sampled: dict[str, int] = field(default_factory=dict)  # request_id -> new token id
     failed: dict[str, str] = field(default_factory=dict)  # request_id -> why its sampling failed
     logprobs: dict[str, TokenLogprobs] = field(default_factory=dict)  # request_id -> its new token's, when asked
+    # request_id -> (index of its first prompt token scored, one entry per prompt token scored this step)
+    prompt_logprobs: dict[str, tuple[int, list[TokenLogprobs]]] = field(default_factory=dict)
     prepare_ns: int | None = None
     forward_ns: int | None = None
     sample_ns: int | None = None
@@ -107,7 +109,15 @@ class ModelRunner:
         t0 = now_ns()
         input_ids, positions, meta = build_inputs(batch, self.block_size, self.device)
         t1 = now_ns()
-        logits = self.model(input_ids, positions, meta, self.kv)
+        scored = _prompt_rows(batch, meta.query_lens)
+        if scored:
+            # every sequence's last row first, then the rows whose next token is a prompt token scored
+            last = torch.tensor(meta.query_lens).cumsum(0) - 1
+            extra = torch.tensor([r for _, first, n, row0 in scored for r in range(row0, row0 + n)], dtype=torch.long)
+            both = self.model(input_ids, positions, meta, self.kv, rows=torch.cat([last, extra]))
+            logits, prompt_logits = both[: len(batch)], both[len(batch) :]
+        else:
+            logits = self.model(input_ids, positions, meta, self.kv)
         self._sync()
         t2 = now_ns()
         rows = [
@@ -122,6 +132,33 @@ class ModelRunner:
                     res.sampled[s.request_id] = t
                     if s.params.logprobs is not None:
                         res.logprobs[s.request_id] = token_logprobs(logits[row], t, s.params.logprobs)
+        at = 0
+        for seq, first, n, _ in scored:
+            k = seq.params.prompt_logprobs
+            res.prompt_logprobs[seq.request_id] = (
+                first,
+                [token_logprobs(prompt_logits[at + j], seq.token_ids[first + j], k) for j in range(n)],
+            )
+            at += n
         t3 = now_ns()
         res.prepare_ns, res.forward_ns, res.sample_ns = t1 - t0, t2 - t1, t3 - t2
         return res
+
+
+def _prompt_rows(batch: list[ScheduledSeq], query_lens: list[int]) -> list[tuple[Sequence, int, int, int]]:
+    """Per sequence that asked for prompt log-probabilities and computes prompt tokens this step:
+    (sequence, first prompt token scored, how many, the step row whose logits score it). Row ``r``
+    at position ``p`` scores token ``p + 1``; tokens already scored (before a recompute) are not
+    scored again, and nor is any token past the prompt."""
+    out = []
+    row0 = 0
+    for item, q in zip(batch, query_lens, strict=True):
+        seq = item.seq
+        if seq.params.prompt_logprobs is not None:
+            start = seq.num_computed_tokens
+            first = max(start + 1, len(seq.prompt_logprobs) + 1)  # prompt token index
+            last = min(start + q, seq.num_prompt_tokens - 1)  # last token index scored by this chunk
+            if last >= first:
+                out.append((seq, first, last - first + 1, row0 + (first - 1 - start)))
+        row0 += q
+    return out

@@ -170,13 +170,15 @@ class Scheduler:
     def _schedule_waiting(self, out: SchedulerOutput, budget: int, now: int) -> int:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
-            hits = self.bm.match_prefix(seq)
+            reads_cache = seq.params.prompt_logprobs is None  # a cached prompt token has no logits
+            hits = self.bm.match_prefix(seq) if reads_cache else 0
             n = seq.num_uncomputed_tokens
             if self.config.chunked_prefill:
                 n = min(n, budget)
             watermark = self.watermark_blocks if self.running else 0
             if n > budget or self.bm.blocks_needed(seq, n) + watermark > self.bm.num_free:
-                self.bm.unmatch_prefix(seq)
+                if reads_cache:
+                    self.bm.unmatch_prefix(seq)
                 break
             self.waiting.popleft()
             self.bm.allocate(seq, n)

@@ -58,6 +58,9 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # with each token: its log-probability and this many most likely alternatives
+    # with each prompt token after the first: the same, under the prompt before it (no prefix-cache
+    # reads for such a request: a cached token has no logits)
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         floats = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
@@ -81,8 +84,10 @@ class SamplingParams:
             raise ValueError(
                 f"repetition_penalty must be in {list(REPETITION_PENALTY_RANGE)}, got {self.repetition_penalty}"
             )
-        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
-            raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+        for name in ("logprobs", "prompt_logprobs"):
+            k = getattr(self, name)
+            if k is not None and not 0 <= k <= MAX_LOGPROBS:
+                raise ValueError(f"{name} must be in [0, {MAX_LOGPROBS}], got {k}")
         if self.seed is not None and not INT64_MIN <= self.seed <= INT64_MAX:
             raise ValueError(f"seed must fit in a signed 64-bit integer, got {self.seed}")
 
@@ -150,6 +155,8 @@ class Sequence:
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache (first admission)
         self.pending_recompute = 0  # computed tokens dropped by the last recompute preemption
         self.generator: Any = None  # per-request torch.Generator when params.seed is set
+        # params.prompt_logprobs: entry i for prompt token i + 1 (sampler.TokenLogprobs)
+        self.prompt_logprobs: list[Any] = []
 
     def __repr__(self) -> str:
         return (

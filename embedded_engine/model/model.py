@@ -121,7 +121,8 @@ class Backbone(nn.Module):
 
 
 class CausalLM(nn.Module):
-    """``forward`` returns float32 logits ``[num_seqs, vocab]`` for each sequence's last new token."""
+    """``forward`` returns float32 logits ``[num_seqs, vocab]`` for each sequence's last new token,
+    or ``[len(rows), vocab]`` for the token rows ``rows`` of the step when given."""
 
     def __init__(self, cfg: ModelConfig, dtype: torch.dtype, device: torch.device | str) -> None:
         super().__init__()
@@ -156,7 +157,12 @@ class CausalLM(nn.Module):
 
     @torch.inference_mode()
     def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, kv: KVCache
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+        kv: KVCache,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         plan = plan_attention(meta, self.device)
         self._workspace = ensure_workspace(plan, self._workspace, kv.k[0])
@@ -164,5 +170,5 @@ class CausalLM(nn.Module):
         cos, sin = self.rope(positions.to(self.device))
         for layer in self.model.layers:
             x = layer(x, cos, sin, plan, kv)
-        x = self.model.norm(x[plan.last_rows])
+        x = self.model.norm(x[plan.last_rows if rows is None else rows.to(self.device)])
         return self._output_pack.linear(x, self.output_weight).float()

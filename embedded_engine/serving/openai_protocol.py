@@ -80,7 +80,7 @@ class GenerationRequest:
     stream: bool = False
     include_usage: bool = False
     continuous_usage: bool = False  # vLLM's stream_options.continuous_usage_stats: usage in every chunk
-    echo: bool = False
+    echo: bool = False  # completions: the prompt before the completion, and with logprobs its tokens' log-probabilities
     logprobs: int | None = None  # alternatives per token with its log-probability (None: none asked)
     n: int = 1  # sequences sampled in parallel, returned as choices 0 .. n-1
 
@@ -158,7 +158,7 @@ def _common(doc: Mapping[str, Any], kind: str, served_model: str) -> GenerationR
     best_of = doc.get("best_of")
     if best_of is not None and best_of != 1:
         raise ApiError(f"Only best_of=1 is supported, got {best_of!r}.", param="best_of")
-    for key in ("logit_bias", "tools", "suffix"):
+    for key in ("logit_bias", "tools", "suffix", "prompt_logprobs"):
         if doc.get(key) not in (None, False, {}, []):
             raise ApiError(f"`{key}` is not supported by this server.", param=key)
     try:
@@ -229,8 +229,8 @@ def _common(doc: Mapping[str, Any], kind: str, served_model: str) -> GenerationR
 def parse_completion(doc: Mapping[str, Any], served_model: str) -> GenerationRequest:
     req = _common(doc, "completion", served_model)
     req.echo = _bool(doc, "echo")
-    if req.echo:
-        raise ApiError("`echo` is not supported by this server.", param="echo")
+    if req.echo and req.n > 1:
+        raise ApiError("`echo` with `n` > 1 is not supported by this server.", param="echo")
     if req.max_tokens is None:
         req.max_tokens = 16  # OpenAI's and vLLM's default for completions
     prompt = doc.get("prompt")

@@ -93,6 +93,7 @@ class _Stream:
     lock: threading.Lock = field(default_factory=threading.Lock)
     finished: bool = False  # the engine emitted the final output
     detached: bool = False  # the HTTP side is done with it (response sent, or client gone)
+    echo: Any = None  # _Echo: the prompt to write before the completion
 
 
 class EngineLoop:
@@ -330,6 +331,7 @@ def _sampling_params(req: oai.GenerationRequest, max_tokens: int) -> SamplingPar
         stop_token_ids=tuple(req.stop_token_ids),
         ignore_eos=req.ignore_eos,
         logprobs=req.logprobs,
+        prompt_logprobs=req.logprobs if req.echo else None,  # as vLLM: echo with logprobs scores the prompt
     )
 
 
@@ -443,6 +445,8 @@ async def _generate(state: ServerState, request: Request, kind: str) -> Response
         return await parallel.respond(state, request, req, rid, ids, params, trace)
     st = state.loop.submit(rid, ids, params, trace, deliver=req.stream, traceparent=request.headers.get("traceparent"))
     created = int(time.time())
+    if req.echo:
+        st.echo = _Echo(req.prompt if req.prompt is not None else state.loop.tokenizer.decode(ids), ids)
     if req.stream:
         return _SSEResponse(
             _stream_body(state, st, req, len(ids), created),
@@ -450,6 +454,26 @@ async def _generate(state: ServerState, request: Request, kind: str) -> Response
             headers={"Cache-Control": "no-cache", "X-Request-Id": rid},
         )
     return await _full_body(state, st, req, len(ids), created, request)
+
+
+@dataclass
+class _Echo:
+    """A completion's prompt, written before its completion (``echo``)."""
+
+    text: str
+    ids: list[int]
+    done: bool = False
+
+    def take(self, out: RequestOutput, lps: LogprobsBuilder | None) -> str:
+        """The prompt text with the request's first output (its tokens' log-probabilities into
+        ``lps``: none for the first token, which nothing before it predicts); '' after that."""
+        if self.done:
+            return ""
+        self.done = True
+        if lps is not None:
+            scored = list(out.prompt_logprobs or [])
+            lps.add(self.ids, [None, *scored, *[None] * (len(self.ids) - 1 - len(scored))][: len(self.ids)])
+        return self.text
 
 
 async def _disconnected(request: Request) -> None:
@@ -482,6 +506,8 @@ async def _full_body(
             if out.finish_reason == "error":  # this request failed in the engine; the others go on
                 return _error(oai.ApiError(out.error or "request failed", status=500, type="InternalServerError"))
             n_out += len(out.new_token_ids)
+            if st.echo is not None:
+                st.echo.take(out, lps)
             if lps is not None:
                 lps.add(out.new_token_ids, out.logprobs)
             text += stop.push("".join(detok.push(t) for t in out.new_token_ids), final=out.finished)
@@ -493,6 +519,8 @@ async def _full_body(
     finally:
         gone.cancel()
         state.loop.detach(st)
+    if st.echo is not None:
+        text = st.echo.text + text
     use = oai.usage(n_prompt, n_out)
     lp = None if lps is None else lps.take()
     body = (
@@ -524,9 +552,10 @@ async def _stream_body(
                 )
                 break
             n_out += len(out.new_token_ids)
+            echoed = st.echo.take(out, lps) if st.echo is not None else ""
             if lps is not None:  # a chunk carries the tokens since the last chunk
                 lps.add(out.new_token_ids, out.logprobs)
-            piece = stop.push("".join(detok.push(t) for t in out.new_token_ids), final=out.finished)
+            piece = echoed + stop.push("".join(detok.push(t) for t in out.new_token_ids), final=out.finished)
             done = stop.stopped or out.finished
             if stop.stopped and not out.finished:
                 core.abort(rid, stopped=True)

@@ -360,6 +360,7 @@ class ProcStream:
     text: str | None = None
     finished: bool = False
     detached: bool = False
+    echo: Any = None  # the HTTP side's: the prompt to write before the completion
 
 
 class EngineProcess:

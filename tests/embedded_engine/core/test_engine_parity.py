@@ -68,3 +68,42 @@ def test_engine_greedy_matches_transformers(tmp_path, config, chunked):
     assert got == expected
     assert engine.stats.num_steps > NEW_TOKENS  # requests really were interleaved over many steps
     assert engine.block_manager.prefix_hit_tokens == 16  # the last prompt reused the cached blocks
+
+
+@pytest.mark.parametrize("num_kv_blocks", [96, 14], ids=["roomy", "preempting"])
+def test_prompt_logprobs_match_transformers(tmp_path, num_kv_blocks):
+    """Each prompt token after the first, scored under the prompt before it, as transformers'
+    log-softmax of the same forward: prompts in chunks of a small token budget, one of them sharing
+    cached blocks with an earlier prompt (not read: it asks for prompt log-probabilities), and with
+    14 blocks of 4 tokens, sequences preempted and recomputed (their prompts not scored twice)."""
+    hf, ours = hf_checkpoint(tmp_path, transformers.LlamaConfig(**COMMON, num_attention_heads=4, num_key_value_heads=2))
+    gen = torch.Generator().manual_seed(11)
+    prompts = [torch.randint(3, 8192, (n,), generator=gen).tolist() for n in (26, 17, 9)]
+    prompts.append(prompts[0][:16] + [40, 41, 42])
+    engine = LLMEngine(
+        ours,
+        EngineConfig(
+            block_size=4, num_kv_blocks=num_kv_blocks, max_num_seqs=4, max_num_batched_tokens=8, max_model_len=40,
+            device="cpu",
+        ),
+    )  # fmt: skip
+    k = 3
+    for i, p in enumerate(prompts):
+        engine.add_request(str(i), p, SamplingParams(max_tokens=4, ignore_eos=True, prompt_logprobs=k))
+    firsts = {}
+    for out in engine.run_until_done():
+        if out.prompt_logprobs is not None:
+            firsts.setdefault(out.request_id, out.prompt_logprobs)
+    assert engine.block_manager.prefix_hit_tokens == 0
+    if num_kv_blocks == 14:
+        assert engine.stats.num_preemptions > 0
+    for i, p in enumerate(prompts):
+        with torch.no_grad():
+            lp = torch.log_softmax(hf(torch.tensor([p])).logits[0].float(), -1)
+        got = firsts[str(i)]
+        assert len(got) == len(p) - 1
+        for j, (own, top) in enumerate(got):
+            assert own == pytest.approx(lp[j, p[j + 1]].item(), abs=1e-4)
+            want = torch.topk(lp[j], k)
+            assert [t for t, _ in top] == want.indices.tolist()
+            assert [v for _, v in top] == pytest.approx(want.values.tolist(), abs=1e-4)

@@ -152,3 +152,59 @@ def test_chat_logprobs_with_top_logprobs(url):
     ]
     assert [i["token"] for i in streamed] == [i["token"] for i in content]
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "top_logprobs"
+
+
+def test_echo_writes_the_prompt_and_scores_its_tokens(url):
+    """``echo``: the prompt before the completion and, with ``logprobs``, its tokens scored (the
+    first by nothing: null), then the generated ones exactly as without ``echo``. The engine's
+    prompt scores are checked against transformers in ``test_engine_parity``."""
+    base = {"model": "tiny", "temperature": 0, "ignore_eos": True, "prompt": "log probabilities", "max_tokens": 2}
+    with httpx.Client(base_url=url, timeout=60) as c:
+        plain = c.post("/v1/completions", json={**base, "logprobs": 1}).json()["choices"][0]
+        echo = c.post("/v1/completions", json={**base, "logprobs": 1, "echo": True}).json()["choices"][0]
+        text_only = c.post("/v1/completions", json={**base, "echo": True}).json()["choices"][0]
+        streamed = _stream(c, "/v1/completions", {**base, "logprobs": 1, "echo": True})
+        bad = c.post("/v1/completions", json={**base, "echo": True, "n": 2})
+        vllm_field = c.post("/v1/completions", json={**base, "prompt_logprobs": 1})
+    lp = echo["logprobs"]
+    assert echo["text"] == text_only["text"] == "log probabilities" + plain["text"]
+    assert "".join(lp["tokens"]) == echo["text"] and text_only["logprobs"] is None
+    n_prompt = len(lp["tokens"]) - 2
+    assert n_prompt >= 2 and lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    for token, own, top in zip(lp["tokens"][1:], lp["token_logprobs"][1:], lp["top_logprobs"][1:], strict=True):
+        assert own <= 0 and top[token] == own and 1 <= len(top) <= 2 and max(top.values()) >= own
+    assert lp["token_logprobs"][n_prompt:] == pytest.approx(plain["logprobs"]["token_logprobs"])
+    assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i]) for i in range(len(lp["tokens"]))]
+    chunks = [ch["choices"][0] for ch in streamed]
+    assert "".join(ch["text"] for ch in chunks) == echo["text"]
+    assert sum((ch["logprobs"]["token_logprobs"] for ch in chunks if ch["logprobs"]), []) == pytest.approx(
+        lp["token_logprobs"], nan_ok=True
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "echo"
+    assert vllm_field.status_code == 400 and vllm_field.json()["error"]["param"] == "prompt_logprobs"
+
+
+def test_lm_eval_loglikelihood_request(url):
+    """What lm-eval-harness' ``local-completions`` sends for a loglikelihood: token ids in a batch of
+    one, ``echo``, ``logprobs: 1``, ``max_tokens: 1``; it sums ``token_logprobs[ctxlen:-1]`` and
+    compares each with the top of its ``top_logprobs``."""
+    ids = [5, 17, 29, 41, 53, 65]
+    body = {
+        "model": "tiny",
+        "prompt": [ids],
+        "temperature": 0,
+        "max_tokens": 1,
+        "logprobs": 1,
+        "echo": True,
+        "seed": 1234,
+    }
+    with httpx.Client(base_url=url, timeout=60) as c:
+        r = c.post("/v1/completions", json=body)
+    assert r.status_code == 200, r.text
+    lp = r.json()["choices"][0]["logprobs"]
+    assert len(lp["token_logprobs"]) == len(ids) + 1
+    ctxlen = 3
+    continuation = lp["token_logprobs"][ctxlen:-1]
+    assert len(continuation) == len(ids) - ctxlen and all(v is not None and v <= 0 for v in continuation)
+    for own, top in zip(continuation, lp["top_logprobs"][ctxlen:-1], strict=True):
+        assert own <= max(top.values())
