@@ -119,6 +119,9 @@ class Fanout:
 
     async def start(self) -> None:
         """Submit the first sequence, wait for its first output, then submit the others."""
+        metrics = getattr(self.core, "metrics", None)
+        if metrics is not None:
+            metrics.expect_parallel([f"{i}_{self.rid}" for i in range(self.req.n)])
         first = self._submit(0)
         self.first = await first.st.queue.get()
         for i in range(1, self.req.n):
@@ -128,6 +131,9 @@ class Fanout:
         """Stop listening and hand every sequence back (a running one is aborted)."""
         for t in self._tasks:
             t.cancel()
+        metrics = getattr(self.core, "metrics", None)
+        if metrics is not None and len(self.choices) < self.req.n:
+            metrics.forget_parallel([f"{i}_{self.rid}" for i in range(len(self.choices), self.req.n)])
         for c in self.choices:
             if self.req.stream:
                 self.core.detach(c.st, c.text)

@@ -664,8 +664,9 @@ def make_state(engine: LLMEngine, served_model: str, *, registry: CollectorRegis
     )
     if isinstance(engine.sink, MetricsSink):
         engine.sink.metrics = metrics
-    loop = EngineLoop(engine).start()
-    return ServerState(engine, loop, served_model, registry)
+    loop = EngineLoop(engine)
+    loop.metrics = metrics  # the HTTP side's: parallel sampling registers its groups there
+    return ServerState(engine, loop.start(), served_model, registry)
 
 
 def make_process_state(proc, *, registry: CollectorRegistry | None = None) -> ServerState:

@@ -14,6 +14,7 @@ inputs, sleep mode, admission limits) are exported at zero, as vLLM exports them
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -155,6 +156,19 @@ def _s(a: int | None, b: int | None) -> float | None:
     return (b - a) / 1e9
 
 
+@dataclass
+class _Parallel:
+    """One request with ``n`` > 1, while its sequences finish."""
+
+    n: int
+    left: int = -1
+    longest: int | None = None  # the most tokens a finished sequence generated
+
+    def __post_init__(self) -> None:
+        if self.left < 0:
+            self.left = self.n
+
+
 class VllmMetrics:
     """The metric families, bound to one ``model_name`` and engine index."""
 
@@ -171,6 +185,8 @@ class VllmMetrics:
         facts: EngineFacts | None = None,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._parallel: dict[str, _Parallel] = {}  # sequence id -> its request's n > 1 group
+        self._parallel_lock = threading.Lock()  # groups are added by the HTTP side, ended by the engine's
         values = (model_name, engine)
         reg = self.registry
         self.step_cost = facts.step_cost if facts is not None else None
@@ -393,13 +409,44 @@ class VllmMetrics:
             self.estimated_read_bytes.inc(read)
             self.estimated_write_bytes.inc(written)
 
+    def expect_parallel(self, sequence_ids: Sequence[str]) -> None:
+        """The sequences of one request with ``n`` = ``len(sequence_ids)``: as vLLM's parent request,
+        ``request_params_n`` and ``request_max_num_generation_tokens`` observe it once, when its last
+        sequence ends (each sequence counts in the other series as a request of its own)."""
+        group = _Parallel(len(sequence_ids))
+        with self._parallel_lock:
+            for sid in sequence_ids:
+                self._parallel[sid] = group
+
+    def forget_parallel(self, sequence_ids: Sequence[str]) -> None:
+        """Sequences that were never submitted (the client left first): their group ends without them."""
+        for sid in sequence_ids:
+            self._end_parallel(sid, None)
+
+    def _end_parallel(self, sequence_id: str, output_tokens: int | None) -> bool:
+        """Count one sequence of a group (None: not a success); whether ``sequence_id`` had one."""
+        with self._parallel_lock:
+            group = self._parallel.pop(sequence_id, None)
+            if group is None:
+                return False
+            group.left -= 1
+            if output_tokens is not None:
+                group.longest = max(group.longest or 0, output_tokens)
+            done = group.left == 0 and group.longest is not None
+        if done:
+            self.request_params_n.observe(group.n)
+            self.request_max_num_generation_tokens.observe(group.longest)
+        return True
+
     def observe_request(self, row: Mapping[str, Any]) -> None:
         """One finished request (a ``requests`` row): latency histograms and counts.
 
         Rejected requests count nowhere, as in vLLM where they never reach the engine.
         """
         reason = row.get("finish_reason")
-        if reason not in FINISH_REASONS:
+        ok = reason in FINISH_REASONS
+        in_group = self._end_parallel(str(row.get("request_id")), (row.get("output_tokens") or 0) if ok else None)
+        if not ok:
             return
         self.request_success[reason].inc()
         prompt, output = row.get("prompt_tokens") or 0, row.get("output_tokens") or 0
@@ -413,8 +460,9 @@ class VllmMetrics:
         self.generation_tokens.inc(output)
         self.request_prompt_tokens.observe(prompt)
         self.request_generation_tokens.observe(output)
-        self.request_max_num_generation_tokens.observe(output)  # n = 1: the longest of one sequence
-        self.request_params_n.observe(1)
+        if not in_group:
+            self.request_max_num_generation_tokens.observe(output)  # n = 1: the longest of one sequence
+            self.request_params_n.observe(1)
         self.request_num_preemptions.observe(len(row.get("preempted_ns") or ()))
         self.request_prefill_kv_computed_tokens.observe(prompt - cached)
         if row.get("max_tokens"):

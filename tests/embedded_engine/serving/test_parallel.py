@@ -143,3 +143,35 @@ def test_a_stop_string_ends_its_choice_once(served):
     assert sorted(ends) == [0, 1]  # one finishing chunk per choice
     texts = {i: "".join(ch["choices"][0]["text"] for ch in chunks if ch["choices"][0]["index"] == i) for i in (0, 1)}
     assert texts[0] == texts[1] == probe["choices"][0]["text"].split(stop)[0]
+
+
+def _histogram(text: str, name: str) -> tuple[float, float]:
+    """(count, sum) of a vLLM histogram on a /metrics page."""
+    got = {}
+    for line in text.splitlines():
+        for part in ("_count", "_sum"):
+            if line.startswith(f"{name}{part}{{"):
+                got[part] = float(line.rsplit(" ", 1)[1])
+    return got["_count"], got["_sum"]
+
+
+def test_n_is_observed_once_per_request_as_vllm(served):
+    """vLLM's parent request: ``request_params_n`` observes n once, and
+    ``request_max_num_generation_tokens`` the longest sequence, when the last sequence ends; the
+    other series count each sequence."""
+    url, s, _ = served
+    body = {"model": "tiny", "prompt": "count me", "ignore_eos": True, "temperature": 1.0, "seed": 5}
+    with httpx.Client(base_url=url, timeout=60) as c:
+        _idle(s)
+        before = c.get("/metrics").text
+        c.post("/v1/completions", json={**body, "n": 3, "max_tokens": 4})
+        c.post("/v1/completions", json={**body, "max_tokens": 6})
+        _idle(s)
+        after = c.get("/metrics").text
+    delta = {}
+    for name in ("vllm:request_params_n", "vllm:request_max_num_generation_tokens", "vllm:request_generation_tokens"):
+        (c0, s0), (c1, s1) = _histogram(before, name), _histogram(after, name)
+        delta[name] = (c1 - c0, s1 - s0)
+    assert delta["vllm:request_params_n"] == (2, 3 + 1)
+    assert delta["vllm:request_max_num_generation_tokens"] == (2, 4 + 6)
+    assert delta["vllm:request_generation_tokens"] == (4, 3 * 4 + 6)
