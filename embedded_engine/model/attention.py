@@ -3,11 +3,14 @@
 A step's tokens are laid out sequence after sequence (``query_lens`` in input order). Sequences with
 one new token (decodes) are attended in one batched call, padded to the longest context among them
 with a mask; sequences with several new tokens (prefill chunks) are attended one by one with a causal
-mask in which the cached prefix (``context_len - query_len`` tokens) is fully visible.
+mask in which the cached prefix (``context_len - query_len`` tokens) is fully visible. Given a
+``decode_kernel`` (:mod:`.cpu_attention`: float32 on the CPU), decodes are attended by it instead,
+reading the cache in place through their block tables, all of them in one call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -48,6 +51,8 @@ class _DecodeGroup:
     blocks: torch.Tensor  # [n * nb] their block tables, flattened
     length: int  # keys attended: the longest context in the group
     mask: torch.Tensor | None  # [n, 1, 1, length] bool, True = attend; None when all lengths are equal
+    table: torch.Tensor | None = None  # with the kernel: int32 [n, blocks] block tables
+    lens: torch.Tensor | None = None  # with the kernel: int32 [n] context lengths
 
 
 @dataclass
@@ -63,6 +68,7 @@ class AttentionPlan:
     last_rows: torch.Tensor | None = None  # row of each sequence's last token, input order
     gather_blocks: int = 0  # the most blocks one attention call gathers this step
     workspace: list[torch.Tensor] = field(default_factory=list)  # K and V gather buffers (>= gather_blocks)
+    decode_kernel: Callable | None = None  # cpu_attention.decode_kernel(): decodes read the cache in place
 
 
 # Decodes are padded to the longest context of their group; a new group starts when padding
@@ -90,7 +96,9 @@ def group_decodes(blocks_needed: list[int]) -> list[list[int]]:
     return [sorted(g) for g in groups]
 
 
-def plan_attention(meta: AttentionMetadata, device: torch.device) -> AttentionPlan:
+def plan_attention(
+    meta: AttentionMetadata, device: torch.device, decode_kernel: Callable | None = None
+) -> AttentionPlan:
     bs = meta.block_size
     tables = meta.block_tables.to(device=device, dtype=torch.long)
     starts, pos = [], 0
@@ -100,6 +108,22 @@ def plan_attention(meta: AttentionMetadata, device: torch.device) -> AttentionPl
     plan = AttentionPlan(num_tokens=pos, slot_mapping=meta.slot_mapping.to(device), block_size=bs)
     plan.last_rows = torch.tensor([s + q - 1 for s, q in zip(starts, meta.query_lens, strict=True)], device=device)
     dec = [i for i, q in enumerate(meta.query_lens) if q == 1]
+    if dec and decode_kernel is not None:
+        plan.decode_kernel = decode_kernel
+        every = len(dec) == len(meta.query_lens)
+        table = meta.block_tables if every else meta.block_tables[dec]
+        lens = [meta.context_lens[i] for i in dec]
+        plan.decode_groups.append(
+            _DecodeGroup(
+                rows=torch.tensor([starts[i] for i in dec], device=device),
+                blocks=torch.empty(0, dtype=torch.long),
+                length=max(lens),
+                mask=None,
+                table=table.to(dtype=torch.int32).contiguous(),
+                lens=torch.tensor(lens, dtype=torch.int32),
+            )
+        )
+        dec = []
     for members in group_decodes([-(-meta.context_lens[i] // bs) for i in dec]) if dec else []:
         seqs = [dec[m] for m in members]
         ctx = [meta.context_lens[i] for i in seqs]
@@ -112,7 +136,7 @@ def plan_attention(meta: AttentionMetadata, device: torch.device) -> AttentionPl
         blocks = tables[seqs, :nb] if len(seqs) < len(meta.query_lens) else tables[:, :nb]
         rows = torch.tensor([starts[i] for i in seqs], device=device)
         plan.decode_groups.append(_DecodeGroup(rows, blocks.flatten(), length, mask))
-    plan.all_decode = len(plan.decode_groups) == 1 and len(dec) == len(meta.query_lens)
+    plan.all_decode = len(plan.decode_groups) == 1 and all(q == 1 for q in meta.query_lens)
     plan.gather_blocks = max((len(g.blocks) for g in plan.decode_groups), default=0)
     for i, (q, c) in enumerate(zip(meta.query_lens, meta.context_lens, strict=True)):
         if q == 1:
@@ -191,6 +215,8 @@ def paged_attention(
 
 
 def _decode(q, k_cache, v_cache, g: _DecodeGroup, plan: AttentionPlan, scale: float) -> torch.Tensor:
+    if g.table is not None:
+        return plan.decode_kernel(q.contiguous(), k_cache, v_cache, g.table, g.lens, scale)
     # One query per sequence: the query heads sharing a KV head become that head's "query rows",
     # so grouped-query attention needs no repeated keys or values.
     b, heads, d = q.shape

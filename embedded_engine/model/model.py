@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bottleneck_map.embedded_engine.model import cpu_attention
 from bottleneck_map.embedded_engine.model.attention import (
     AttentionMetadata,
     ensure_workspace,
@@ -143,6 +144,9 @@ class CausalLM(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(cfg).to(device), persistent=False)
         self._workspace: list[torch.Tensor] = []  # attention gather buffers, kept across steps
         self._output_pack = PackedWeight()  # the output projection (lm_head or the tied embedding)
+        # float32 on the CPU: decodes read the paged cache in place (None: the portable gather + SDPA)
+        cpu32 = device.type == "cpu" and dtype == torch.float32
+        self.decode_kernel = cpu_attention.decode_kernel() if cpu32 else None
         self.requires_grad_(False)
         self.eval()
 
@@ -164,7 +168,7 @@ class CausalLM(nn.Module):
         kv: KVCache,
         rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        plan = plan_attention(meta, self.device)
+        plan = plan_attention(meta, self.device, self.decode_kernel)
         self._workspace = ensure_workspace(plan, self._workspace, kv.k[0])
         x = self.model.embed_tokens(input_ids.to(self.device))
         cos, sin = self.rope(positions.to(self.device))
