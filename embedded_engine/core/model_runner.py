@@ -8,7 +8,13 @@ import torch
 
 from bottleneck_map.bundle import now_ns
 from bottleneck_map.embedded_engine.core.block_manager import SwapPlan
-from bottleneck_map.embedded_engine.core.sampler import SamplingError, TokenLogprobs, sample, token_logprobs
+from bottleneck_map.embedded_engine.core.sampler import (
+    SamplingError,
+    TokenLogprobs,
+    rows_logprobs,
+    sample,
+    token_logprobs,
+)
 from bottleneck_map.embedded_engine.core.scheduler import ScheduledSeq
 from bottleneck_map.embedded_engine.core.sequence import Sequence
 from bottleneck_map.embedded_engine.model.attention import AttentionMetadata
@@ -134,10 +140,9 @@ class ModelRunner:
                         res.logprobs[s.request_id] = token_logprobs(logits[row], t, s.params.logprobs)
         at = 0
         for seq, first, n, _ in scored:
-            k = seq.params.prompt_logprobs
             res.prompt_logprobs[seq.request_id] = (
                 first,
-                [token_logprobs(prompt_logits[at + j], seq.token_ids[first + j], k) for j in range(n)],
+                rows_logprobs(prompt_logits[at : at + n], seq.token_ids[first : first + n], seq.params.prompt_logprobs),
             )
             at += n
         t3 = now_ns()

@@ -103,6 +103,18 @@ def token_logprobs(logits: torch.Tensor, token_id: int, k: int) -> TokenLogprobs
     return float(lp[token_id]), alternatives
 
 
+def rows_logprobs(logits: torch.Tensor, token_ids: list[int], k: int) -> list[TokenLogprobs]:
+    """:func:`token_logprobs` for many rows at once (row ``i`` scores ``token_ids[i]``): one
+    log-softmax and one top-k over the whole block of rows."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    own = lp[torch.arange(len(token_ids), device=lp.device), torch.tensor(token_ids, device=lp.device)].tolist()
+    if k == 0:
+        return [(v, ()) for v in own]
+    top = torch.topk(lp, k)
+    ids, vals = top.indices.tolist(), top.values.tolist()
+    return [(v, tuple(zip(i, t, strict=True))) for v, i, t in zip(own, ids, vals, strict=True)]
+
+
 def stop_status(
     seq: Sequence, token_id: int, eos_token_ids: tuple[int, ...], max_model_len: int
 ) -> SequenceStatus | None:
