@@ -159,6 +159,16 @@ def _ninja_on_path() -> None:
     os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
+def _built(name: str) -> bool:
+    """Whether torch's extensions directory already holds the build of ``name``."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        return (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").is_file()
+    except Exception:  # a private helper: when it moves, the notice is only shown once too often
+        return False
+
+
 def _cpu_tag() -> str:
     """The CPU's feature flags, hashed: a build with ``-march=native`` is only reused on a CPU like it."""
     try:
@@ -176,12 +186,14 @@ def decode_kernel() -> Callable | None:
         log.info("paged CPU decode kernel off (%s=0): decode attention gathers the KV blocks", ENV)
         return None
     _ninja_on_path()
-    log.info("loading the paged CPU decode kernel (built once per machine, about 30 s the first time)")
+    name = f"bmap_paged_decode_{_cpu_tag()}"
+    if not _built(name):  # a pause of half a minute deserves a word (WARNING: shown without log setup)
+        log.warning("building the paged CPU decode kernel, once for this machine (about 30 s)")
     try:
         from torch.utils.cpp_extension import load_inline
 
         module = load_inline(
-            f"bmap_paged_decode_{_cpu_tag()}",
+            name,
             cpp_sources=_SOURCE,
             functions=["paged_decode"],
             extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp-simd"],
