@@ -13,10 +13,11 @@ stands for all the real steps inside it. Its running and waiting counts are the 
 mean number of the instance's requests between first scheduled and finished, and between
 arrival at the engine and first scheduled, over the piece (from the spans: exact at any scrape
 interval, where a gauge read once a second may miss most of the load; a request vLLM preempts
-still counts as running); the running gauge stands in only where no request was in flight. Its FLOPs and bytes come from
-the model config (:func:`~bottleneck_map.analyzer.roofline.step_costs`, the weights read once
-per real step; vLLM's own ``estimated_*`` counters replace the totals when it exports them),
-and its roofline time from the device's peaks. :func:`~bottleneck_map.analyzer.attribution.step_breakdown`
+still counts as running); the running gauge stands in only where no request was in flight. Its
+FLOPs and bytes come from the model config (:func:`~bottleneck_map.analyzer.roofline.step_costs`,
+the weights read once per real step; vLLM's own ``estimated_*`` counters replace the totals when
+it exports them), and its roofline time from the device's peaks.
+:func:`~bottleneck_map.analyzer.attribution.step_breakdown`
 then splits inferred steps exactly as it splits measured ones, with the whole step as forward
 time (the series do not separate host work): a step at :data:`~bottleneck_map.analyzer.roofline.ROOF_NEAR`
 of its roofline speed or more goes to prefill_compute / decode_memory_bandwidth (or

@@ -97,15 +97,13 @@ TokenLogprobs = tuple[float, tuple[tuple[int, float], ...]]  # the token's, then
 def token_logprobs(logits: torch.Tensor, token_id: int, k: int) -> TokenLogprobs:
     """Log-probability of ``token_id`` and the ``k`` most likely tokens under one row of the model's
     raw logits (before penalties and temperature: vLLM's default ``raw_logprobs``)."""
-    lp = torch.log_softmax(logits.float(), dim=-1)
-    top = torch.topk(lp, k) if k > 0 else None
-    alternatives = () if top is None else tuple(zip(top.indices.tolist(), top.values.tolist(), strict=True))
-    return float(lp[token_id]), alternatives
+    return rows_logprobs(logits[None], [token_id], k)[0]
 
 
 def rows_logprobs(logits: torch.Tensor, token_ids: list[int], k: int) -> list[TokenLogprobs]:
-    """:func:`token_logprobs` for many rows at once (row ``i`` scores ``token_ids[i]``): one
-    log-softmax and one top-k over the whole block of rows."""
+    """Log-probability of ``token_ids[i]`` and the ``k`` most likely tokens under row ``i`` of the
+    model's raw logits (before penalties and temperature: vLLM's default ``raw_logprobs``), for
+    every row at once: one log-softmax and one top-k."""
     lp = torch.log_softmax(logits.float(), dim=-1)
     own = lp[torch.arange(len(token_ids), device=lp.device), torch.tensor(token_ids, device=lp.device)].tolist()
     if k == 0:

@@ -106,7 +106,7 @@ class Fanout:
 
     def _submit(self, i: int) -> Choice:
         st = self.core.submit(
-            f"{i}_{self.rid}",
+            self.sequence_id(i),
             self.ids,
             self.params[i],
             child_trace(self.trace),
@@ -117,11 +117,15 @@ class Fanout:
         self.choices.append(choice)
         return choice
 
+    def sequence_id(self, i: int) -> str:
+        """Sequence ``i``'s request id, as vLLM names a parallel-sampling child."""
+        return f"{i}_{self.rid}"
+
     async def start(self) -> None:
         """Submit the first sequence, wait for its first output, then submit the others."""
         metrics = getattr(self.core, "metrics", None)
         if metrics is not None:
-            metrics.expect_parallel([f"{i}_{self.rid}" for i in range(self.req.n)])
+            metrics.expect_parallel([self.sequence_id(i) for i in range(self.req.n)])
         first = self._submit(0)
         self.first = await first.st.queue.get()
         for i in range(1, self.req.n):
@@ -133,7 +137,7 @@ class Fanout:
             t.cancel()
         metrics = getattr(self.core, "metrics", None)
         if metrics is not None and len(self.choices) < self.req.n:
-            metrics.forget_parallel([f"{i}_{self.rid}" for i in range(len(self.choices), self.req.n)])
+            metrics.forget_parallel([self.sequence_id(i) for i in range(len(self.choices), self.req.n)])
         for c in self.choices:
             if self.req.stream:
                 self.core.detach(c.st, c.text)

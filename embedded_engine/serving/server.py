@@ -471,8 +471,7 @@ class _Echo:
             return ""
         self.done = True
         if lps is not None:
-            scored = list(out.prompt_logprobs or [])
-            lps.add(self.ids, [None, *scored, *[None] * (len(self.ids) - 1 - len(scored))][: len(self.ids)])
+            lps.add(self.ids, [None, *(out.prompt_logprobs or [None] * (len(self.ids) - 1))])
         return self.text
 
 
